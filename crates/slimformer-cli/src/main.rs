@@ -1,0 +1,72 @@
+//! The `slimformer` command: argument parsing and dispatch only; the work is in
+//! the `slimformer` library.
+
+mod input;
+mod tasks;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "slimformer",
+    version,
+    about = "Transformer encoders for production: load, run, shrink, compare, serve"
+)]
+struct Cli {
+    /// Threads for inference (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Family, configuration, parameters, size and dtype of a model.
+    Inspect(tasks::InspectArgs),
+    /// Token ids and last hidden states, one JSON object per text.
+    Encode(tasks::TaskArgs),
+    /// Sentence embeddings, as sentence-transformers makes them.
+    Embed(tasks::EmbedArgs),
+    /// Sequence classification with the checkpoint's labels.
+    Classify(tasks::TaskArgs),
+    /// Token classification, with character offsets.
+    Tag(tasks::TaskArgs),
+    /// Top-k predictions for each mask token.
+    FillMask(tasks::FillMaskArgs),
+    /// Time the encoder's forward pass on synthetic inputs.
+    Bench(tasks::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(threads) = cli.threads {
+        // candle's matmul and rayon both size their pools from this variable,
+        // read when first used: set it before any work starts.
+        std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLIMFORMER_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Inspect(args) => tasks::inspect(args),
+        Command::Encode(args) => tasks::encode(args),
+        Command::Embed(args) => tasks::embed(args),
+        Command::Classify(args) => tasks::classify(args),
+        Command::Tag(args) => tasks::tag(args),
+        Command::FillMask(args) => tasks::fill_mask(args),
+        Command::Bench(args) => tasks::bench(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("slimformer: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

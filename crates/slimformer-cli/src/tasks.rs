@@ -1,0 +1,346 @@
+//! One function per command: load, stream the inputs through the pipeline in
+//! batches, write JSON Lines.
+
+use crate::input::{self, InputArgs};
+use anyhow::Context;
+use candle_core::Tensor;
+use serde::Serialize;
+use slimformer::heads::{MaskedLmHead, SequenceClassifier, TokenClassifier};
+use slimformer::pipeline::{self, LengthLimit};
+use slimformer::pooling::{EmbeddingSettings, Pooling};
+use slimformer::tokenize::{Encoded, TextInput};
+use slimformer::{hub, params, Model, Pipeline};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct TaskArgs {
+    /// A model folder (or a hub model id found in the local Hugging Face cache).
+    pub model: String,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Truncate texts to this many tokens (default: the model's position limit).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Reject texts that are too long instead of truncating them.
+    #[arg(long)]
+    pub no_truncate: bool,
+    /// Texts run through the model together.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+}
+
+#[derive(clap::Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Pooling (default: the checkpoint's 1_Pooling/config.json, else mean).
+    #[arg(long)]
+    pub pooling: Option<Pooling>,
+    /// L2-normalize (default: whether modules.json has a Normalize module).
+    #[arg(long, overrides_with = "no_normalize")]
+    pub normalize: bool,
+    #[arg(long, overrides_with = "normalize")]
+    pub no_normalize: bool,
+}
+
+#[derive(clap::Args)]
+pub struct FillMaskArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Predictions per mask.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_k: u64,
+}
+
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    pub model: String,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    pub model: String,
+    /// Timed runs per shape (the median and p95 are reported).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub runs: u64,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    /// Shapes as BATCHxLEN, comma-separated.
+    #[arg(long, default_value = "1x16,1x128,32x128", value_delimiter = ',', value_parser = parse_shape)]
+    pub shapes: Vec<(usize, usize)>,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+    let (b, l) = s
+        .split_once('x')
+        .ok_or_else(|| format!("{s:?}: expected BATCHxLEN, e.g. 32x128"))?;
+    let num = |v: &str| v.parse::<usize>().ok().filter(|&n| n > 0);
+    match (num(b), num(l)) {
+        (Some(b), Some(l)) => Ok((b, l)),
+        _ => Err(format!("{s:?}: expected BATCHxLEN with positive numbers")),
+    }
+}
+
+fn model_dir(spec: &str) -> anyhow::Result<PathBuf> {
+    Ok(hub::resolve_model(spec)?)
+}
+
+fn limit(args: &TaskArgs) -> LengthLimit {
+    LengthLimit {
+        max_len: args.max_len,
+        no_truncate: args.no_truncate,
+    }
+}
+
+#[derive(Serialize)]
+struct Record<'a, T> {
+    text: &'a str,
+    #[serde(flatten)]
+    output: T,
+}
+
+#[derive(Serialize)]
+struct ErrorRecord<'a> {
+    text: &'a str,
+    error: String,
+}
+
+/// Streams the inputs through `task` in batches and writes one JSON line per
+/// input, in order. Per-text failures are written in place and make the exit
+/// code non-zero; the other texts still run.
+fn stream<T: Serialize>(
+    pipeline: &Pipeline,
+    args: &TaskArgs,
+    check: impl Fn(&Encoded) -> slimformer::Result<()>,
+    task: impl Fn(&[&Encoded], Vec<Tensor>) -> slimformer::Result<Vec<T>>,
+) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut lines = input::lines(&args.input)?;
+    let (mut seen, mut failed) = (0usize, 0usize);
+    loop {
+        let mut batch = Vec::new();
+        for line in lines.by_ref().take(args.batch_size as usize) {
+            batch.push(line?);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let inputs: Vec<TextInput> = batch.iter().filter_map(|l| l.input.clone().ok()).collect();
+        let mut results = pipeline.run(&inputs, &check, &task).into_iter();
+        for line in &batch {
+            seen += 1;
+            let outcome = match &line.input {
+                Err(e) => Err(e.clone()),
+                Ok(_) => results
+                    .next()
+                    .expect("one result per input")
+                    .map_err(|e| e.to_string()),
+            };
+            match outcome {
+                Ok((output, truncated_from)) => {
+                    if let Some(n) = truncated_from {
+                        eprintln!(
+                            "slimformer: warning: text {seen} has {n} tokens, truncated to {} \
+                             (--no-truncate makes this an error)",
+                            pipeline.tokenizer.max_len().unwrap_or(n)
+                        );
+                    }
+                    serde_json::to_writer(
+                        &mut out,
+                        &Record {
+                            text: &line.text,
+                            output,
+                        },
+                    )?;
+                }
+                Err(error) => {
+                    failed += 1;
+                    eprintln!("slimformer: error: text {seen}: {error}");
+                    serde_json::to_writer(
+                        &mut out,
+                        &ErrorRecord {
+                            text: &line.text,
+                            error,
+                        },
+                    )?;
+                }
+            }
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+    }
+    if seen == 0 {
+        anyhow::bail!("no input texts");
+    }
+    Ok(if failed > 0 {
+        eprintln!("slimformer: {failed} of {seen} texts failed");
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn no_check(_: &Encoded) -> slimformer::Result<()> {
+    Ok(())
+}
+
+pub fn encode(args: TaskArgs) -> anyhow::Result<ExitCode> {
+    let pipeline = Pipeline::load(&model_dir(&args.model)?, limit(&args), None)?;
+    stream(&pipeline, &args, no_check, pipeline::encode)
+}
+
+pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
+    let dir = model_dir(&args.task.model)?;
+    let mut settings = EmbeddingSettings::from_dir(&dir)?;
+    if let Some(pooling) = args.pooling {
+        settings.pooling = vec![pooling];
+    }
+    if args.normalize {
+        settings.normalize = true;
+    }
+    if args.no_normalize {
+        settings.normalize = false;
+    }
+    let pipeline = Pipeline::load(&dir, limit(&args.task), settings.max_seq_length)?;
+    stream(&pipeline, &args.task, no_check, |_, hidden| {
+        pipeline::embed(&settings, hidden)
+    })
+}
+
+pub fn classify(args: TaskArgs) -> anyhow::Result<ExitCode> {
+    let pipeline = Pipeline::load(&model_dir(&args.model)?, limit(&args), None)?;
+    let head = SequenceClassifier::load(&pipeline.model)?;
+    stream(&pipeline, &args, no_check, |_, hidden| {
+        pipeline::classify(&head, hidden)
+    })
+}
+
+pub fn tag(args: TaskArgs) -> anyhow::Result<ExitCode> {
+    let pipeline = Pipeline::load(&model_dir(&args.model)?, limit(&args), None)?;
+    let head = TokenClassifier::load(&pipeline.model)?;
+    stream(&pipeline, &args, no_check, |texts, hidden| {
+        pipeline::tag(&head, texts, hidden)
+    })
+}
+
+pub fn fill_mask(args: FillMaskArgs) -> anyhow::Result<ExitCode> {
+    let pipeline = Pipeline::load(&model_dir(&args.task.model)?, limit(&args.task), None)?;
+    let head = MaskedLmHead::load(&pipeline.model)?;
+    let top_k = args.top_k as usize;
+    stream(
+        &pipeline,
+        &args.task,
+        |text| pipeline::require_mask(&pipeline.tokenizer, text),
+        |texts, hidden| pipeline::fill_mask(&head, &pipeline.tokenizer, top_k, texts, hidden),
+    )
+}
+
+#[derive(Serialize)]
+struct InspectReport<'a> {
+    family: slimformer::models::Family,
+    params: params::ParamCounts,
+    size_bytes: u64,
+    dtype: &'static str,
+    config: &'a serde_json::Value,
+}
+
+fn dtype_name(dtype: candle_core::DType) -> &'static str {
+    use candle_core::DType::*;
+    match dtype {
+        F32 => "float32",
+        F16 => "float16",
+        BF16 => "bfloat16",
+        F64 => "float64",
+        U8 => "uint8",
+        I64 => "int64",
+        _ => "other",
+    }
+}
+
+pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let model = Model::load(model_dir(&args.model)?)?;
+    let ckpt = &model.checkpoint;
+    let report = InspectReport {
+        family: ckpt.family,
+        params: params::count_parameters(ckpt),
+        size_bytes: ckpt.size_bytes(),
+        dtype: dtype_name(ckpt.dtype()),
+        config: &ckpt.config,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &model.config;
+    let p = &report.params;
+    let thousands = |n: usize| {
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, ch) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(ch);
+        }
+        out
+    };
+    println!("model        {}", ckpt.dir.display());
+    println!("family       {}", report.family);
+    println!("hidden size  {}", c.hidden_size());
+    match c.max_input_len() {
+        Some(n) => println!("max tokens   {n}"),
+        None => println!("max tokens   unlimited (relative positions)"),
+    }
+    println!(
+        "parameters   {} (embeddings {}, encoder {}, heads {})",
+        thousands(p.total),
+        thousands(p.embeddings),
+        thousands(p.encoder),
+        thousands(p.heads)
+    );
+    println!(
+        "size         {:.1} MiB in {} file(s)",
+        report.size_bytes as f64 / (1024.0 * 1024.0),
+        ckpt.weight_files.len()
+    );
+    println!("dtype        {}", report.dtype);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let dir = model_dir(&args.model)?;
+    let model = Model::load(&dir)?;
+    let threads = candle_core::utils::get_num_threads();
+    let mut results = Vec::new();
+    for &shape in &args.shapes {
+        let r = slimformer::bench::bench_shape(
+            &model,
+            shape,
+            args.warmup as usize,
+            args.runs as usize,
+            threads,
+        )
+        .with_context(|| format!("benchmark at {}x{}", shape.0, shape.1))?;
+        if !args.json {
+            println!(
+                "{:>8}  {}  threads {}  median {:9.3} ms  p95 {:9.3} ms  ({} runs)",
+                r.shape, r.precision, r.threads, r.median_ms, r.p95_ms, r.runs
+            );
+        }
+        results.push(r);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&results)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

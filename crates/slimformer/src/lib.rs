@@ -1,0 +1,26 @@
+//! slimformer: transformer encoders (BERT, RoBERTa, XLNet, ALBERT, DistilBERT)
+//! loaded from Hugging Face checkpoints and run with candle, with no Python or
+//! libtorch at run time.
+//!
+//! - [`models`]: one file per family; [`layers`]: the blocks they share.
+//! - [`checkpoint`]: reading checkpoint folders; [`model`]: a loaded model of any family.
+//! - [`heads`]: classification, token classification and masked-LM heads.
+//! - [`tokenize`], [`pooling`], [`pipeline`]: from texts to results.
+//! - [`params`], [`bench`], [`hub`]: inspection, timing, finding models.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod error;
+pub mod heads;
+pub mod hub;
+pub mod layers;
+pub mod model;
+pub mod models;
+pub mod params;
+pub mod pipeline;
+pub mod pooling;
+pub mod tokenize;
+
+pub use error::{Error, Result};
+pub use model::Model;
+pub use pipeline::Pipeline;

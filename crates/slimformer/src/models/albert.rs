@@ -1,0 +1,179 @@
+//! ALBERT (Lan et al.): factorized embeddings (V×E + E×H) and cross-layer
+//! parameter sharing through `num_hidden_groups` × `inner_group_num` layers.
+
+use super::{Batch, Encoder};
+use crate::layers::{
+    attention_bias, linear, Activation, Embeddings, EmbeddingsNames, LayerNames, LayerShape,
+    Linear, PositionIds, TransformerLayer,
+};
+use crate::{Error, Result};
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+/// `config.json` of ALBERT, with transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AlbertConfig {
+    #[serde(default = "defaults::vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "defaults::embedding_size")]
+    pub embedding_size: usize,
+    #[serde(default = "defaults::hidden_size")]
+    pub hidden_size: usize,
+    #[serde(default = "defaults::num_hidden_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "defaults::one")]
+    pub num_hidden_groups: usize,
+    #[serde(default = "defaults::num_attention_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "defaults::intermediate_size")]
+    pub intermediate_size: usize,
+    #[serde(default = "defaults::one")]
+    pub inner_group_num: usize,
+    #[serde(default = "defaults::hidden_act")]
+    pub hidden_act: Activation,
+    #[serde(default = "defaults::max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "defaults::type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "defaults::layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+mod defaults {
+    use crate::layers::Activation;
+    pub fn vocab_size() -> usize {
+        30000
+    }
+    pub fn embedding_size() -> usize {
+        128
+    }
+    pub fn hidden_size() -> usize {
+        4096
+    }
+    pub fn num_hidden_layers() -> usize {
+        12
+    }
+    pub fn one() -> usize {
+        1
+    }
+    pub fn num_attention_heads() -> usize {
+        64
+    }
+    pub fn intermediate_size() -> usize {
+        16384
+    }
+    pub fn hidden_act() -> Activation {
+        Activation::GeluTanh
+    }
+    pub fn max_position_embeddings() -> usize {
+        512
+    }
+    pub fn type_vocab_size() -> usize {
+        2
+    }
+    pub fn layer_norm_eps() -> f64 {
+        1e-12
+    }
+}
+
+const ALBERT_LAYER: LayerNames = LayerNames {
+    query: "attention.query",
+    key: "attention.key",
+    value: "attention.value",
+    attention_output: "attention.dense",
+    attention_norm: "attention.LayerNorm",
+    ffn_up: "ffn",
+    ffn_down: "ffn_output",
+    output_norm: "full_layer_layer_norm",
+};
+
+#[derive(Debug, Clone)]
+pub struct Albert {
+    embeddings: Embeddings,
+    /// E → H, the second factor of the factorized embedding.
+    embedding_projection: Linear,
+    /// `groups[g]` holds that group's `inner_group_num` distinct layers.
+    groups: Vec<Vec<TransformerLayer>>,
+    num_hidden_layers: usize,
+}
+
+impl Albert {
+    pub fn load(vb: VarBuilder, cfg: &AlbertConfig) -> Result<Self> {
+        if cfg.num_hidden_groups == 0
+            || !cfg.num_hidden_layers.is_multiple_of(cfg.num_hidden_groups)
+        {
+            return Err(Error::Config(format!(
+                "num_hidden_layers {} is not a multiple of num_hidden_groups {}",
+                cfg.num_hidden_layers, cfg.num_hidden_groups
+            )));
+        }
+        let spec = EmbeddingsNames {
+            vocab_size: cfg.vocab_size,
+            max_positions: cfg.max_position_embeddings,
+            type_vocab_size: Some(cfg.type_vocab_size),
+            size: cfg.embedding_size,
+            layer_norm_eps: cfg.layer_norm_eps,
+        };
+        let embeddings = Embeddings::load(vb.pp("embeddings"), &spec, PositionIds::Absolute)?;
+        let encoder = vb.pp("encoder");
+        let embedding_projection = linear(
+            &encoder,
+            "embedding_hidden_mapping_in",
+            cfg.embedding_size,
+            cfg.hidden_size,
+        )?;
+        let shape = LayerShape {
+            hidden: cfg.hidden_size,
+            heads: cfg.num_attention_heads,
+            intermediate: cfg.intermediate_size,
+            activation: cfg.hidden_act,
+            layer_norm_eps: cfg.layer_norm_eps,
+        };
+        let groups = (0..cfg.num_hidden_groups)
+            .map(|g| {
+                (0..cfg.inner_group_num)
+                    .map(|j| {
+                        let vb = encoder.pp(format!("albert_layer_groups.{g}.albert_layers.{j}"));
+                        TransformerLayer::load(vb, &ALBERT_LAYER, &shape)
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            embeddings,
+            embedding_projection,
+            groups,
+            num_hidden_layers: cfg.num_hidden_layers,
+        })
+    }
+
+    /// The group that the `layer`-th of `num_hidden_layers` steps runs, as
+    /// transformers maps them: consecutive blocks of layers share one group.
+    fn group_of(&self, layer: usize) -> &[TransformerLayer] {
+        let layers_per_group = self.num_hidden_layers / self.groups.len();
+        &self.groups[layer / layers_per_group]
+    }
+}
+
+impl Encoder for Albert {
+    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let embedded = self
+            .embeddings
+            .forward(&batch.input_ids, &batch.token_type_ids)?;
+        let mut xs = self.embedding_projection.forward(&embedded)?;
+        let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
+        for step in 0..self.num_hidden_layers {
+            for layer in self.group_of(step) {
+                xs = layer.forward(&xs, &bias)?;
+            }
+        }
+        Ok(xs)
+    }
+
+    fn word_embeddings(&self) -> &Tensor {
+        self.embeddings.word_embeddings()
+    }
+}

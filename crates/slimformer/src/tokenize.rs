@@ -1,0 +1,182 @@
+//! Tokenization with the checkpoint's own `tokenizer.json`, and collation of
+//! encoded texts into padded batches the way each family pads.
+
+use crate::model::FamilyConfig;
+use crate::models::Batch;
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use std::path::Path;
+use tokenizers::{EncodeInput, Tokenizer, TruncationParams, TruncationStrategy};
+
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// One input: a text, or a pair of texts (tab-separated on the command line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextInput {
+    Single(String),
+    Pair(String, String),
+}
+
+impl TextInput {
+    fn to_encode_input(&self) -> EncodeInput<'_> {
+        match self {
+            TextInput::Single(a) => EncodeInput::Single(a.as_str().into()),
+            TextInput::Pair(a, b) => EncodeInput::Dual(a.as_str().into(), b.as_str().into()),
+        }
+    }
+}
+
+/// A tokenized text, never padded.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    pub tokens: Vec<String>,
+    /// Character offsets into the text (into the second text for its tokens).
+    pub offsets: Vec<(usize, usize)>,
+    pub special_tokens_mask: Vec<u32>,
+    /// Which text of a pair each token came from (`None` for special tokens).
+    pub sequence_ids: Vec<Option<usize>>,
+    /// The length before truncation, when the text was truncated.
+    pub truncated_from: Option<usize>,
+}
+
+pub struct TextTokenizer {
+    plain: Tokenizer,
+    /// The same tokenizer, truncating to `max_len`.
+    truncating: Option<Tokenizer>,
+    max_len: Option<usize>,
+    truncate: bool,
+    pad_id: u32,
+    pad_type_id: u32,
+    pad_left: bool,
+}
+
+impl TextTokenizer {
+    /// Reads `dir/tokenizer.json`, ignoring the padding and truncation stored in it.
+    /// Texts longer than `max_len` tokens are truncated, or rejected when `truncate` is false.
+    pub fn load(
+        dir: &Path,
+        config: &FamilyConfig,
+        max_len: Option<usize>,
+        truncate: bool,
+    ) -> Result<Self> {
+        let path = dir.join(TOKENIZER_FILE);
+        if !path.exists() {
+            return Err(Error::file(&path, "missing"));
+        }
+        let mut plain = Tokenizer::from_file(&path).map_err(|e| Error::file(&path, e))?;
+        plain.with_padding(None);
+        plain
+            .with_truncation(None)
+            .map_err(|e| Error::file(&path, e))?;
+        let truncating = match max_len {
+            Some(max_length) => {
+                let mut t = plain.clone();
+                t.with_truncation(Some(TruncationParams {
+                    max_length,
+                    strategy: TruncationStrategy::LongestFirst,
+                    ..Default::default()
+                }))
+                .map_err(|e| Error::file(&path, e))?;
+                Some(t)
+            }
+            None => None,
+        };
+        Ok(Self {
+            plain,
+            truncating,
+            max_len,
+            truncate,
+            pad_id: config.pad_token_id(),
+            pad_type_id: config.pad_token_type_id(),
+            pad_left: config.pads_left(),
+        })
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.plain
+    }
+
+    pub fn max_len(&self) -> Option<usize> {
+        self.max_len
+    }
+
+    pub fn encode(&self, input: &TextInput) -> Result<Encoded> {
+        let full = self
+            .plain
+            .encode_char_offsets(input.to_encode_input(), true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let (encoding, truncated_from) = match (self.max_len, &self.truncating) {
+            (Some(max), Some(truncating)) if full.len() > max => {
+                if !self.truncate {
+                    return Err(Error::Input(format!(
+                        "text has {} tokens, more than the limit of {max} (truncation is off)",
+                        full.len()
+                    )));
+                }
+                let cut = truncating
+                    .encode_char_offsets(input.to_encode_input(), true)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                (cut, Some(full.len()))
+            }
+            _ => (full, None),
+        };
+        Ok(Encoded {
+            ids: encoding.get_ids().to_vec(),
+            type_ids: encoding.get_type_ids().to_vec(),
+            tokens: encoding.get_tokens().to_vec(),
+            offsets: encoding.get_offsets().to_vec(),
+            special_tokens_mask: encoding.get_special_tokens_mask().to_vec(),
+            sequence_ids: encoding.get_sequence_ids(),
+            truncated_from,
+        })
+    }
+
+    /// Pads the texts to one length, on the family's padding side.
+    pub fn collate(&self, texts: &[&Encoded], device: &Device) -> Result<Batch> {
+        let len = texts.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let rows = texts.len();
+        let mut ids = Vec::with_capacity(rows * len);
+        let mut mask = Vec::with_capacity(rows * len);
+        let mut types = Vec::with_capacity(rows * len);
+        for text in texts {
+            let pad = len - text.ids.len();
+            let padding = |ids: &mut Vec<u32>, mask: &mut Vec<u32>, types: &mut Vec<u32>| {
+                ids.extend(std::iter::repeat_n(self.pad_id, pad));
+                mask.extend(std::iter::repeat_n(0, pad));
+                types.extend(std::iter::repeat_n(self.pad_type_id, pad));
+            };
+            if self.pad_left {
+                padding(&mut ids, &mut mask, &mut types);
+            }
+            ids.extend(&text.ids);
+            mask.extend(std::iter::repeat_n(1, text.ids.len()));
+            types.extend(&text.type_ids);
+            if !self.pad_left {
+                padding(&mut ids, &mut mask, &mut types);
+            }
+        }
+        Ok(Batch {
+            input_ids: Tensor::from_vec(ids, (rows, len), device)?,
+            attention_mask: Tensor::from_vec(mask, (rows, len), device)?,
+            token_type_ids: Tensor::from_vec(types, (rows, len), device)?,
+        })
+    }
+
+    /// Where a text's tokens start within a padded row of length `len`.
+    pub fn first_token_index(&self, text: &Encoded, len: usize) -> usize {
+        if self.pad_left {
+            len - text.ids.len()
+        } else {
+            0
+        }
+    }
+
+    /// The tokenizer's mask token, if it has one.
+    pub fn mask_token(&self) -> Option<(String, u32)> {
+        ["[MASK]", "<mask>"]
+            .iter()
+            .find_map(|t| self.plain.token_to_id(t).map(|id| (t.to_string(), id)))
+    }
+}
