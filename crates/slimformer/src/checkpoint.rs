@@ -82,6 +82,17 @@ impl Checkpoint {
             .sum()
     }
 
+    /// Missing tensors and wrong shapes are problems of the weights file: say which.
+    pub fn weights_error(&self, e: Error) -> Error {
+        match e {
+            Error::Candle(e) => Error::file(
+                self.weights_path(),
+                crate::error::first_line(&e.to_string()),
+            ),
+            other => other,
+        }
+    }
+
     /// Where load errors point: the weights file, or the folder when sharded.
     pub fn weights_path(&self) -> &Path {
         match self.weight_files.as_slice() {

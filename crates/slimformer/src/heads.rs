@@ -3,11 +3,12 @@
 //! and `*ForMaskedLM` models.
 
 use crate::checkpoint::Checkpoint;
-use crate::layers::{Activation, LayerNorm, Linear};
+use crate::layers::{linear, Activation, Dropout, LayerNorm, Linear};
 use crate::model::Model;
 use crate::models::Family;
+use crate::rng::TrainRng;
 use crate::{Error, Result};
-use candle_core::{DType, IndexOp, Module, Tensor};
+use candle_core::{IndexOp, Module, Tensor};
 use std::collections::BTreeMap;
 
 /// Which head a command needs.
@@ -52,7 +53,7 @@ pub struct Labels {
 }
 
 impl Labels {
-    fn from_config(config: &serde_json::Value, num_labels: usize) -> Labels {
+    pub fn from_config(config: &serde_json::Value, num_labels: usize) -> Labels {
         let id2label: BTreeMap<usize, String> = config
             .get("id2label")
             .and_then(|m| m.as_object())
@@ -88,44 +89,27 @@ impl Labels {
     }
 }
 
-/// Loads `name.weight` / `name.bias` with the stored shape, checking the input width.
-fn stored_linear(ckpt: &Checkpoint, name: &str, d_in: usize) -> Result<Linear> {
-    let weight = stored(ckpt, &format!("{name}.weight"))?;
-    let (d_out, stored_in) = weight.dims2()?;
-    if stored_in != d_in {
-        return Err(Error::file(
-            ckpt.weights_path(),
-            format!("tensor {name}.weight has shape [{d_out}, {stored_in}], expected [_, {d_in}]"),
-        ));
+/// Rows of a stored weight matrix (the number of labels of a classifier), or
+/// `None` when the checkpoint has no such tensor.
+fn stored_rows(model: &Model, name: &str) -> Result<Option<usize>> {
+    match model.checkpoint.tensors.get(name) {
+        Some(t) => Ok(Some(t.dims().first().copied().ok_or_else(|| {
+            Error::file(
+                model.checkpoint.weights_path(),
+                format!("tensor {name} is a scalar"),
+            )
+        })?)),
+        None => Ok(None),
     }
-    let bias = stored(ckpt, &format!("{name}.bias"))?;
-    if bias.dims() != [d_out] {
-        return Err(Error::file(
-            ckpt.weights_path(),
-            format!(
-                "tensor {name}.bias has shape {:?}, expected [{d_out}]",
-                bias.dims()
-            ),
-        ));
-    }
-    Ok(Linear::new(weight, Some(bias)))
 }
 
-fn stored(ckpt: &Checkpoint, name: &str) -> Result<Tensor> {
-    let tensor = ckpt.tensors.get(name).ok_or_else(|| {
+fn required_rows(model: &Model, name: &str) -> Result<usize> {
+    stored_rows(model, name)?.ok_or_else(|| {
         Error::file(
-            ckpt.weights_path(),
-            format!("no tensor {name:?} (needed by the head)"),
+            model.checkpoint.weights_path(),
+            format!("no tensor {name:?}: the checkpoint has no such head"),
         )
-    })?;
-    Ok(tensor.to_dtype(DType::F32)?)
-}
-
-fn first_present<'a>(ckpt: &Checkpoint, names: &[&'a str]) -> Option<&'a str> {
-    names
-        .iter()
-        .copied()
-        .find(|n| ckpt.tensors.contains_key(*n))
+    })
 }
 
 /// Checks that `architectures` (when present) agrees with the head asked for.
@@ -151,6 +135,53 @@ fn check_architecture(ckpt: &Checkpoint, kind: HeadKind) -> Result<()> {
     ))
 }
 
+/// Tensor names and activation of a family's sequence-classification head.
+struct SequenceHeadNames {
+    pooler: &'static str,
+    activation: Activation,
+    classifier: &'static str,
+    summary_token: SummaryToken,
+    /// RoBERTa drops out before its dense layer too.
+    dropout_before_pooler: bool,
+}
+
+fn sequence_head_names(model: &Model) -> Result<SequenceHeadNames> {
+    let names = |pooler, activation, classifier| SequenceHeadNames {
+        pooler,
+        activation,
+        classifier,
+        summary_token: SummaryToken::First,
+        dropout_before_pooler: false,
+    };
+    Ok(match model.family() {
+        Family::Bert => names("pooler.dense", Activation::Tanh, "classifier"),
+        Family::Albert => names("pooler", Activation::Tanh, "classifier"),
+        Family::Roberta => SequenceHeadNames {
+            dropout_before_pooler: true,
+            ..names("classifier.dense", Activation::Tanh, "classifier.out_proj")
+        },
+        Family::DistilBert => names("pre_classifier", Activation::Relu, "classifier"),
+        Family::XLNet => {
+            let config = &model.checkpoint.config;
+            let summary_token =
+                match config.get("summary_type").and_then(|s| s.as_str()) {
+                    None | Some("last") => SummaryToken::Last,
+                    Some("first") => SummaryToken::First,
+                    Some(other) => return Err(Error::file(
+                        model.checkpoint.dir.join(crate::checkpoint::CONFIG_FILE),
+                        format!(
+                            "summary_type {other:?} is not supported (only \"last\" or \"first\")"
+                        ),
+                    )),
+                };
+            SequenceHeadNames {
+                summary_token,
+                ..names("sequence_summary.summary", Activation::Tanh, "logits_proj")
+            }
+        }
+    })
+}
+
 /// Sequence classification: a summary token, a dense+activation "pooler", and a
 /// linear classifier — under each family's own names.
 pub struct SequenceClassifier {
@@ -158,81 +189,71 @@ pub struct SequenceClassifier {
     pooler: Linear,
     pooler_activation: Activation,
     classifier: Linear,
+    dropout_before_pooler: bool,
+    dropout: Dropout,
     pub labels: Labels,
 }
 
 impl SequenceClassifier {
+    /// The checkpoint's own head, with as many labels as it was trained for.
     pub fn load(model: &Model) -> Result<Self> {
-        let ckpt = &model.checkpoint;
-        check_architecture(ckpt, HeadKind::SequenceClassification)?;
-        let (pooler, activation, classifier, token) = match ckpt.family {
-            Family::Bert => (
-                "pooler.dense",
-                Activation::Tanh,
-                "classifier",
-                SummaryToken::First,
-            ),
-            Family::Albert => (
-                "pooler",
-                Activation::Tanh,
-                "classifier",
-                SummaryToken::First,
-            ),
-            Family::Roberta => (
-                "classifier.dense",
-                Activation::Tanh,
-                "classifier.out_proj",
-                SummaryToken::First,
-            ),
-            Family::DistilBert => (
-                "pre_classifier",
-                Activation::Relu,
-                "classifier",
-                SummaryToken::First,
-            ),
-            Family::XLNet => {
-                let token = match ckpt.config.get("summary_type").and_then(|s| s.as_str()) {
-                    None | Some("last") => SummaryToken::Last,
-                    Some("first") => SummaryToken::First,
-                    Some(other) => {
-                        return Err(Error::file(
-                            ckpt.dir.join(crate::checkpoint::CONFIG_FILE),
-                            format!(
-                            "summary_type {other:?} is not supported (only \"last\" or \"first\")"
-                        ),
-                        ))
-                    }
-                };
-                (
-                    "sequence_summary.summary",
-                    Activation::Tanh,
-                    "logits_proj",
-                    token,
-                )
-            }
-        };
+        check_architecture(&model.checkpoint, HeadKind::SequenceClassification)?;
+        let names = sequence_head_names(model)?;
+        let num_labels = required_rows(model, &format!("{}.weight", names.classifier))?;
+        let labels = Labels::from_config(&model.checkpoint.config, num_labels);
+        Self::build(model, names, labels)
+    }
+
+    /// A head for `labels`: the checkpoint's when it has one of that size, else a
+    /// new one (created in the model's VarMap when it is trainable).
+    pub fn for_labels(model: &Model, labels: Labels) -> Result<Self> {
+        let names = sequence_head_names(model)?;
+        let stored = stored_rows(model, &format!("{}.weight", names.classifier))?;
+        if stored.is_some_and(|n| n != labels.names.len()) {
+            return Err(Error::Input(format!(
+                "the checkpoint's classifier has {} labels, the data {}",
+                stored.unwrap_or_default(),
+                labels.names.len()
+            )));
+        }
+        Self::build(model, names, labels)
+    }
+
+    fn build(model: &Model, names: SequenceHeadNames, labels: Labels) -> Result<Self> {
         let hidden = model.hidden_size();
-        let classifier = stored_linear(ckpt, classifier, hidden)?;
-        let num_labels = classifier.weight().dim(0)?;
-        Ok(Self {
-            summary_token: token,
-            pooler: stored_linear(ckpt, pooler, hidden)?,
-            pooler_activation: activation,
-            classifier,
-            labels: Labels::from_config(&ckpt.config, num_labels),
-        })
+        let vb = &model.vb;
+        let load = || -> Result<Self> {
+            Ok(Self {
+                summary_token: names.summary_token,
+                pooler: linear(vb, names.pooler, hidden, hidden)?,
+                pooler_activation: names.activation,
+                classifier: linear(vb, names.classifier, hidden, labels.names.len())?,
+                dropout_before_pooler: names.dropout_before_pooler,
+                dropout: Dropout::new(model.config.classifier_dropout()),
+                labels: labels.clone(),
+            })
+        };
+        load().map_err(|e| model.weights_error(e))
     }
 
     /// Logits [batch, labels] from the last hidden state [batch, len, hidden].
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.forward_t(hidden, None)
+    }
+
+    pub fn forward_t(&self, hidden: &Tensor, train: Option<&TrainRng>) -> Result<Tensor> {
         let len = hidden.dim(1)?;
-        let token = match self.summary_token {
+        let mut token = match self.summary_token {
             SummaryToken::First => hidden.i((.., 0))?,
             SummaryToken::Last => hidden.i((.., len - 1))?,
         };
+        if self.dropout_before_pooler {
+            token = self.dropout.forward(&token, train)?;
+        }
         let pooled = self
             .pooler_activation
             .forward(&self.pooler.forward(&token)?)?;
+        let pooled = self.dropout.forward(&pooled, train)?;
         Ok(self.classifier.forward(&pooled)?)
     }
 }
@@ -240,24 +261,35 @@ impl SequenceClassifier {
 /// Token classification: one linear layer over every token.
 pub struct TokenClassifier {
     classifier: Linear,
+    dropout: Dropout,
     pub labels: Labels,
 }
 
 impl TokenClassifier {
     pub fn load(model: &Model) -> Result<Self> {
-        let ckpt = &model.checkpoint;
-        check_architecture(ckpt, HeadKind::TokenClassification)?;
-        let classifier = stored_linear(ckpt, "classifier", model.hidden_size())?;
-        let num_labels = classifier.weight().dim(0)?;
-        let mut labels = Labels::from_config(&ckpt.config, num_labels);
+        check_architecture(&model.checkpoint, HeadKind::TokenClassification)?;
+        let num_labels = required_rows(model, "classifier.weight")?;
+        let mut labels = Labels::from_config(&model.checkpoint.config, num_labels);
         // Token labels are always one of several classes.
         labels.problem_type = ProblemType::SingleLabel;
-        Ok(Self { classifier, labels })
+        let classifier = linear(&model.vb, "classifier", model.hidden_size(), num_labels)
+            .map_err(|e| model.weights_error(e))?;
+        Ok(Self {
+            classifier,
+            dropout: Dropout::new(model.config.classifier_dropout()),
+            labels,
+        })
     }
 
     /// Logits [batch, len, labels].
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(self.classifier.forward(hidden)?)
+        self.forward_t(hidden, None)
+    }
+
+    pub fn forward_t(&self, hidden: &Tensor, train: Option<&TrainRng>) -> Result<Tensor> {
+        Ok(self
+            .classifier
+            .forward(&self.dropout.forward(hidden, train)?)?)
     }
 }
 
@@ -275,13 +307,13 @@ struct MlmNames {
     dense: &'static str,
     norm: &'static str,
     decoder: &'static str,
+    /// The bias's name, and the name older checkpoints store it under.
     biases: [&'static str; 2],
 }
 
 impl MaskedLmHead {
     pub fn load(model: &Model) -> Result<Self> {
-        let ckpt = &model.checkpoint;
-        let names = match ckpt.family {
+        let names = match model.family() {
             Family::Bert => MlmNames {
                 dense: "cls.predictions.transform.dense",
                 norm: "cls.predictions.transform.LayerNorm",
@@ -312,31 +344,31 @@ impl MaskedLmHead {
                     .into(),
             )),
         };
-        check_architecture(ckpt, HeadKind::MaskedLm)?;
-        let transform = stored_linear(ckpt, names.dense, model.hidden_size())?;
-        let width = transform.weight().dim(0)?;
-        let norm = LayerNorm::load(
-            ckpt.var_builder().pp(names.norm),
-            width,
-            model.config.layer_norm_eps(),
-        )?;
-        let decoder = match ckpt.tensors.get(names.decoder) {
-            Some(t) => t.to_dtype(DType::F32)?,
-            None => model.encoder.word_embeddings().clone(),
+        check_architecture(&model.checkpoint, HeadKind::MaskedLm)?;
+        let vb = &model.vb;
+        let load = || -> Result<Self> {
+            let word_embeddings = model.encoder.word_embeddings();
+            let (vocab, width) = word_embeddings.dims2()?;
+            let decoder = if vb.contains_tensor(names.decoder) {
+                vb.get((vocab, width), names.decoder)?
+            } else {
+                // Tied: the very same tensor, so training updates both uses.
+                word_embeddings.clone()
+            };
+            let bias_name = names
+                .biases
+                .into_iter()
+                .find(|n| vb.contains_tensor(n))
+                .unwrap_or(names.biases[0]);
+            Ok(Self {
+                transform: linear(vb, names.dense, model.hidden_size(), width)?,
+                activation: model.config.mlm_activation(),
+                norm: LayerNorm::load(vb.pp(names.norm), width, model.config.layer_norm_eps())?,
+                decoder,
+                bias: vb.get_with_hints(vocab, bias_name, candle_nn::Init::Const(0.0))?,
+            })
         };
-        let bias_name = first_present(ckpt, &names.biases).ok_or_else(|| {
-            Error::file(
-                ckpt.weights_path(),
-                format!("no tensor {:?} (the MLM bias)", names.biases[0]),
-            )
-        })?;
-        Ok(Self {
-            transform,
-            activation: model.config.mlm_activation(),
-            norm,
-            decoder,
-            bias: stored(ckpt, bias_name)?,
-        })
+        load().map_err(|e| model.weights_error(e))
     }
 
     /// Vocabulary logits [batch, len, vocab].

@@ -19,6 +19,7 @@ pub mod models;
 pub mod params;
 pub mod pipeline;
 pub mod pooling;
+pub mod rng;
 pub mod tokenize;
 
 pub use error::{Error, Result};

@@ -8,6 +8,8 @@ use crate::models::distilbert::{DistilBert, DistilBertConfig};
 use crate::models::xlnet::{XLNet, XLNetConfig};
 use crate::models::{roberta, Encoder, Family};
 use crate::{Error, Result};
+use candle_core::{DType, Device, Var};
+use candle_nn::{VarBuilder, VarMap};
 use std::path::Path;
 
 /// The family's parsed `config.json`.
@@ -73,6 +75,18 @@ impl FamilyConfig {
         }
     }
 
+    /// Dropout before classifiers, as each family's config names it.
+    pub fn classifier_dropout(&self) -> f32 {
+        match self {
+            FamilyConfig::Bert(c) | FamilyConfig::Roberta(c) => {
+                c.classifier_dropout.unwrap_or(c.hidden_dropout_prob)
+            }
+            FamilyConfig::DistilBert(c) => c.seq_classif_dropout,
+            FamilyConfig::Albert(c) => c.classifier_dropout_prob,
+            FamilyConfig::XLNet(c) => c.summary_last_dropout,
+        }
+    }
+
     /// XLNet pads on the left, with token type 3 for padding; the rest on the right with 0.
     pub fn pads_left(&self) -> bool {
         matches!(self, FamilyConfig::XLNet(_))
@@ -92,11 +106,35 @@ pub struct Model {
     pub checkpoint: Checkpoint,
     pub config: FamilyConfig,
     pub encoder: Box<dyn Encoder>,
+    /// Where the encoder's weights came from; heads load from it too.
+    pub vb: VarBuilder<'static>,
 }
 
 impl Model {
+    /// For inference: the weights as stored, no gradients.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
         let checkpoint = Checkpoint::open(dir)?;
+        let vb = checkpoint.var_builder();
+        Self::build(checkpoint, vb)
+    }
+
+    /// For training: every weight becomes a variable of the returned VarMap, and
+    /// heads the checkpoint lacks are created in it when they are loaded.
+    pub fn load_trainable(dir: impl AsRef<Path>) -> Result<(Self, VarMap)> {
+        let checkpoint = Checkpoint::open(dir)?;
+        let varmap = VarMap::new();
+        {
+            let mut vars = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+            for (name, tensor) in &checkpoint.tensors {
+                let tensor = tensor.to_dtype(DType::F32)?;
+                vars.insert(name.clone(), Var::from_tensor(&tensor)?);
+            }
+        }
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        Ok((Self::build(checkpoint, vb)?, varmap))
+    }
+
+    fn build(checkpoint: Checkpoint, vb: VarBuilder<'static>) -> Result<Self> {
         let config = match checkpoint.family {
             Family::Bert => FamilyConfig::Bert(checkpoint.family_config()?),
             Family::Roberta => FamilyConfig::Roberta(checkpoint.family_config()?),
@@ -104,27 +142,26 @@ impl Model {
             Family::Albert => FamilyConfig::Albert(checkpoint.family_config()?),
             Family::XLNet => FamilyConfig::XLNet(checkpoint.family_config()?),
         };
-        let vb = checkpoint.var_builder();
         let encoder: Result<Box<dyn Encoder>> = match &config {
-            FamilyConfig::Bert(c) => Bert::load(vb, c).map(|m| Box::new(m) as _),
-            FamilyConfig::Roberta(c) => roberta::load(vb, c).map(|m| Box::new(m) as _),
-            FamilyConfig::DistilBert(c) => DistilBert::load(vb, c).map(|m| Box::new(m) as _),
-            FamilyConfig::Albert(c) => Albert::load(vb, c).map(|m| Box::new(m) as _),
-            FamilyConfig::XLNet(c) => XLNet::load(vb, c).map(|m| Box::new(m) as _),
+            FamilyConfig::Bert(c) => Bert::load(vb.clone(), c).map(|m| Box::new(m) as _),
+            FamilyConfig::Roberta(c) => roberta::load(vb.clone(), c).map(|m| Box::new(m) as _),
+            FamilyConfig::DistilBert(c) => {
+                DistilBert::load(vb.clone(), c).map(|m| Box::new(m) as _)
+            }
+            FamilyConfig::Albert(c) => Albert::load(vb.clone(), c).map(|m| Box::new(m) as _),
+            FamilyConfig::XLNet(c) => XLNet::load(vb.clone(), c).map(|m| Box::new(m) as _),
         };
-        let encoder = encoder.map_err(|e| match e {
-            // Missing tensors and wrong shapes are problems of the weights file.
-            Error::Candle(e) => Error::file(
-                checkpoint.weights_path(),
-                crate::error::first_line(&e.to_string()),
-            ),
-            other => other,
-        })?;
+        let encoder = encoder.map_err(|e| checkpoint.weights_error(e))?;
         Ok(Self {
             checkpoint,
             config,
             encoder,
+            vb,
         })
+    }
+
+    pub(crate) fn weights_error(&self, e: Error) -> Error {
+        self.checkpoint.weights_error(e)
     }
 
     pub fn family(&self) -> Family {

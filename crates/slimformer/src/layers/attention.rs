@@ -1,4 +1,5 @@
-use super::{linear, softmax_last_dim, Linear};
+use super::{linear, softmax_last_dim, Dropout, Linear};
+use crate::rng::TrainRng;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 
@@ -11,6 +12,7 @@ pub struct SelfAttention {
     output: Linear,
     num_heads: usize,
     head_dim: usize,
+    probs_dropout: Dropout,
 }
 
 /// Names of the four projections under the attention's `VarBuilder`.
@@ -27,6 +29,7 @@ impl SelfAttention {
         names: &AttentionNames,
         hidden: usize,
         num_heads: usize,
+        probs_dropout: f32,
     ) -> crate::Result<Self> {
         if num_heads == 0 || !hidden.is_multiple_of(num_heads) {
             return Err(crate::Error::Config(format!(
@@ -40,12 +43,18 @@ impl SelfAttention {
             output: linear(vb, names.output, hidden, hidden)?,
             num_heads,
             head_dim: hidden / num_heads,
+            probs_dropout: Dropout::new(probs_dropout),
         })
     }
 
     /// `xs`: [batch, len, hidden]; `bias`: additive mask broadcastable to
     /// [batch, heads, len, len] (see [`attention_bias`]).
-    pub fn forward(&self, xs: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        bias: &Tensor,
+        train: Option<&TrainRng>,
+    ) -> candle_core::Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
         let heads = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((b, l, self.num_heads, self.head_dim))?
@@ -57,7 +66,9 @@ impl SelfAttention {
         let v = heads(self.value.forward(xs)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
-        let probs = softmax_last_dim(&scores)?;
+        let probs = self
+            .probs_dropout
+            .forward(&softmax_last_dim(&scores)?, train)?;
         let context =
             probs
                 .matmul(&v)?

@@ -1,4 +1,5 @@
-use super::LayerNorm;
+use super::{Dropout, LayerNorm};
+use crate::rng::TrainRng;
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
@@ -20,6 +21,7 @@ pub struct EmbeddingsNames {
     /// Width of the tables (ALBERT's E; the hidden size elsewhere).
     pub size: usize,
     pub layer_norm_eps: f64,
+    pub dropout: f32,
 }
 
 /// Word + position (+ token type) embeddings followed by LayerNorm, under the
@@ -31,6 +33,7 @@ pub struct Embeddings {
     token_type: Option<Embedding>,
     norm: LayerNorm,
     position_ids: PositionIds,
+    dropout: Dropout,
 }
 
 impl Embeddings {
@@ -51,6 +54,7 @@ impl Embeddings {
             },
             norm: LayerNorm::load(vb.pp("LayerNorm"), spec.size, spec.layer_norm_eps)?,
             position_ids,
+            dropout: Dropout::new(spec.dropout),
         })
     }
 
@@ -62,6 +66,7 @@ impl Embeddings {
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
+        train: Option<&TrainRng>,
     ) -> candle_core::Result<Tensor> {
         let positions = position_ids(input_ids, self.position_ids)?;
         let mut xs = self
@@ -71,7 +76,7 @@ impl Embeddings {
         if let Some(token_type) = &self.token_type {
             xs = xs.add(&token_type.forward(token_type_ids)?)?;
         }
-        self.norm.forward(&xs)
+        self.dropout.forward(&self.norm.forward(&xs)?, train)
     }
 }
 

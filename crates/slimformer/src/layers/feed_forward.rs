@@ -1,34 +1,38 @@
-use super::{linear, Activation, Linear};
+use super::{linear, Activation, Dropout, Linear};
+use crate::rng::TrainRng;
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 
-/// Position-wise feed-forward block: `down(act(up(x)))`.
+/// Position-wise feed-forward block: `down(dropout(act(up(x))))`. Only XLNet
+/// drops out inside the block; the other families pass `Dropout::default()`.
 #[derive(Debug, Clone)]
 pub struct FeedForward {
     up: Linear,
     down: Linear,
     activation: Activation,
+    inner_dropout: Dropout,
 }
 
 impl FeedForward {
     /// `up` and `down` name the two linear layers under `vb`.
     pub fn load(
         vb: &VarBuilder,
-        up: &str,
-        down: &str,
+        (up, down): (&str, &str),
         hidden: usize,
         intermediate: usize,
         activation: Activation,
+        inner_dropout: Dropout,
     ) -> crate::Result<Self> {
         Ok(Self {
             up: linear(vb, up, hidden, intermediate)?,
             down: linear(vb, down, intermediate, hidden)?,
             activation,
+            inner_dropout,
         })
     }
 
-    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, xs: &Tensor, train: Option<&TrainRng>) -> candle_core::Result<Tensor> {
         let h = self.activation.forward(&self.up.forward(xs)?)?;
-        self.down.forward(&h)
+        self.down.forward(&self.inner_dropout.forward(&h, train)?)
     }
 }

@@ -4,6 +4,7 @@
 
 mod activation;
 mod attention;
+mod dropout;
 mod embeddings;
 mod feed_forward;
 mod norm;
@@ -11,6 +12,7 @@ mod transformer;
 
 pub use activation::Activation;
 pub use attention::{attention_bias, AttentionNames, SelfAttention};
+pub use dropout::Dropout;
 pub use embeddings::{Embeddings, EmbeddingsNames, PositionIds};
 pub use feed_forward::FeedForward;
 pub use norm::LayerNorm;
@@ -20,14 +22,26 @@ use candle_core::{Tensor, D};
 
 pub use candle_nn::{Embedding, Linear};
 
-/// Loads a linear layer `name.weight` (out × in) and `name.bias`.
+/// transformers' initialization of new weights: normal(0, initializer_range).
+pub const INIT_STD: f64 = 0.02;
+
+/// Loads a linear layer `name.weight` (out × in) and `name.bias`. When the
+/// VarBuilder creates missing weights (a new head), they start as transformers'
+/// do: normal(0, 0.02) weights, zero bias.
 pub fn linear(
     vb: &candle_nn::VarBuilder,
     name: &str,
     d_in: usize,
     d_out: usize,
 ) -> crate::Result<Linear> {
-    Ok(candle_nn::linear(d_in, d_out, vb.pp(name))?)
+    let vb = vb.pp(name);
+    let init = candle_nn::Init::Randn {
+        mean: 0.0,
+        stdev: INIT_STD,
+    };
+    let weight = vb.get_with_hints((d_out, d_in), "weight", init)?;
+    let bias = vb.get_with_hints(d_out, "bias", candle_nn::Init::Const(0.0))?;
+    Ok(Linear::new(weight, Some(bias)))
 }
 
 /// Softmax over the last dimension. candle's fused kernel has no backward pass, so it

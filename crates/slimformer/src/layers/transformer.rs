@@ -1,5 +1,6 @@
 use super::attention::AttentionNames;
-use super::{Activation, FeedForward, LayerNorm, SelfAttention};
+use super::{Activation, Dropout, FeedForward, LayerNorm, SelfAttention};
+use crate::rng::TrainRng;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
@@ -23,6 +24,12 @@ pub struct LayerShape {
     pub intermediate: usize,
     pub activation: Activation,
     pub layer_norm_eps: f64,
+    /// On the attention probabilities.
+    pub attention_dropout: f32,
+    /// On the attention block's output (DistilBERT has none there).
+    pub attention_output_dropout: f32,
+    /// On the feed-forward block's output.
+    pub hidden_dropout: f32,
 }
 
 /// The post-LN layer of BERT, RoBERTa, ALBERT and DistilBERT:
@@ -33,6 +40,8 @@ pub struct TransformerLayer {
     attention_norm: LayerNorm,
     ffn: FeedForward,
     output_norm: LayerNorm,
+    attention_output_dropout: Dropout,
+    hidden_dropout: Dropout,
 }
 
 impl TransformerLayer {
@@ -43,33 +52,41 @@ impl TransformerLayer {
             value: names.value,
             output: names.attention_output,
         };
+        let norm = |name: &str| LayerNorm::load(vb.pp(name), shape.hidden, shape.layer_norm_eps);
         Ok(Self {
-            attention: SelfAttention::load(&vb, &attention_names, shape.hidden, shape.heads)?,
-            attention_norm: LayerNorm::load(
-                vb.pp(names.attention_norm),
+            attention: SelfAttention::load(
+                &vb,
+                &attention_names,
                 shape.hidden,
-                shape.layer_norm_eps,
+                shape.heads,
+                shape.attention_dropout,
             )?,
+            attention_norm: norm(names.attention_norm)?,
             ffn: FeedForward::load(
                 &vb,
-                names.ffn_up,
-                names.ffn_down,
+                (names.ffn_up, names.ffn_down),
                 shape.hidden,
                 shape.intermediate,
                 shape.activation,
+                Dropout::default(),
             )?,
-            output_norm: LayerNorm::load(
-                vb.pp(names.output_norm),
-                shape.hidden,
-                shape.layer_norm_eps,
-            )?,
+            output_norm: norm(names.output_norm)?,
+            attention_output_dropout: Dropout::new(shape.attention_output_dropout),
+            hidden_dropout: Dropout::new(shape.hidden_dropout),
         })
     }
 
-    pub fn forward(&self, xs: &Tensor, attention_bias: &Tensor) -> candle_core::Result<Tensor> {
-        let attended = self.attention.forward(xs, attention_bias)?;
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        attention_bias: &Tensor,
+        train: Option<&TrainRng>,
+    ) -> candle_core::Result<Tensor> {
+        let attended = self.attention.forward(xs, attention_bias, train)?;
+        let attended = self.attention_output_dropout.forward(&attended, train)?;
         let xs = self.attention_norm.forward(&(xs + attended)?)?;
-        let ffn = self.ffn.forward(&xs)?;
+        let ffn = self.ffn.forward(&xs, train)?;
+        let ffn = self.hidden_dropout.forward(&ffn, train)?;
         self.output_norm.forward(&(xs + ffn)?)
     }
 }

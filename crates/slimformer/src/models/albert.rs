@@ -6,6 +6,7 @@ use crate::layers::{
     attention_bias, linear, Activation, Embeddings, EmbeddingsNames, LayerNames, LayerShape,
     Linear, PositionIds, TransformerLayer,
 };
+use crate::rng::TrainRng;
 use crate::{Error, Result};
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
@@ -40,6 +41,12 @@ pub struct AlbertConfig {
     pub layer_norm_eps: f64,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
+    #[serde(default)]
+    pub hidden_dropout_prob: f32,
+    #[serde(default)]
+    pub attention_probs_dropout_prob: f32,
+    #[serde(default = "defaults::classifier_dropout_prob")]
+    pub classifier_dropout_prob: f32,
 }
 
 mod defaults {
@@ -73,6 +80,9 @@ mod defaults {
     }
     pub fn type_vocab_size() -> usize {
         2
+    }
+    pub fn classifier_dropout_prob() -> f32 {
+        0.1
     }
     pub fn layer_norm_eps() -> f64 {
         1e-12
@@ -116,6 +126,7 @@ impl Albert {
             type_vocab_size: Some(cfg.type_vocab_size),
             size: cfg.embedding_size,
             layer_norm_eps: cfg.layer_norm_eps,
+            dropout: cfg.hidden_dropout_prob,
         };
         let embeddings = Embeddings::load(vb.pp("embeddings"), &spec, PositionIds::Absolute)?;
         let encoder = vb.pp("encoder");
@@ -131,6 +142,9 @@ impl Albert {
             intermediate: cfg.intermediate_size,
             activation: cfg.hidden_act,
             layer_norm_eps: cfg.layer_norm_eps,
+            attention_dropout: cfg.attention_probs_dropout_prob,
+            attention_output_dropout: cfg.hidden_dropout_prob,
+            hidden_dropout: cfg.hidden_dropout_prob,
         };
         let groups = (0..cfg.num_hidden_groups)
             .map(|g| {
@@ -159,15 +173,15 @@ impl Albert {
 }
 
 impl Encoder for Albert {
-    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+    fn forward_t(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<Tensor> {
         let embedded = self
             .embeddings
-            .forward(&batch.input_ids, &batch.token_type_ids)?;
+            .forward(&batch.input_ids, &batch.token_type_ids, train)?;
         let mut xs = self.embedding_projection.forward(&embedded)?;
         let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
         for step in 0..self.num_hidden_layers {
             for layer in self.group_of(step) {
-                xs = layer.forward(&xs, &bias)?;
+                xs = layer.forward(&xs, &bias, train)?;
             }
         }
         Ok(xs)

@@ -6,6 +6,7 @@ use crate::layers::{
     attention_bias, Activation, Embeddings, EmbeddingsNames, LayerNames, LayerShape, PositionIds,
     TransformerLayer,
 };
+use crate::rng::TrainRng;
 use crate::{Error, Result};
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -33,6 +34,13 @@ pub struct BertConfig {
     #[serde(default = "defaults::layer_norm_eps")]
     pub layer_norm_eps: f64,
     pub pad_token_id: Option<u32>,
+    #[serde(default = "defaults::dropout")]
+    pub hidden_dropout_prob: f32,
+    #[serde(default = "defaults::dropout")]
+    pub attention_probs_dropout_prob: f32,
+    /// Before the classifier; `None` means `hidden_dropout_prob`.
+    #[serde(default)]
+    pub classifier_dropout: Option<f32>,
     #[serde(default = "defaults::position_embedding_type")]
     pub position_embedding_type: String,
 }
@@ -66,6 +74,9 @@ mod defaults {
     pub fn layer_norm_eps() -> f64 {
         1e-12
     }
+    pub fn dropout() -> f32 {
+        0.1
+    }
     pub fn position_embedding_type() -> String {
         "absolute".into()
     }
@@ -90,6 +101,9 @@ impl BertConfig {
             intermediate: self.intermediate_size,
             activation: self.hidden_act,
             layer_norm_eps: self.layer_norm_eps,
+            attention_dropout: self.attention_probs_dropout_prob,
+            attention_output_dropout: self.hidden_dropout_prob,
+            hidden_dropout: self.hidden_dropout_prob,
         }
     }
 }
@@ -122,6 +136,7 @@ impl Bert {
             type_vocab_size: Some(cfg.type_vocab_size),
             size: cfg.hidden_size,
             layer_norm_eps: cfg.layer_norm_eps,
+            dropout: cfg.hidden_dropout_prob,
         };
         let embeddings = Embeddings::load(vb.pp("embeddings"), &spec, positions)?;
         let shape = cfg.layer_shape();
@@ -135,13 +150,13 @@ impl Bert {
 }
 
 impl Encoder for Bert {
-    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+    fn forward_t(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<Tensor> {
         let mut xs = self
             .embeddings
-            .forward(&batch.input_ids, &batch.token_type_ids)?;
+            .forward(&batch.input_ids, &batch.token_type_ids, train)?;
         let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
         for layer in &self.layers {
-            xs = layer.forward(&xs, &bias)?;
+            xs = layer.forward(&xs, &bias, train)?;
         }
         Ok(xs)
     }

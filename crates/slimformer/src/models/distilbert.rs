@@ -5,6 +5,7 @@ use crate::layers::{
     attention_bias, Activation, Embeddings, EmbeddingsNames, LayerNames, LayerShape, PositionIds,
     TransformerLayer,
 };
+use crate::rng::TrainRng;
 use crate::Result;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -32,6 +33,12 @@ pub struct DistilBertConfig {
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
+    #[serde(default = "defaults::dropout")]
+    pub dropout: f32,
+    #[serde(default = "defaults::dropout")]
+    pub attention_dropout: f32,
+    #[serde(default = "defaults::seq_classif_dropout")]
+    pub seq_classif_dropout: f32,
 }
 
 mod defaults {
@@ -53,6 +60,12 @@ mod defaults {
     }
     pub fn activation() -> Activation {
         Activation::Gelu
+    }
+    pub fn dropout() -> f32 {
+        0.1
+    }
+    pub fn seq_classif_dropout() -> f32 {
+        0.2
     }
     pub fn max_position_embeddings() -> usize {
         512
@@ -84,6 +97,7 @@ impl DistilBert {
             type_vocab_size: None,
             size: cfg.dim,
             layer_norm_eps: LAYER_NORM_EPS,
+            dropout: cfg.dropout,
         };
         // Sinusoidal position tables (`sinusoidal_pos_embds`) are stored in the
         // checkpoint like learned ones, so both load the same way.
@@ -94,6 +108,10 @@ impl DistilBert {
             intermediate: cfg.hidden_dim,
             activation: cfg.activation,
             layer_norm_eps: LAYER_NORM_EPS,
+            attention_dropout: cfg.attention_dropout,
+            // transformers' DistilBERT drops out after the feed-forward block only.
+            attention_output_dropout: 0.0,
+            hidden_dropout: cfg.dropout,
         };
         let layers = (0..cfg.n_layers)
             .map(|i| {
@@ -109,13 +127,13 @@ impl DistilBert {
 }
 
 impl Encoder for DistilBert {
-    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+    fn forward_t(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<Tensor> {
         let mut xs = self
             .embeddings
-            .forward(&batch.input_ids, &batch.token_type_ids)?;
+            .forward(&batch.input_ids, &batch.token_type_ids, train)?;
         let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
         for layer in &self.layers {
-            xs = layer.forward(&xs, &bias)?;
+            xs = layer.forward(&xs, &bias, train)?;
         }
         Ok(xs)
     }

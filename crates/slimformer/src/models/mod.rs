@@ -7,6 +7,7 @@ pub mod distilbert;
 pub mod roberta;
 pub mod xlnet;
 
+use crate::rng::TrainRng;
 use crate::Result;
 use candle_core::Tensor;
 
@@ -21,8 +22,15 @@ pub struct Batch {
 
 /// A loaded encoder of any family.
 pub trait Encoder: Send + Sync {
-    /// The last hidden state, [batch, len, hidden].
-    fn forward(&self, batch: &Batch) -> Result<Tensor>;
+    /// The last hidden state, [batch, len, hidden]. `train` brings the randomness
+    /// of a training step (dropout on); `None` is inference.
+    fn forward_t(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<Tensor>;
+
+    /// Inference: [`Encoder::forward_t`] with dropout off.
+    fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        self.forward_t(batch, None)
+    }
+
     /// The input embedding table [vocab, width], which MLM decoders may be tied to.
     fn word_embeddings(&self) -> &Tensor;
 }

@@ -5,7 +5,8 @@
 //! Tensors stay batch-first ([batch, heads, len, ...]) instead of HF's [len, batch].
 
 use super::{Batch, Encoder};
-use crate::layers::{softmax_last_dim, Activation, FeedForward, LayerNorm};
+use crate::layers::{softmax_last_dim, Activation, Dropout, FeedForward, LayerNorm};
+use crate::rng::TrainRng;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, VarBuilder};
@@ -46,6 +47,11 @@ pub struct XLNetConfig {
     pub same_length: bool,
     #[serde(default = "defaults::pad_token_id")]
     pub pad_token_id: Option<u32>,
+    /// Everywhere but the attention probabilities' own.
+    #[serde(default = "defaults::dropout")]
+    pub dropout: f32,
+    #[serde(default = "defaults::dropout")]
+    pub summary_last_dropout: f32,
 }
 
 mod defaults {
@@ -79,6 +85,9 @@ mod defaults {
     }
     pub fn clamp_len() -> i64 {
         -1
+    }
+    pub fn dropout() -> f32 {
+        0.1
     }
     pub fn pad_token_id() -> Option<u32> {
         Some(5)
@@ -116,6 +125,7 @@ struct RelativeAttention {
     norm: LayerNorm,
     n_head: usize,
     d_head: usize,
+    dropout: Dropout,
 }
 
 impl RelativeAttention {
@@ -138,6 +148,7 @@ impl RelativeAttention {
             norm: LayerNorm::load(vb.pp("layer_norm"), cfg.d_model, cfg.layer_norm_eps)?,
             n_head: cfg.n_head,
             d_head,
+            dropout: Dropout::new(cfg.dropout),
         })
     }
 
@@ -158,14 +169,16 @@ impl RelativeAttention {
         pos_emb: &Tensor,
         seg_diff: &Tensor,
         bias: &Tensor,
+        train: Option<&TrainRng>,
     ) -> Result<Tensor> {
         let q_head = self.heads(h, &self.q)?;
         let k_head_h = self.heads(h, &self.k)?;
         let v_head_h = self.heads(h, &self.v)?;
         let k_head_r = self.heads(&pos_emb.unsqueeze(0)?, &self.r)?;
-        let attn_vec =
-            self.rel_attn_core(&q_head, &k_head_h, &v_head_h, &k_head_r, seg_diff, bias)?;
-        self.post_attention(h, &attn_vec)
+        let attn_vec = self.rel_attn_core(
+            &q_head, &k_head_h, &v_head_h, &k_head_r, seg_diff, bias, train,
+        )?;
+        self.post_attention(h, &attn_vec, train)
     }
 
     /// HF's `rel_attn_core`. The query heads come in separately from the key/value
@@ -186,6 +199,7 @@ impl RelativeAttention {
         k_head_r: &Tensor,
         seg_diff: &Tensor,
         bias: &Tensor,
+        train: Option<&TrainRng>,
     ) -> Result<Tensor> {
         let klen = k_head_h.dim(2)?;
         let ac = q_head
@@ -204,17 +218,24 @@ impl RelativeAttention {
         let ef = same.broadcast_add(&seg_diff.broadcast_mul(&delta)?)?;
         let scale = 1.0 / (self.d_head as f64).sqrt();
         let score = (((ac + bd)? + ef)? * scale)?.broadcast_add(bias)?;
-        let prob = softmax_last_dim(&score)?;
+        let prob = self.dropout.forward(&softmax_last_dim(&score)?, train)?;
         Ok(prob.matmul(v_head_h)?)
     }
 
     /// Output projection `o`, residual, LayerNorm.
-    fn post_attention(&self, h: &Tensor, attn_vec: &Tensor) -> Result<Tensor> {
+    fn post_attention(
+        &self,
+        h: &Tensor,
+        attn_vec: &Tensor,
+        train: Option<&TrainRng>,
+    ) -> Result<Tensor> {
         let (b, _, l, _) = attn_vec.dims4()?;
         let merged = attn_vec
             .transpose(1, 2)?
             .reshape((b, l, self.n_head * self.d_head))?;
-        let out = merged.broadcast_matmul(&self.o.t()?)?;
+        let out = self
+            .dropout
+            .forward(&merged.broadcast_matmul(&self.o.t()?)?, train)?;
         Ok(self.norm.forward(&(out + h)?)?)
     }
 }
@@ -236,6 +257,7 @@ struct XLNetLayer {
     attention: RelativeAttention,
     ff: FeedForward,
     ff_norm: LayerNorm,
+    ff_dropout: Dropout,
 }
 
 impl XLNetLayer {
@@ -245,13 +267,14 @@ impl XLNetLayer {
             attention: RelativeAttention::load(vb.pp("rel_attn"), cfg, d_head)?,
             ff: FeedForward::load(
                 &ff,
-                "layer_1",
-                "layer_2",
+                ("layer_1", "layer_2"),
                 cfg.d_model,
                 cfg.d_inner,
                 cfg.ff_activation,
+                Dropout::new(cfg.dropout),
             )?,
             ff_norm: LayerNorm::load(ff.pp("layer_norm"), cfg.d_model, cfg.layer_norm_eps)?,
+            ff_dropout: Dropout::new(cfg.dropout),
         })
     }
 
@@ -261,9 +284,12 @@ impl XLNetLayer {
         pos_emb: &Tensor,
         seg_diff: &Tensor,
         bias: &Tensor,
+        train: Option<&TrainRng>,
     ) -> Result<Tensor> {
-        let h = self.attention.forward(h, pos_emb, seg_diff, bias)?;
-        let ff = self.ff.forward(&h)?;
+        let h = self.attention.forward(h, pos_emb, seg_diff, bias, train)?;
+        let ff = self
+            .ff_dropout
+            .forward(&self.ff.forward(&h, train)?, train)?;
         Ok(self.ff_norm.forward(&(ff + h)?)?)
     }
 }
@@ -276,6 +302,7 @@ pub struct XLNet {
     layers: Vec<XLNetLayer>,
     d_model: usize,
     clamp_len: i64,
+    dropout: Dropout,
 }
 
 impl XLNet {
@@ -320,6 +347,7 @@ impl XLNet {
             layers,
             d_model: cfg.d_model,
             clamp_len: cfg.clamp_len,
+            dropout: Dropout::new(cfg.dropout),
         })
     }
 
@@ -365,8 +393,9 @@ fn attention_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
 }
 
 impl Encoder for XLNet {
-    fn forward(&self, batch: &Batch) -> Result<Tensor> {
-        let mut h = self.word_embedding.forward(&batch.input_ids)?;
+    fn forward_t(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<Tensor> {
+        let embedded = self.word_embedding.forward(&batch.input_ids)?;
+        let mut h = self.dropout.forward(&embedded, train)?;
         let (b, l, _) = h.dims3()?;
         let (device, dtype) = (h.device().clone(), h.dtype());
         let bias = attention_bias(&batch.attention_mask, dtype)?;
@@ -377,10 +406,11 @@ impl Encoder for XLNet {
             .broadcast_ne(&types.reshape((b, 1, 1, l))?)?
             .to_dtype(dtype)?;
         let pos_emb = self.relative_positions(l, &device, dtype)?;
+        let pos_emb = self.dropout.forward(&pos_emb, train)?;
         for layer in &self.layers {
-            h = layer.forward(&h, &pos_emb, &seg_diff, &bias)?;
+            h = layer.forward(&h, &pos_emb, &seg_diff, &bias, train)?;
         }
-        Ok(h)
+        Ok(self.dropout.forward(&h, train)?)
     }
 
     fn word_embeddings(&self) -> &Tensor {
