@@ -3,8 +3,8 @@
 use crate::checkpoint::Checkpoint;
 use crate::layers::Activation;
 use crate::models::albert::{Albert, AlbertConfig};
-use crate::models::bert::{Bert, BertConfig};
-use crate::models::distilbert::{DistilBert, DistilBertConfig};
+use crate::models::bert::{self, BertConfig};
+use crate::models::distilbert::{self, DistilBertConfig};
 use crate::models::xlnet::{XLNet, XLNetConfig};
 use crate::models::{roberta, Encoder, Family};
 use crate::{Error, Result};
@@ -134,7 +134,7 @@ impl Model {
         Ok((Self::build(checkpoint, vb)?, varmap))
     }
 
-    fn build(checkpoint: Checkpoint, vb: VarBuilder<'static>) -> Result<Self> {
+    pub(crate) fn build(checkpoint: Checkpoint, vb: VarBuilder<'static>) -> Result<Self> {
         let config = match checkpoint.family {
             Family::Bert => FamilyConfig::Bert(checkpoint.family_config()?),
             Family::Roberta => FamilyConfig::Roberta(checkpoint.family_config()?),
@@ -143,10 +143,10 @@ impl Model {
             Family::XLNet => FamilyConfig::XLNet(checkpoint.family_config()?),
         };
         let encoder: Result<Box<dyn Encoder>> = match &config {
-            FamilyConfig::Bert(c) => Bert::load(vb.clone(), c).map(|m| Box::new(m) as _),
+            FamilyConfig::Bert(c) => bert::load(vb.clone(), c).map(|m| Box::new(m) as _),
             FamilyConfig::Roberta(c) => roberta::load(vb.clone(), c).map(|m| Box::new(m) as _),
             FamilyConfig::DistilBert(c) => {
-                DistilBert::load(vb.clone(), c).map(|m| Box::new(m) as _)
+                distilbert::load(vb.clone(), c).map(|m| Box::new(m) as _)
             }
             FamilyConfig::Albert(c) => Albert::load(vb.clone(), c).map(|m| Box::new(m) as _),
             FamilyConfig::XLNet(c) => XLNet::load(vb.clone(), c).map(|m| Box::new(m) as _),

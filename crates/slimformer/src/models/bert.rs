@@ -1,14 +1,12 @@
 //! BERT (Devlin et al.): absolute positions, token types, post-LN layers.
-//! RoBERTa reuses it with padding-aware positions (see `roberta.rs`).
+//! RoBERTa reuses it with padding-aware positions (see `roberta.rs`); the
+//! encoder itself is the shared [`PostLnEncoder`].
 
-use super::{Batch, Encoder};
+use super::post_ln::PostLnEncoder;
 use crate::layers::{
-    attention_bias, Activation, Embeddings, EmbeddingsNames, LayerNames, LayerShape, PositionIds,
-    TransformerLayer,
+    Activation, Embeddings, EmbeddingsNames, LayerNames, LayerShape, PositionIds, TransformerLayer,
 };
-use crate::rng::TrainRng;
 use crate::{Error, Result};
-use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -108,60 +106,33 @@ impl BertConfig {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct Bert {
-    embeddings: Embeddings,
-    layers: Vec<TransformerLayer>,
+pub fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<PostLnEncoder> {
+    load_with_positions(vb, cfg, PositionIds::Absolute)
 }
 
-impl Bert {
-    pub fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
-        Self::load_with_positions(vb, cfg, PositionIds::Absolute)
+pub(crate) fn load_with_positions(
+    vb: VarBuilder,
+    cfg: &BertConfig,
+    positions: PositionIds,
+) -> Result<PostLnEncoder> {
+    if cfg.position_embedding_type != "absolute" {
+        return Err(Error::Config(format!(
+            "position_embedding_type {:?} is not supported (only \"absolute\")",
+            cfg.position_embedding_type
+        )));
     }
-
-    pub(crate) fn load_with_positions(
-        vb: VarBuilder,
-        cfg: &BertConfig,
-        positions: PositionIds,
-    ) -> Result<Self> {
-        if cfg.position_embedding_type != "absolute" {
-            return Err(Error::Config(format!(
-                "position_embedding_type {:?} is not supported (only \"absolute\")",
-                cfg.position_embedding_type
-            )));
-        }
-        let spec = EmbeddingsNames {
-            vocab_size: cfg.vocab_size,
-            max_positions: cfg.max_position_embeddings,
-            type_vocab_size: Some(cfg.type_vocab_size),
-            size: cfg.hidden_size,
-            layer_norm_eps: cfg.layer_norm_eps,
-            dropout: cfg.hidden_dropout_prob,
-        };
-        let embeddings = Embeddings::load(vb.pp("embeddings"), &spec, positions)?;
-        let shape = cfg.layer_shape();
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| {
-                TransformerLayer::load(vb.pp(format!("encoder.layer.{i}")), &BERT_LAYER, &shape)
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { embeddings, layers })
-    }
-}
-
-impl Encoder for Bert {
-    fn forward_t(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<Tensor> {
-        let mut xs = self
-            .embeddings
-            .forward(&batch.input_ids, &batch.token_type_ids, train)?;
-        let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
-        for layer in &self.layers {
-            xs = layer.forward(&xs, &bias, train)?;
-        }
-        Ok(xs)
-    }
-
-    fn word_embeddings(&self) -> &Tensor {
-        self.embeddings.word_embeddings()
-    }
+    let spec = EmbeddingsNames {
+        vocab_size: cfg.vocab_size,
+        max_positions: cfg.max_position_embeddings,
+        type_vocab_size: Some(cfg.type_vocab_size),
+        size: cfg.hidden_size,
+        layer_norm_eps: cfg.layer_norm_eps,
+        dropout: cfg.hidden_dropout_prob,
+    };
+    let embeddings = Embeddings::load(vb.pp("embeddings"), &spec, positions)?;
+    let shape = cfg.layer_shape();
+    let layers = (0..cfg.num_hidden_layers)
+        .map(|i| TransformerLayer::load(vb.pp(format!("encoder.layer.{i}")), &BERT_LAYER, &shape))
+        .collect::<Result<_>>()?;
+    Ok(PostLnEncoder::new(embeddings, layers))
 }

@@ -1,13 +1,10 @@
 //! DistilBERT (Sanh et al.): BERT's layers under other names, no token types.
 
-use super::{Batch, Encoder};
+use super::post_ln::PostLnEncoder;
 use crate::layers::{
-    attention_bias, Activation, Embeddings, EmbeddingsNames, LayerNames, LayerShape, PositionIds,
-    TransformerLayer,
+    Activation, Embeddings, EmbeddingsNames, LayerNames, LayerShape, PositionIds, TransformerLayer,
 };
-use crate::rng::TrainRng;
 use crate::Result;
-use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
@@ -83,62 +80,37 @@ const DISTILBERT_LAYER: LayerNames = LayerNames {
     output_norm: "output_layer_norm",
 };
 
-#[derive(Debug, Clone)]
-pub struct DistilBert {
-    embeddings: Embeddings,
-    layers: Vec<TransformerLayer>,
-}
-
-impl DistilBert {
-    pub fn load(vb: VarBuilder, cfg: &DistilBertConfig) -> Result<Self> {
-        let spec = EmbeddingsNames {
-            vocab_size: cfg.vocab_size,
-            max_positions: cfg.max_position_embeddings,
-            type_vocab_size: None,
-            size: cfg.dim,
-            layer_norm_eps: LAYER_NORM_EPS,
-            dropout: cfg.dropout,
-        };
-        // Sinusoidal position tables (`sinusoidal_pos_embds`) are stored in the
-        // checkpoint like learned ones, so both load the same way.
-        let embeddings = Embeddings::load(vb.pp("embeddings"), &spec, PositionIds::Absolute)?;
-        let shape = LayerShape {
-            hidden: cfg.dim,
-            heads: cfg.n_heads,
-            intermediate: cfg.hidden_dim,
-            activation: cfg.activation,
-            layer_norm_eps: LAYER_NORM_EPS,
-            attention_dropout: cfg.attention_dropout,
-            // transformers' DistilBERT drops out after the feed-forward block only.
-            attention_output_dropout: 0.0,
-            hidden_dropout: cfg.dropout,
-        };
-        let layers = (0..cfg.n_layers)
-            .map(|i| {
-                TransformerLayer::load(
-                    vb.pp(format!("transformer.layer.{i}")),
-                    &DISTILBERT_LAYER,
-                    &shape,
-                )
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self { embeddings, layers })
-    }
-}
-
-impl Encoder for DistilBert {
-    fn forward_t(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<Tensor> {
-        let mut xs = self
-            .embeddings
-            .forward(&batch.input_ids, &batch.token_type_ids, train)?;
-        let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
-        for layer in &self.layers {
-            xs = layer.forward(&xs, &bias, train)?;
-        }
-        Ok(xs)
-    }
-
-    fn word_embeddings(&self) -> &Tensor {
-        self.embeddings.word_embeddings()
-    }
+pub fn load(vb: VarBuilder, cfg: &DistilBertConfig) -> Result<PostLnEncoder> {
+    let spec = EmbeddingsNames {
+        vocab_size: cfg.vocab_size,
+        max_positions: cfg.max_position_embeddings,
+        type_vocab_size: None,
+        size: cfg.dim,
+        layer_norm_eps: LAYER_NORM_EPS,
+        dropout: cfg.dropout,
+    };
+    // Sinusoidal position tables (`sinusoidal_pos_embds`) are stored in the
+    // checkpoint like learned ones, so both load the same way.
+    let embeddings = Embeddings::load(vb.pp("embeddings"), &spec, PositionIds::Absolute)?;
+    let shape = LayerShape {
+        hidden: cfg.dim,
+        heads: cfg.n_heads,
+        intermediate: cfg.hidden_dim,
+        activation: cfg.activation,
+        layer_norm_eps: LAYER_NORM_EPS,
+        attention_dropout: cfg.attention_dropout,
+        // transformers' DistilBERT drops out after the feed-forward block only.
+        attention_output_dropout: 0.0,
+        hidden_dropout: cfg.dropout,
+    };
+    let layers = (0..cfg.n_layers)
+        .map(|i| {
+            TransformerLayer::load(
+                vb.pp(format!("transformer.layer.{i}")),
+                &DISTILBERT_LAYER,
+                &shape,
+            )
+        })
+        .collect::<Result<_>>()?;
+    Ok(PostLnEncoder::new(embeddings, layers))
 }

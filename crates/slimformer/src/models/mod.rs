@@ -4,6 +4,7 @@
 pub mod albert;
 pub mod bert;
 pub mod distilbert;
+pub mod post_ln;
 pub mod roberta;
 pub mod xlnet;
 

@@ -1,7 +1,8 @@
 //! RoBERTa (Liu et al.): BERT's architecture; positions count from
 //! `padding_idx + 1` and skip padding, as transformers does.
 
-use super::bert::{Bert, BertConfig};
+use super::bert::{self, BertConfig};
+use super::post_ln::PostLnEncoder;
 use crate::layers::PositionIds;
 use crate::Result;
 use candle_nn::VarBuilder;
@@ -11,9 +12,9 @@ pub type RobertaConfig = BertConfig;
 
 pub const DEFAULT_PAD_TOKEN_ID: u32 = 1;
 
-pub fn load(vb: VarBuilder, cfg: &RobertaConfig) -> Result<Bert> {
+pub fn load(vb: VarBuilder, cfg: &RobertaConfig) -> Result<PostLnEncoder> {
     let padding_idx = cfg.pad_token_id.unwrap_or(DEFAULT_PAD_TOKEN_ID);
-    Bert::load_with_positions(vb, cfg, PositionIds::SkipPadding { padding_idx })
+    bert::load_with_positions(vb, cfg, PositionIds::SkipPadding { padding_idx })
 }
 
 /// The longest input: positions start after the padding index.
