@@ -489,3 +489,41 @@ fn non_utf8_line_fails_alone() {
         .unwrap()
         .contains("line 2: not valid UTF-8"));
 }
+
+#[test]
+fn missing_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("bert-base"), dir.path());
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let out = slimformer(&["encode", dir_str(dir.path()), "--text", "a"]);
+    assert_fails_naming(&out, &["tokenizer.json", "missing"]);
+}
+
+#[test]
+fn invalid_config_json() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("bert-base"), dir.path());
+    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"bert\",").unwrap();
+    let out = slimformer(&["inspect", dir_str(dir.path())]);
+    assert_fails_naming(&out, &["config.json", "invalid JSON"]);
+}
+
+#[test]
+fn missing_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("bert-sharded"), dir.path());
+    let shard = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with("model-0000") && n.ends_with(".safetensors"))
+        .unwrap();
+    std::fs::remove_file(dir.path().join(&shard)).unwrap();
+    let out = slimformer(&["encode", dir_str(dir.path()), "--text", "a"]);
+    assert_fails_naming(
+        &out,
+        &[
+            shard.as_str(),
+            "missing (listed in model.safetensors.index.json)",
+        ],
+    );
+}
