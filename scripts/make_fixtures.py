@@ -10,6 +10,8 @@ tokenizer.json trained by this script) plus
   * expected.safetensors: for b in {single, pair}: b.input_ids / b.attention_mask /
     b.token_type_ids (int64 [B,L]), b.last_hidden_state (f32 [B,L,H]), for head models
     b.logits (f32), and b.pooler_output (f32 [B,H]) where the base model has a pooler;
+    For xlnet-plm (head permutation_lm) b.logits are the two-stream logits for b.perm_mask
+    (f32 [B,L,L]) and b.target_mapping (f32 [B,M,L]), [B,M,vocab];
   * cases.json: family, model_class, head, texts, padding side and pad token type id.
 The `minilm` case (only when assets/all-MiniLM-L6-v2 exists, see scripts/fetch-assets.sh)
 writes tests/fixtures/minilm/expected.json with sentence-transformers embeddings.
@@ -67,6 +69,7 @@ from transformers import (  # noqa: E402
     XLNetConfig,
     XLNetForSequenceClassification,
     XLNetForTokenClassification,
+    XLNetLMHeadModel,
     XLNetModel,
 )
 
@@ -398,6 +401,7 @@ HEADS = {
     "seqcls": "sequence_classification",
     "tokcls": "token_classification",
     "mlm": "masked_lm",
+    "plm": "permutation_lm",
 }
 
 # name -> dict(family, tok, cls, config class, config kwargs, head, save)
@@ -464,6 +468,10 @@ case("xlnet-seqcls", "xlnet", "xlnet", XLNetForSequenceClassification, XLNetConf
 case("xlnet-tokcls", "xlnet", "xlnet", XLNetForTokenClassification, XLNetConfig, "tokcls", **XLNET_TINY,
      clamp_len=-1, ff_activation="relu", num_labels=5, **labels(NER))
 case("xlnet-clamp", "xlnet", "xlnet", XLNetModel, XLNetConfig, "base", **XLNET_TINY, clamp_len=3,
+     ff_activation="gelu")
+# Permutation LM (two-stream attention): b.logits are XLNetLMHeadModel's with b.perm_mask and
+# b.target_mapping, [B, num_predict, vocab]; see plm_inputs.
+case("xlnet-plm", "xlnet", "xlnet", XLNetLMHeadModel, XLNetConfig, "plm", **XLNET_TINY, clamp_len=-1,
      ff_activation="gelu")
 
 
@@ -546,6 +554,32 @@ def save_checkpoint(model, spec: dict, out: Path) -> None:
         raise ValueError(spec["save"])
 
 
+def plm_inputs(tok: Tokenizer, ids, mask, seed: int):
+    """perm_mask [B,L,L] and target_mapping [B,M,L] as slimformer's plm.rs builds them: per example
+    a factorization order with <sep>/<cls> first and the other real tokens shuffled; the last
+    max(1, n // 6) are the targets; perm_mask[i, j] = 1 when rank(j) >= rank(i) (padding rows: all 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    specials = {tok.token_to_id("<sep>"), tok.token_to_id("<cls>")}
+    b, l = ids.shape
+    perm = torch.ones(b, l, l)
+    targets = []
+    for e in range(b):
+        real = [i for i in range(l) if mask[e, i] == 1]
+        spec = [i for i in real if int(ids[e, i]) in specials]
+        rest = [i for i in real if int(ids[e, i]) not in specials]
+        order = spec + [rest[k] for k in torch.randperm(len(rest), generator=gen).tolist()]
+        rank = {p: r for r, p in enumerate(order)}
+        for i in real:
+            for j in range(l):
+                perm[e, i, j] = 1.0 if (j not in rank or rank[j] >= rank[i]) else 0.0
+        targets.append(order[len(order) - max(1, len(rest) // 6):])
+    mapping = torch.zeros(b, max(len(t) for t in targets), l)
+    for e, t in enumerate(targets):
+        for k, p in enumerate(t):
+            mapping[e, k, p] = 1.0
+    return perm, mapping
+
+
 def human(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
 
@@ -589,6 +623,15 @@ def make_case(name: str, spec: dict, built: dict) -> dict:
         tensors[f"{bname}.last_hidden_state"] = lhs
         if pooled is not None:  # extra: BERT/ALBERT pooler (dense + tanh on token 0), when the model has one
             tensors[f"{bname}.pooler_output"] = pooled
+        if spec["head"] == "plm":
+            perm, mapping = plm_inputs(tok_file, ids, mask, case_seed(name) + 2)
+            with torch.no_grad():
+                kwargs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types,
+                              perm_mask=perm, target_mapping=mapping)
+                logits = reloaded(**kwargs).logits.float().contiguous()
+                assert torch.allclose(logits, model(**kwargs).logits, atol=1e-6), f"{name}: reload mismatch"
+            tensors[f"{bname}.perm_mask"] = perm.contiguous()
+            tensors[f"{bname}.target_mapping"] = mapping.contiguous()
         if logits is not None:
             tensors[f"{bname}.logits"] = logits
             max_logit = max(max_logit, logits.abs().max().item())

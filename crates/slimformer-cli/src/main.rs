@@ -3,6 +3,7 @@
 
 mod input;
 mod tasks;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     FillMask(tasks::FillMaskArgs),
     /// Time the encoder's forward pass on synthetic inputs.
     Bench(tasks::BenchArgs),
+    /// Fine-tune a sequence classifier on labelled CSV/TSV/JSONL data.
+    Finetune(Box<train_cmd::FinetuneArgs>),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Tag(args) => tasks::tag(args),
         Command::FillMask(args) => tasks::fill_mask(args),
         Command::Bench(args) => tasks::bench(args),
+        Command::Finetune(args) => train_cmd::finetune(*args),
     };
     match result {
         Ok(code) => code,

@@ -163,17 +163,18 @@ fn sequence_head_names(model: &Model) -> Result<SequenceHeadNames> {
         Family::DistilBert => names("pre_classifier", Activation::Relu, "classifier"),
         Family::XLNet => {
             let config = &model.checkpoint.config;
-            let summary_token =
-                match config.get("summary_type").and_then(|s| s.as_str()) {
-                    None | Some("last") => SummaryToken::Last,
-                    Some("first") => SummaryToken::First,
-                    Some(other) => return Err(Error::file(
+            let summary_token = match config.get("summary_type").and_then(|s| s.as_str()) {
+                None | Some("last") => SummaryToken::Last,
+                Some("first") => SummaryToken::First,
+                Some(other) => {
+                    return Err(Error::file(
                         model.checkpoint.dir.join(crate::checkpoint::CONFIG_FILE),
                         format!(
                             "summary_type {other:?} is not supported (only \"last\" or \"first\")"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             SequenceHeadNames {
                 summary_token,
                 ..names("sequence_summary.summary", Activation::Tanh, "logits_proj")

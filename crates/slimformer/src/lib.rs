@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod pooling;
 pub mod rng;
 pub mod tokenize;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use model::Model;

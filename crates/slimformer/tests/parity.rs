@@ -135,6 +135,15 @@ fn check_case(name: &str) {
                 let head = TokenClassifier::load(&p.model).unwrap();
                 Some(real_tokens(&head.forward(&hidden).unwrap(), mask))
             }
+            "permutation_lm" => {
+                let head = slimformer::train::pretrain_heads::PlmHead::load(&p.model).unwrap();
+                let perm_mask = &case.expected[&key("perm_mask")];
+                let target_mapping = &case.expected[&key("target_mapping")];
+                Some(
+                    head.forward_t(&batch, perm_mask, target_mapping, None)
+                        .unwrap(),
+                )
+            }
             "masked_lm" => {
                 let head = MaskedLmHead::load(&p.model).unwrap();
                 Some(real_tokens(&head.forward(&hidden).unwrap(), mask))
@@ -143,7 +152,11 @@ fn check_case(name: &str) {
         };
         if let Some(ours) = logits {
             let expected = &case.expected[&key("logits")];
-            let expected = if case.head == "sequence_classification" {
+            // Per-sequence ([B, labels]) and per-target ([B, M, V]) logits have no padding.
+            let expected = if matches!(
+                case.head.as_str(),
+                "sequence_classification" | "permutation_lm"
+            ) {
                 expected.clone()
             } else {
                 real_tokens(expected, mask)
@@ -218,4 +231,5 @@ parity_tests! {
     xlnet_seqcls => "xlnet-seqcls",
     xlnet_tokcls => "xlnet-tokcls",
     xlnet_clamp => "xlnet-clamp",
+    xlnet_plm => "xlnet-plm",
 }

@@ -181,6 +181,44 @@ impl RelativeAttention {
         self.post_attention(h, &attn_vec, train)
     }
 
+    /// Two-stream attention (HF's branch with `g`): the content stream `h` as in
+    /// [`Self::forward`] with `bias_h`, and the query stream `g` [batch, m, d_model],
+    /// scattered to positions by `target_mapping` [batch, m, len] (f-type), attending
+    /// to the content stream's keys/values with `bias_g`. Returns (h, g).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_two_stream(
+        &self,
+        h: &Tensor,
+        g: &Tensor,
+        pos_emb: &Tensor,
+        seg_diff: &Tensor,
+        bias_h: &Tensor,
+        bias_g: &Tensor,
+        target_mapping: &Tensor,
+        train: Option<&TrainRng>,
+    ) -> Result<(Tensor, Tensor)> {
+        let k_head_h = self.heads(h, &self.k)?;
+        let v_head_h = self.heads(h, &self.v)?;
+        let k_head_r = self.heads(&pos_emb.unsqueeze(0)?, &self.r)?;
+        let q_head_h = self.heads(h, &self.q)?;
+        let attn_h = self.rel_attn_core(
+            &q_head_h, &k_head_h, &v_head_h, &k_head_r, seg_diff, bias_h, train,
+        )?;
+        let out_h = self.post_attention(h, &attn_h, train)?;
+        // einsum("mbnd,mlb->lbnd"): [b, 1, len, m] @ [b, n, m, d] → [b, n, len, d].
+        let q_head_g = self.heads(g, &self.q)?;
+        let scatter = target_mapping.transpose(1, 2)?.unsqueeze(1)?.contiguous()?;
+        let q_head_g = scatter.broadcast_matmul(&q_head_g)?;
+        let attn_g = self.rel_attn_core(
+            &q_head_g, &k_head_h, &v_head_h, &k_head_r, seg_diff, bias_g, train,
+        )?;
+        // einsum("lbnd,mlb->mbnd"): [b, 1, m, len] @ [b, n, len, d] → [b, n, m, d].
+        let gather = target_mapping.unsqueeze(1)?.contiguous()?;
+        let attn_g = gather.broadcast_matmul(&attn_g)?;
+        let out_g = self.post_attention(g, &attn_g, train)?;
+        Ok((out_h, out_g))
+    }
+
     /// HF's `rel_attn_core`. The query heads come in separately from the key/value
     /// heads so that the query stream `g` of two-stream (permutation LM) attention
     /// can reuse it unchanged: project `g` with `self.q`, pass the content stream's
@@ -191,6 +229,7 @@ impl RelativeAttention {
     /// `k_head_r` [1, n_head, 2·len, d_head]; `seg_diff` [batch, 1, len, len], 1.0
     /// where query and key are in different segments; `bias` additive, broadcastable
     /// to [batch, n_head, len, len]. Returns [batch, n_head, len, d_head].
+    #[allow(clippy::too_many_arguments)]
     fn rel_attn_core(
         &self,
         q_head: &Tensor,
@@ -294,10 +333,46 @@ impl XLNetLayer {
     }
 }
 
+impl XLNetLayer {
+    #[allow(clippy::too_many_arguments)]
+    fn forward_two_stream(
+        &self,
+        h: &Tensor,
+        g: &Tensor,
+        pos_emb: &Tensor,
+        seg_diff: &Tensor,
+        bias_h: &Tensor,
+        bias_g: &Tensor,
+        target_mapping: &Tensor,
+        train: Option<&TrainRng>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (h, g) = self.attention.forward_two_stream(
+            h,
+            g,
+            pos_emb,
+            seg_diff,
+            bias_h,
+            bias_g,
+            target_mapping,
+            train,
+        )?;
+        let ff = |x: Tensor| -> Result<Tensor> {
+            let y = self
+                .ff_dropout
+                .forward(&self.ff.forward(&x, train)?, train)?;
+            Ok(self.ff_norm.forward(&(y + x)?)?)
+        };
+        // HF runs the feed-forward on g before h; the order matters for dropout draws.
+        let g = ff(g)?;
+        let h = ff(h)?;
+        Ok((h, g))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct XLNet {
     word_embedding: Embedding,
-    /// [1, 1, d_model]: the query stream's input for permutation LM; unused here.
+    /// [1, 1, d_model]: the query stream's input for permutation LM.
     mask_emb: Tensor,
     layers: Vec<XLNetLayer>,
     d_model: usize,
@@ -375,6 +450,83 @@ impl XLNet {
         }
         Ok(Tensor::from_vec(table, (2 * len, self.d_model), device)?.to_dtype(dtype)?)
     }
+}
+
+impl XLNet {
+    /// Two-stream attention for permutation LM, as HF's `XLNetModel` with `perm_mask`
+    /// and `target_mapping` (no mems): `perm_mask` [batch, len, len], 1 where token i
+    /// may not attend to token j; `target_mapping` [batch, m, len], one-hot rows
+    /// naming the m positions to predict (all-zero rows pad). Returns the query
+    /// stream's last layer [batch, m, d_model] (after the output dropout).
+    pub fn forward_two_stream(
+        &self,
+        batch: &Batch,
+        perm_mask: &Tensor,
+        target_mapping: &Tensor,
+        train: Option<&TrainRng>,
+    ) -> Result<Tensor> {
+        let embedded = self.word_embedding.forward(&batch.input_ids)?;
+        let mut h = self.dropout.forward(&embedded, train)?;
+        let (b, l, _) = h.dims3()?;
+        let (device, dtype) = (h.device().clone(), h.dtype());
+        let m = target_mapping.dim(1)?;
+        let target_mapping = target_mapping.to_dtype(dtype)?;
+        let mask_emb = self.mask_emb.broadcast_as((b, m, self.d_model))?;
+        let mut g = self.dropout.forward(&mask_emb.contiguous()?, train)?;
+        let (bias_h, bias_g) = two_stream_biases(&batch.attention_mask, perm_mask, dtype)?;
+        let types = batch.token_type_ids.to_dtype(DType::U32)?;
+        let seg_diff = types
+            .reshape((b, 1, l, 1))?
+            .broadcast_ne(&types.reshape((b, 1, 1, l))?)?
+            .to_dtype(dtype)?;
+        let pos_emb = self.relative_positions(l, &device, dtype)?;
+        let pos_emb = self.dropout.forward(&pos_emb, train)?;
+        for layer in &self.layers {
+            (h, g) = layer.forward_two_stream(
+                &h,
+                &g,
+                &pos_emb,
+                &seg_diff,
+                &bias_h,
+                &bias_g,
+                &target_mapping,
+                train,
+            )?;
+        }
+        Ok(self.dropout.forward(&g, train)?)
+    }
+}
+
+/// Which keys each query may not see in two-stream attention, as HF builds them:
+/// the query stream hides j from i when j is padding or `perm_mask[i, j]` is set
+/// (`attn_mask`); the content stream hides the same except i itself (`non_tgt_mask`).
+/// Returned as 0/1 f32 [batch, len, len] (content, query).
+pub fn two_stream_masks(attention_mask: &Tensor, perm_mask: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (b, l) = attention_mask.dims2()?;
+    let padding = attention_mask
+        .to_dtype(DType::F32)?
+        .eq(0f32)?
+        .to_dtype(DType::F32)?
+        .reshape((b, 1, l))?;
+    let query = padding
+        .broadcast_add(&perm_mask.to_dtype(DType::F32)?)?
+        .gt(0f32)?
+        .to_dtype(DType::F32)?;
+    let eye = Tensor::eye(l, DType::F32, attention_mask.device())?;
+    let content = query.broadcast_sub(&eye)?.gt(0f32)?.to_dtype(DType::F32)?;
+    Ok((content, query))
+}
+
+/// [`two_stream_masks`] as additive biases [batch, 1, len, len] (−1e30 where hidden).
+fn two_stream_biases(
+    attention_mask: &Tensor,
+    perm_mask: &Tensor,
+    dtype: DType,
+) -> Result<(Tensor, Tensor)> {
+    let (content, query) = two_stream_masks(attention_mask, perm_mask)?;
+    let big = if dtype == DType::F16 { 65500.0 } else { 1e30 };
+    let bias = |m: Tensor| -> Result<Tensor> { Ok((m.unsqueeze(1)?.to_dtype(dtype)? * -big)?) };
+    Ok((bias(content)?, bias(query)?))
 }
 
 /// HF's `non_tgt_mask` as an additive bias [batch, 1, len, len]: key j is hidden

@@ -1,0 +1,124 @@
+//! `slimformer finetune`: sequence classification on labelled CSV/TSV/JSONL files.
+
+use slimformer::train::data::Columns;
+use slimformer::train::finetune::{self, FinetuneOptions};
+use slimformer::train::trainer::TrainConfig;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct FinetuneArgs {
+    /// The model folder to start from (or a hub id in the local cache).
+    pub model: String,
+    /// Training data: .csv, .tsv, or .jsonl with a header / keys.
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Dev data, same format (default: --dev-split of the training data).
+    #[arg(long, conflicts_with = "dev_split")]
+    pub dev: Option<PathBuf>,
+    /// Fraction of the training rows held out as dev data (seeded) when no --dev.
+    #[arg(long)]
+    pub dev_split: Option<f64>,
+    #[arg(long, default_value = "text")]
+    pub text_col: String,
+    /// Column of the second text of a pair.
+    #[arg(long)]
+    pub text_pair_col: Option<String>,
+    #[arg(long, default_value = "label")]
+    pub label_col: String,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Optimizer steps in all (overrides --epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Peak learning rate (linear warm-up, then linear decay to 0).
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    /// Examples per forward/backward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Truncate texts to this many tokens (default: 128, or the model's limit if lower).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Clip gradients to this global norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Evaluate every N optimizer steps (default: once per epoch).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Stop after N evaluations without a better dev accuracy.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// A metrics.jsonl training line every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    /// The run folder: best checkpoint, metrics.jsonl, resume state.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace what --out holds instead of resuming or refusing.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+pub fn finetune(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
+    let model_dir = slimformer::hub::resolve_model(&args.model)?;
+    let opts = FinetuneOptions {
+        model_dir,
+        train: args.train,
+        dev_split: if args.dev.is_none() {
+            Some(args.dev_split.unwrap_or(0.1))
+        } else {
+            None
+        },
+        dev: args.dev,
+        columns: Columns {
+            text: args.text_col,
+            text_pair: args.text_pair_col,
+            label: args.label_col,
+        },
+        max_len: args.max_len,
+        train_config: TrainConfig {
+            epochs: args.epochs,
+            max_steps: args.max_steps,
+            lr: args.lr,
+            batch: args.batch,
+            grad_accum: args.grad_accum,
+            warmup_ratio: args.warmup_ratio,
+            weight_decay: args.weight_decay,
+            clip: args.clip,
+            seed: args.seed,
+            eval_every: args.eval_every,
+            patience: args.patience,
+            log_every: args.log_every,
+        },
+        out: args.out,
+        overwrite: args.overwrite,
+        progress: true,
+    };
+    let report = finetune::finetune(&opts)?;
+    let o = &report.outcome;
+    let line = serde_json::json!({
+        "out": report.out,
+        "dev": o.best.as_ref().map(|m| &m.values),
+        "best_step": o.best_step,
+        "last_dev": o.last.as_ref().map(|m| &m.values),
+        "steps": o.steps,
+        "resumed_from": o.resumed_from,
+        "stopped_early": o.stopped_early,
+        "examples_per_s": o.examples_per_s,
+        "train_examples": report.train_examples,
+        "dev_examples": report.dev_examples,
+        "labels": report.labels,
+    });
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}

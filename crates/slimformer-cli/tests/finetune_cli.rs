@@ -1,0 +1,124 @@
+//! `slimformer finetune` as a user runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn slimformer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_slimformer"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn write_train(dir: &Path) -> PathBuf {
+    let mut csv = String::from("text,label\n");
+    for i in 0..16 {
+        let (text, label) = if i % 2 == 0 {
+            ("hello world bridge", "pos")
+        } else {
+            ("dog fox not", "neg")
+        };
+        csv.push_str(&format!("{text} {i},{label}\n"));
+    }
+    let path = dir.join("train.csv");
+    std::fs::write(&path, csv).unwrap();
+    path
+}
+
+#[test]
+fn finetune_writes_a_run_and_prints_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = write_train(tmp.path());
+    let out = tmp.path().join("run");
+    let base = fixture("bert-base");
+    let args = [
+        "finetune",
+        base.to_str().unwrap(),
+        "--train",
+        train.to_str().unwrap(),
+        "--dev-split",
+        "0.25",
+        "--max-steps",
+        "4",
+        "--batch",
+        "4",
+        "--lr",
+        "1e-3",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = slimformer(&args);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8(run.stdout).unwrap().trim()).unwrap();
+    assert_eq!(line["steps"], 4);
+    assert_eq!(line["dev_examples"], 4);
+    assert!(line["dev"]["accuracy"].as_f64().is_some());
+    assert!(line["examples_per_s"].as_f64().unwrap() > 0.0);
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.jsonl",
+        "train_config.json",
+        "resume/state.json",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    // Same --out, another seed: refused without --overwrite, no panic.
+    let mut other: Vec<&str> = args.to_vec();
+    other.extend(["--seed", "1"]);
+    let refused = slimformer(&other);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains("different configuration") && err.contains("--overwrite"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_data_fails_naming_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.csv");
+    std::fs::write(&bad, "text,label\nhello,pos\n\"unclosed,neg\n").unwrap();
+    let base = fixture("bert-base");
+    let out = tmp.path().join("run");
+    let run = slimformer(&[
+        "finetune",
+        base.to_str().unwrap(),
+        "--train",
+        bad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("bad.csv") && err.contains("line 3"), "{err}");
+
+    let missing = tmp.path().join("cols.tsv");
+    std::fs::write(&missing, "sentence\tlabel\nhello\tpos\n").unwrap();
+    let run = slimformer(&[
+        "finetune",
+        base.to_str().unwrap(),
+        "--train",
+        missing.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("cols.tsv") && err.contains("line 1") && err.contains("sentence"),
+        "{err}"
+    );
+}

@@ -1,0 +1,9 @@
+pub mod data;
+pub mod finetune;
+pub mod init;
+pub mod objectives;
+pub mod optim;
+pub mod pretrain_heads;
+pub mod save;
+pub mod tokenizer;
+pub mod trainer;
