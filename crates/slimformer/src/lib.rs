@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod heads;
 pub mod hub;
+pub mod io;
 pub mod layers;
 pub mod model;
 pub mod models;

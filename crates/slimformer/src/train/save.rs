@@ -42,46 +42,18 @@ pub fn hf_name(family: Family, canonical: &str, head_prefixes: &[&str]) -> Strin
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(path, e)
-    })
-}
+pub use crate::io::write_atomic;
 
 /// Writes `tensors` as a safetensors file, atomically.
 pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let contiguous = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
         .collect::<Result<HashMap<_, _>>>()?;
-    let result = candle_core::safetensors::save(&contiguous, &tmp)
-        .map_err(|e| Error::file(path, crate::error::first_line(&e.to_string())))
-        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::io::replace_file(path, |tmp| {
+        candle_core::safetensors::save(&contiguous, tmp)
+            .map_err(|e| Error::file(path, crate::error::first_line(&e.to_string())))
+    })
 }
 
 /// Every variable of a VarMap by name (detached copies of the current values).

@@ -40,6 +40,7 @@
 //!   pieces whose scores lie within `1e-3` of a neighbour share one score (the cluster
 //!   mean, rounded to 4 decimals), and pieces sort by (score descending, piece).
 
+use crate::io::write_atomic;
 use crate::models::Family;
 use crate::{Error, Result};
 use serde_json::{json, Map, Value};
@@ -741,27 +742,6 @@ fn hf_configs(family: Family, model_max_length: usize) -> (Value, Value) {
         config.insert(k.clone(), v.clone());
     }
     (Value::Object(config), Value::Object(map))
-}
-
-/// Writes `path` through a temporary file in the same folder and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(path, format!("cannot write: {e}"))
-    })
 }
 
 #[cfg(test)]
