@@ -2,6 +2,7 @@
 //! the `slimformer` library.
 
 mod input;
+mod pretrain_cmd;
 mod tasks;
 mod train_cmd;
 
@@ -40,6 +41,8 @@ enum Command {
     Bench(tasks::BenchArgs),
     /// Fine-tune a sequence classifier on labelled CSV/TSV/JSONL data.
     Finetune(Box<train_cmd::FinetuneArgs>),
+    /// Pretrain a model from scratch on a text corpus (MLM, NSP/SOP, or PLM).
+    Pretrain(Box<pretrain_cmd::PretrainArgs>),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::FillMask(args) => tasks::fill_mask(args),
         Command::Bench(args) => tasks::bench(args),
         Command::Finetune(args) => train_cmd::finetune(*args),
+        Command::Pretrain(args) => pretrain_cmd::pretrain(*args),
     };
     match result {
         Ok(code) => code,

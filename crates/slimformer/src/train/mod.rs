@@ -3,6 +3,7 @@ pub mod finetune;
 pub mod init;
 pub mod objectives;
 pub mod optim;
+pub mod pretrain;
 pub mod pretrain_heads;
 pub mod save;
 pub mod tokenizer;
