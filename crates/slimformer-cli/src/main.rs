@@ -41,6 +41,8 @@ enum Command {
     Bench(tasks::BenchArgs),
     /// Fine-tune a sequence classifier on labelled CSV/TSV/JSONL data.
     Finetune(Box<train_cmd::FinetuneArgs>),
+    /// Accuracy, macro-F1 and MCC of a sequence classifier on labelled data.
+    Evaluate(train_cmd::EvaluateArgs),
     /// Pretrain a model from scratch on a text corpus (MLM, NSP/SOP, or PLM).
     Pretrain(Box<pretrain_cmd::PretrainArgs>),
 }
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         Command::FillMask(args) => tasks::fill_mask(args),
         Command::Bench(args) => tasks::bench(args),
         Command::Finetune(args) => train_cmd::finetune(*args),
+        Command::Evaluate(args) => train_cmd::evaluate(args),
         Command::Pretrain(args) => pretrain_cmd::pretrain(*args),
     };
     match result {

@@ -67,6 +67,47 @@ pub struct FinetuneArgs {
     /// Replace what --out holds instead of resuming or refusing.
     #[arg(long)]
     pub overwrite: bool,
+    /// Test data, scored with the best checkpoint at the end.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct EvaluateArgs {
+    /// A sequence-classification model folder (or a hub id in the local cache).
+    pub model: String,
+    /// Labelled data: .csv, .tsv or .jsonl, labels named as in the model's id2label.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "text")]
+    pub text_col: String,
+    #[arg(long)]
+    pub text_pair_col: Option<String>,
+    #[arg(long, default_value = "label")]
+    pub label_col: String,
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+}
+
+/// `slimformer evaluate`: accuracy, macro-F1, MCC and loss as one JSON object.
+pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
+    let model_dir = slimformer::hub::resolve_model(&args.model)?;
+    let columns = Columns {
+        text: args.text_col,
+        text_pair: args.text_pair_col,
+        label: args.label_col,
+    };
+    let metrics = finetune::evaluate_checkpoint(
+        &model_dir,
+        &args.data,
+        &columns,
+        args.max_len,
+        args.batch.max(1),
+    )?;
+    println!("{}", serde_json::to_string(&metrics.values)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn finetune(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
@@ -103,6 +144,7 @@ pub fn finetune(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         out: args.out,
         overwrite: args.overwrite,
         progress: true,
+        test: args.test,
     };
     let report = finetune::finetune(&opts)?;
     let o = &report.outcome;
@@ -117,6 +159,7 @@ pub fn finetune(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         "examples_per_s": o.examples_per_s,
         "train_examples": report.train_examples,
         "dev_examples": report.dev_examples,
+        "test": report.test.as_ref().map(|m| &m.values),
         "labels": report.labels,
     });
     println!("{line}");

@@ -52,6 +52,8 @@ fn finetune_writes_a_run_and_prints_json() {
         "1e-3",
         "--out",
         out.to_str().unwrap(),
+        "--test",
+        train.to_str().unwrap(),
     ];
     let run = slimformer(&args);
     let err = String::from_utf8_lossy(&run.stderr);
@@ -62,6 +64,22 @@ fn finetune_writes_a_run_and_prints_json() {
     assert_eq!(line["dev_examples"], 4);
     assert!(line["dev"]["accuracy"].as_f64().is_some());
     assert!(line["examples_per_s"].as_f64().unwrap() > 0.0);
+    // --test scores the best checkpoint; `evaluate` gives the same numbers.
+    let test_accuracy = line["test"]["accuracy"].as_f64().unwrap();
+    let eval = slimformer(&[
+        "evaluate",
+        out.to_str().unwrap(),
+        "--data",
+        train.to_str().unwrap(),
+    ]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let scored: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(scored["accuracy"].as_f64().unwrap(), test_accuracy);
+    assert!(scored["macro_f1"].is_f64() && scored["mcc"].is_f64());
     for f in [
         "config.json",
         "model.safetensors",

@@ -53,6 +53,7 @@ fn options(model: &str, train: &Path, out: &Path, max_steps: usize) -> FinetuneO
         out: out.to_path_buf(),
         overwrite: false,
         progress: false,
+        test: None,
     }
 }
 
@@ -155,6 +156,15 @@ fn overfits_saves_and_reloads_with_identical_logits() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(diff < 1e-5, "max |Δlogit| = {diff}");
+
+    // Scoring the saved checkpoint on a file gives the dev metrics of the best step
+    // (here the dev file is the training file).
+    let scored =
+        finetune::evaluate_checkpoint(&out, &train, &Columns::default(), Some(32), 8).unwrap();
+    for key in ["accuracy", "macro_f1", "mcc"] {
+        assert_eq!(scored.values[key], best.values[key], "{key}");
+    }
+    assert!((scored.values["loss"] - best.values["loss"]).abs() < 1e-5);
 }
 
 #[test]

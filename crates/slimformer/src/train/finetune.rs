@@ -33,6 +33,8 @@ pub struct FinetuneOptions {
     pub out: PathBuf,
     pub overwrite: bool,
     pub progress: bool,
+    /// Held-out test data, scored with the best checkpoint once training ends.
+    pub test: Option<PathBuf>,
 }
 
 /// One tokenized, labelled text.
@@ -333,6 +335,37 @@ pub struct FinetuneReport {
     pub dev_examples: usize,
     #[serde(flatten)]
     pub outcome: TrainOutcome,
+    /// The best checkpoint's metrics on `FinetuneOptions::test`.
+    pub test: Option<Metrics>,
+}
+
+/// Accuracy, macro-F1, MCC and loss of a saved sequence classifier on a labelled
+/// file, its labels named as in the checkpoint's `id2label`.
+pub fn evaluate_checkpoint(
+    model_dir: &Path,
+    file: &Path,
+    columns: &Columns,
+    max_len: Option<usize>,
+    batch: usize,
+) -> Result<Metrics> {
+    let model = Model::load(model_dir)?;
+    let head = SequenceClassifier::load(&model)?;
+    let labels = head.labels.names.clone();
+    let rows = data::read_rows(file, columns)?;
+    let ids = data::label_ids(file, &rows, &labels)?;
+    let max_len = max_len.or_else(|| model.config.max_input_len().map(|m| m.min(DEFAULT_MAX_LEN)));
+    let tokenizer = TextTokenizer::load(model_dir, &model.config, max_len, true)?;
+    let examples = encode_rows(&tokenizer, file, &rows, &ids)?;
+    let task = ClassificationTask {
+        model,
+        varmap: VarMap::new(),
+        head,
+        tokenizer,
+        labels,
+        dev: Vec::new(),
+        eval_batch: batch,
+    };
+    task.evaluate_on(&examples)
 }
 
 /// Fine-tunes `opts.model_dir` and writes the run folder `opts.out`.
@@ -358,7 +391,18 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneReport> {
         progress: opts.progress,
     };
     let outcome = trainer::train(&task, &train, &task.varmap, &opts.train_config, &run)?;
+    let test = match &opts.test {
+        Some(file) => Some(evaluate_checkpoint(
+            &opts.out,
+            file,
+            &opts.columns,
+            Some(task.tokenizer.max_len().unwrap_or(DEFAULT_MAX_LEN)),
+            opts.train_config.batch,
+        )?),
+        None => None,
+    };
     Ok(FinetuneReport {
+        test,
         out: opts.out.clone(),
         labels: task.labels.clone(),
         train_examples: train.len(),
