@@ -5,6 +5,7 @@ mod input;
 mod pretrain_cmd;
 mod tasks;
 mod train_cmd;
+mod train_flags;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -1,9 +1,9 @@
 //! `slimformer pretrain`: a model from scratch on a text corpus, with the family's
 //! pretraining objectives, saved as a Hugging Face pretraining checkpoint.
 
+use crate::train_flags::{Schedule, TrainingFlags};
 use slimformer::models::Family;
 use slimformer::train::pretrain::{self, ModelShape, PretrainOptions, TokenizerSource};
-use slimformer::train::trainer::TrainConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -43,35 +43,14 @@ pub struct PretrainArgs {
     /// Peak learning rate (linear warm-up, then linear decay to 0).
     #[arg(long, default_value_t = 5e-4)]
     pub lr: f64,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
     /// Mask all pieces of a word together.
     #[arg(long)]
     pub whole_word_mask: bool,
-    /// Evaluate every N steps (default: once per pass over the data, and at the end).
-    #[arg(long)]
-    pub eval_every: Option<usize>,
     /// The last fraction of the examples, held out for evaluation.
     #[arg(long, default_value_t = 0.05)]
     pub dev_fraction: f64,
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: usize,
-    #[arg(long, default_value_t = 0.1)]
-    pub warmup_ratio: f64,
-    #[arg(long, default_value_t = 0.01)]
-    pub weight_decay: f64,
-    /// Clip gradients to this global norm (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub clip: f64,
-    /// A metrics.jsonl training line every N steps.
-    #[arg(long, default_value_t = 10)]
-    pub log_every: usize,
-    /// The run folder: best checkpoint, metrics.jsonl, resume state.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Replace what --out holds instead of resuming or refusing.
-    #[arg(long)]
-    pub overwrite: bool,
+    #[command(flatten)]
+    pub training: TrainingFlags,
 }
 
 pub fn pretrain(args: PretrainArgs) -> anyhow::Result<ExitCode> {
@@ -96,22 +75,15 @@ pub fn pretrain(args: PretrainArgs) -> anyhow::Result<ExitCode> {
         seq_len: args.seq_len,
         whole_word_mask: args.whole_word_mask,
         dev_fraction: args.dev_fraction,
-        train_config: TrainConfig {
-            epochs: 1,
-            max_steps: Some(args.steps),
+        train_config: args.training.config(Schedule {
             lr: args.lr,
             batch: args.batch,
-            grad_accum: args.grad_accum,
-            warmup_ratio: args.warmup_ratio,
-            weight_decay: args.weight_decay,
-            clip: args.clip,
-            seed: args.seed,
-            eval_every: args.eval_every,
+            epochs: 1,
+            max_steps: Some(args.steps),
             patience: None,
-            log_every: args.log_every,
-        },
-        out: args.out,
-        overwrite: args.overwrite,
+        }),
+        out: args.training.out,
+        overwrite: args.training.overwrite,
         progress: true,
     };
     let report = pretrain::pretrain(&opts)?;

@@ -1,8 +1,8 @@
 //! `slimformer finetune`: sequence classification on labelled CSV/TSV/JSONL files.
 
+use crate::train_flags::{Schedule, TrainingFlags};
 use slimformer::train::data::Columns;
 use slimformer::train::finetune::{self, FinetuneOptions};
-use slimformer::train::trainer::TrainConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,33 +40,11 @@ pub struct FinetuneArgs {
     /// Truncate texts to this many tokens (default: 128, or the model's limit if lower).
     #[arg(long)]
     pub max_len: Option<usize>,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: usize,
-    #[arg(long, default_value_t = 0.1)]
-    pub warmup_ratio: f64,
-    #[arg(long, default_value_t = 0.01)]
-    pub weight_decay: f64,
-    /// Clip gradients to this global norm (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub clip: f64,
-    /// Evaluate every N optimizer steps (default: once per epoch).
-    #[arg(long)]
-    pub eval_every: Option<usize>,
     /// Stop after N evaluations without a better dev accuracy.
     #[arg(long)]
     pub patience: Option<usize>,
-    /// A metrics.jsonl training line every N steps.
-    #[arg(long, default_value_t = 10)]
-    pub log_every: usize,
-    /// The run folder: best checkpoint, metrics.jsonl, resume state.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Replace what --out holds instead of resuming or refusing.
-    #[arg(long)]
-    pub overwrite: bool,
+    #[command(flatten)]
+    pub training: TrainingFlags,
     /// Test data, scored with the best checkpoint at the end.
     #[arg(long)]
     pub test: Option<PathBuf>,
@@ -127,22 +105,15 @@ pub fn finetune(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
             label: args.label_col,
         },
         max_len: args.max_len,
-        train_config: TrainConfig {
-            epochs: args.epochs,
-            max_steps: args.max_steps,
+        train_config: args.training.config(Schedule {
             lr: args.lr,
             batch: args.batch,
-            grad_accum: args.grad_accum,
-            warmup_ratio: args.warmup_ratio,
-            weight_decay: args.weight_decay,
-            clip: args.clip,
-            seed: args.seed,
-            eval_every: args.eval_every,
+            epochs: args.epochs,
+            max_steps: args.max_steps,
             patience: args.patience,
-            log_every: args.log_every,
-        },
-        out: args.out,
-        overwrite: args.overwrite,
+        }),
+        out: args.training.out,
+        overwrite: args.training.overwrite,
         progress: true,
         test: args.test,
     };

@@ -22,7 +22,10 @@ use super::objectives::pairs::{self, PairTask};
 use super::objectives::plm::{plm_targets, DEFAULT_PREDICT_DIVISOR};
 use super::objectives::{masked_cross_entropy, plm_loss, sentence_pair_loss};
 use super::pretrain_heads::{PlmHead, SentencePairHead};
-use super::save::{hf_name, save_tensors, save_tokenizer_files, varmap_tensors, write_atomic};
+use super::save::{
+    hf_name, save_tensors, save_tokenizer_files, varmap_tensors, write_atomic,
+    PRETRAINING_HEAD_PREFIXES,
+};
 use super::tokenizer::{save_tokenizer, special_tokens, train_tokenizer};
 use super::trainer::{self, Metrics, RunOptions, TrainConfig, TrainOutcome, TrainTask};
 use crate::heads::MaskedLmHead;
@@ -169,18 +172,6 @@ pub fn architecture(family: Family) -> &'static str {
         Family::XLNet => "XLNetLMHeadModel",
     }
 }
-
-/// Head-tensor prefixes of the pretraining classes (saved without the base prefix).
-const PRETRAIN_HEAD_PREFIXES: &[&str] = &[
-    "cls.",
-    "lm_head.",
-    "vocab_transform.",
-    "vocab_layer_norm.",
-    "vocab_projector.",
-    "predictions.",
-    "lm_loss.",
-    "sop_classifier.",
-];
 
 /// `config.json` of a `--size` model.
 pub fn size_config(
@@ -592,7 +583,7 @@ pub fn save_pretrained(
     let family = model.family();
     let tensors: HashMap<String, Tensor> = varmap_tensors(varmap)
         .into_iter()
-        .map(|(n, t)| (hf_name(family, &n, PRETRAIN_HEAD_PREFIXES), t))
+        .map(|(n, t)| (hf_name(family, &n, PRETRAINING_HEAD_PREFIXES), t))
         .collect();
     save_tensors(&tensors, &dir.join("model.safetensors"))?;
     let mut config = model.checkpoint.config.clone();

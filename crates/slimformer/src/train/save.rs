@@ -20,8 +20,10 @@ pub const SEQUENCE_HEAD_PREFIXES: &[&str] = &[
     "logits_proj.",
 ];
 
-/// Canonical-name prefixes of the masked-LM heads of all families.
-pub const MLM_HEAD_PREFIXES: &[&str] = &[
+/// Canonical-name prefixes of the pretraining heads of all families (masked LM,
+/// NSP under `cls.`, SOP, XLNet's LM): saved without the base prefix, and dropped
+/// when a fine-tuned classifier is saved.
+pub const PRETRAINING_HEAD_PREFIXES: &[&str] = &[
     "cls.",
     "lm_head.",
     "vocab_transform.",
@@ -29,6 +31,7 @@ pub const MLM_HEAD_PREFIXES: &[&str] = &[
     "vocab_projector.",
     "predictions.",
     "lm_loss.",
+    "sop_classifier.",
 ];
 
 /// HF's name for a canonical tensor name: head tensors (those starting with one of
@@ -78,7 +81,7 @@ pub fn save_sequence_classifier(
     let family = model.family();
     let tensors: HashMap<String, Tensor> = varmap_tensors(varmap)
         .into_iter()
-        .filter(|(n, _)| !MLM_HEAD_PREFIXES.iter().any(|p| n.starts_with(p)))
+        .filter(|(n, _)| !PRETRAINING_HEAD_PREFIXES.iter().any(|p| n.starts_with(p)))
         .map(|(n, t)| (hf_name(family, &n, SEQUENCE_HEAD_PREFIXES), t))
         .collect();
     save_tensors(&tensors, &dir.join("model.safetensors"))?;

@@ -1,0 +1,63 @@
+//! The flags every training command shares, and the trainer configuration they make.
+
+use slimformer::train::trainer::TrainConfig;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct TrainingFlags {
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Share of the steps spent warming the learning rate up from 0.
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup_ratio: f64,
+    /// AdamW's decoupled weight decay (never on biases and LayerNorm).
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Clip gradients to this global norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Evaluate (and save resume state) every N optimizer steps (default: once per
+    /// pass over the data, and at the end).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// A metrics.jsonl training line every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    /// The run folder: best checkpoint, metrics.jsonl, resume state.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace what --out holds instead of resuming or refusing.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// What each command decides itself.
+pub struct Schedule {
+    pub lr: f64,
+    pub batch: usize,
+    pub epochs: usize,
+    pub max_steps: Option<usize>,
+    pub patience: Option<usize>,
+}
+
+impl TrainingFlags {
+    pub fn config(&self, schedule: Schedule) -> TrainConfig {
+        TrainConfig {
+            epochs: schedule.epochs,
+            max_steps: schedule.max_steps,
+            lr: schedule.lr,
+            batch: schedule.batch,
+            grad_accum: self.grad_accum,
+            warmup_ratio: self.warmup_ratio,
+            weight_decay: self.weight_decay,
+            clip: self.clip,
+            seed: self.seed,
+            eval_every: self.eval_every,
+            patience: schedule.patience,
+            log_every: self.log_every,
+        }
+    }
+}
