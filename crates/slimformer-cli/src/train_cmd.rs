@@ -6,6 +6,28 @@ use slimformer::train::finetune::{self, FinetuneOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Which columns (or JSON keys) hold the texts and the label.
+#[derive(clap::Args)]
+pub struct ColumnFlags {
+    #[arg(long, default_value = "text")]
+    pub text_col: String,
+    /// Column of the second text of a pair.
+    #[arg(long)]
+    pub text_pair_col: Option<String>,
+    #[arg(long, default_value = "label")]
+    pub label_col: String,
+}
+
+impl ColumnFlags {
+    fn into_columns(self) -> Columns {
+        Columns {
+            text: self.text_col,
+            text_pair: self.text_pair_col,
+            label: self.label_col,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
     /// The model folder to start from (or a hub id in the local cache).
@@ -19,13 +41,8 @@ pub struct FinetuneArgs {
     /// Fraction of the training rows held out as dev data (seeded) when no --dev.
     #[arg(long)]
     pub dev_split: Option<f64>,
-    #[arg(long, default_value = "text")]
-    pub text_col: String,
-    /// Column of the second text of a pair.
-    #[arg(long)]
-    pub text_pair_col: Option<String>,
-    #[arg(long, default_value = "label")]
-    pub label_col: String,
+    #[command(flatten)]
+    pub columns: ColumnFlags,
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
     /// Optimizer steps in all (overrides --epochs).
@@ -57,12 +74,8 @@ pub struct EvaluateArgs {
     /// Labelled data: .csv, .tsv or .jsonl, labels named as in the model's id2label.
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, default_value = "text")]
-    pub text_col: String,
-    #[arg(long)]
-    pub text_pair_col: Option<String>,
-    #[arg(long, default_value = "label")]
-    pub label_col: String,
+    #[command(flatten)]
+    pub columns: ColumnFlags,
     #[arg(long)]
     pub max_len: Option<usize>,
     #[arg(long, default_value_t = 32)]
@@ -72,11 +85,7 @@ pub struct EvaluateArgs {
 /// `slimformer evaluate`: accuracy, macro-F1, MCC and loss as one JSON object.
 pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     let model_dir = slimformer::hub::resolve_model(&args.model)?;
-    let columns = Columns {
-        text: args.text_col,
-        text_pair: args.text_pair_col,
-        label: args.label_col,
-    };
+    let columns = args.columns.into_columns();
     let metrics = finetune::evaluate_checkpoint(
         &model_dir,
         &args.data,
@@ -99,11 +108,7 @@ pub fn finetune(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
             None
         },
         dev: args.dev,
-        columns: Columns {
-            text: args.text_col,
-            text_pair: args.text_pair_col,
-            label: args.label_col,
-        },
+        columns: args.columns.into_columns(),
         max_len: args.max_len,
         train_config: args.training.config(Schedule {
             lr: args.lr,
