@@ -3,6 +3,7 @@
 
 mod input;
 mod pretrain_cmd;
+mod shrink_cmd;
 mod tasks;
 mod train_cmd;
 mod train_flags;
@@ -46,6 +47,13 @@ enum Command {
     Evaluate(train_cmd::EvaluateArgs),
     /// Pretrain a model from scratch on a text corpus (MLM, NSP/SOP, or PLM).
     Pretrain(Box<pretrain_cmd::PretrainArgs>),
+    /// Distill a teacher into a smaller student (DistilBERT's recipe).
+    Distill(Box<shrink_cmd::DistillArgs>),
+    /// ALBERT-style compression of a BERT: factorized embeddings, shared layers,
+    /// then recovery by distillation.
+    Compress(Box<shrink_cmd::CompressArgs>),
+    /// Store the weights as int8 (per-channel scales) or bf16.
+    Quantize(shrink_cmd::QuantizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +81,9 @@ fn main() -> ExitCode {
         Command::Finetune(args) => train_cmd::finetune(*args),
         Command::Evaluate(args) => train_cmd::evaluate(args),
         Command::Pretrain(args) => pretrain_cmd::pretrain(*args),
+        Command::Distill(args) => shrink_cmd::distill(*args),
+        Command::Compress(args) => shrink_cmd::compress(*args),
+        Command::Quantize(args) => shrink_cmd::quantize(args),
     };
     match result {
         Ok(code) => code,

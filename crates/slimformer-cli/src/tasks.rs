@@ -251,7 +251,31 @@ struct InspectReport<'a> {
     params: params::ParamCounts,
     size_bytes: u64,
     dtype: &'static str,
+    /// How the stored weights are quantized (they load as f32).
+    quantization: Option<String>,
+    /// ALBERT's cross-layer sharing, in words.
+    sharing: Option<String>,
     config: &'a serde_json::Value,
+}
+
+/// ALBERT's layer sharing in words, including slimformer's partial-sharing extension.
+fn sharing_of(config: &serde_json::Value) -> Option<String> {
+    if config.get("model_type")?.as_str()? != "albert" {
+        return None;
+    }
+    let n = |k: &str, d: u64| config.get(k).and_then(|v| v.as_u64()).unwrap_or(d);
+    let (layers, groups) = (n("num_hidden_layers", 12), n("num_hidden_groups", 1));
+    let e = n("embedding_size", 128);
+    Some(
+        match config.get("slimformer_shared").and_then(|v| v.as_str()) {
+            Some(block) => format!(
+            "{layers} layers, the {block} block shared in {groups} group(s), the rest per layer; \
+             E={e} (slimformer extension: transformers cannot load it)"
+        ),
+            None if groups == layers => format!("{layers} layers, none shared; E={e}"),
+            None => format!("{layers} layers sharing {groups} distinct layer(s); E={e}"),
+        },
+    )
 }
 
 fn dtype_name(dtype: candle_core::DType) -> &'static str {
@@ -275,6 +299,8 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         params: params::count_parameters(ckpt),
         size_bytes: ckpt.size_bytes(),
         dtype: dtype_name(ckpt.dtype()),
+        quantization: ckpt.quantization.clone(),
+        sharing: sharing_of(&ckpt.config),
         config: &ckpt.config,
     };
     if args.json {
@@ -313,7 +339,16 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         report.size_bytes as f64 / (1024.0 * 1024.0),
         ckpt.weight_files.len()
     );
-    println!("dtype        {}", report.dtype);
+    match &report.quantization {
+        Some(q) => println!(
+            "dtype        {q} weights, restored to {} on load",
+            report.dtype
+        ),
+        None => println!("dtype        {}", report.dtype),
+    }
+    if let Some(sharing) = &report.sharing {
+        println!("sharing      {sharing}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,7 +19,7 @@ pub struct ColumnFlags {
 }
 
 impl ColumnFlags {
-    fn into_columns(self) -> Columns {
+    pub fn into_columns(self) -> Columns {
         Columns {
             text: self.text_col,
             text_pair: self.text_pair_col,

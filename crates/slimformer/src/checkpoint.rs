@@ -24,6 +24,9 @@ pub struct Checkpoint {
     /// Tensors by canonical name, as stored (dtype unchanged).
     pub tensors: HashMap<String, Tensor>,
     pub weight_files: Vec<PathBuf>,
+    /// How the stored weights were quantized (`int8`, `bf16`), if they were; the
+    /// tensors above are already restored to f32.
+    pub quantization: Option<String>,
 }
 
 impl Checkpoint {
@@ -41,13 +44,20 @@ impl Checkpoint {
             for (name, tensor) in read_weights(file)? {
                 tensors.insert(canonical_name(&name, family), tensor);
             }
+            crate::shrink::quantize::dequantize(&mut tensors, file)?;
         }
+        let quantization = config
+            .get(crate::shrink::quantize::METADATA_KEY)
+            .and_then(|q| q.get("mode"))
+            .and_then(|m| m.as_str())
+            .map(str::to_string);
         Ok(Self {
             dir,
             family,
             config,
             tensors,
             weight_files,
+            quantization,
         })
     }
 
@@ -176,6 +186,9 @@ fn read_weights(path: &Path) -> Result<Vec<(String, Tensor)>> {
         candle_core::pickle::read_all(path).in_file(path)
     } else {
         let bytes = std::fs::read(path).in_file(path)?;
+        if crate::shrink::quantize::quantization_of(&bytes).is_some() {
+            return crate::shrink::quantize::read_quantized(&bytes, path);
+        }
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| Error::file(path, format!("not a valid safetensors file ({e})")))?;
         Ok(tensors.into_iter().collect())

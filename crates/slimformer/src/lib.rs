@@ -7,6 +7,8 @@
 //! - [`heads`]: classification, token classification and masked-LM heads.
 //! - [`tokenize`], [`pooling`], [`pipeline`]: from texts to results.
 //! - [`params`], [`bench`], [`hub`]: inspection, timing, finding models.
+//! - [`train`]: the trainer, pretraining and fine-tuning; [`shrink`]: distillation,
+//!   ALBERT-style compression, quantization.
 
 pub mod bench;
 pub mod checkpoint;
@@ -21,6 +23,7 @@ pub mod params;
 pub mod pipeline;
 pub mod pooling;
 pub mod rng;
+pub mod shrink;
 pub mod tokenize;
 pub mod train;
 

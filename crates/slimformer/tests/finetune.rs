@@ -63,6 +63,7 @@ fn run_options(opts: &FinetuneOptions) -> RunOptions {
         overwrite: opts.overwrite,
         task_info: serde_json::json!({"test": true}),
         progress: false,
+        keep: Vec::new(),
     }
 }
 

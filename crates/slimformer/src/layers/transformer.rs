@@ -46,13 +46,27 @@ pub struct TransformerLayer {
 
 impl TransformerLayer {
     pub fn load(vb: VarBuilder, names: &LayerNames, shape: &LayerShape) -> crate::Result<Self> {
+        Self::load_parts(vb.clone(), vb, names, shape)
+    }
+
+    /// A layer whose attention block (attention and its LayerNorm) and feed-forward
+    /// block (FFN and the output LayerNorm) live under different prefixes, for
+    /// sharing one of them across layers.
+    pub fn load_parts(
+        vb: VarBuilder,
+        ffn_vb: VarBuilder,
+        names: &LayerNames,
+        shape: &LayerShape,
+    ) -> crate::Result<Self> {
         let attention_names = AttentionNames {
             query: names.query,
             key: names.key,
             value: names.value,
             output: names.attention_output,
         };
-        let norm = |name: &str| LayerNorm::load(vb.pp(name), shape.hidden, shape.layer_norm_eps);
+        let norm = |vb: &VarBuilder, name: &str| {
+            LayerNorm::load(vb.pp(name), shape.hidden, shape.layer_norm_eps)
+        };
         Ok(Self {
             attention: SelfAttention::load(
                 &vb,
@@ -61,16 +75,16 @@ impl TransformerLayer {
                 shape.heads,
                 shape.attention_dropout,
             )?,
-            attention_norm: norm(names.attention_norm)?,
+            attention_norm: norm(&vb, names.attention_norm)?,
             ffn: FeedForward::load(
-                &vb,
+                &ffn_vb,
                 (names.ffn_up, names.ffn_down),
                 shape.hidden,
                 shape.intermediate,
                 shape.activation,
                 Dropout::default(),
             )?,
-            output_norm: norm(names.output_norm)?,
+            output_norm: norm(&ffn_vb, names.output_norm)?,
             attention_output_dropout: Dropout::new(shape.attention_output_dropout),
             hidden_dropout: Dropout::new(shape.hidden_dropout),
         })

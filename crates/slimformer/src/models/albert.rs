@@ -47,6 +47,19 @@ pub struct AlbertConfig {
     pub attention_probs_dropout_prob: f32,
     #[serde(default = "defaults::classifier_dropout_prob")]
     pub classifier_dropout_prob: f32,
+    /// slimformer's extension: only this block of each layer is shared across the
+    /// group (`attention` or `ffn`); each layer's other block lives under
+    /// `encoder.slimformer_layers.{l}`. Absent: whole layers are shared, as in HF.
+    #[serde(default)]
+    pub slimformer_shared: Option<SharedBlock>,
+}
+
+/// The block of a layer that slimformer's partial sharing ties across layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedBlock {
+    Attention,
+    Ffn,
 }
 
 mod defaults {
@@ -105,9 +118,9 @@ pub struct Albert {
     embeddings: Embeddings,
     /// E → H, the second factor of the factorized embedding.
     embedding_projection: Linear,
-    /// `groups[g]` holds that group's `inner_group_num` distinct layers.
-    groups: Vec<Vec<TransformerLayer>>,
-    num_hidden_layers: usize,
+    /// `steps[l]`: the layers run at depth `l` (`inner_group_num` of them); shared
+    /// layers are clones holding the same tensors.
+    steps: Vec<Vec<TransformerLayer>>,
 }
 
 impl Albert {
@@ -146,29 +159,56 @@ impl Albert {
             attention_output_dropout: cfg.hidden_dropout_prob,
             hidden_dropout: cfg.hidden_dropout_prob,
         };
-        let groups = (0..cfg.num_hidden_groups)
-            .map(|g| {
-                (0..cfg.inner_group_num)
-                    .map(|j| {
-                        let vb = encoder.pp(format!("albert_layer_groups.{g}.albert_layers.{j}"));
-                        TransformerLayer::load(vb, &ALBERT_LAYER, &shape)
+        let layers_per_group = cfg.num_hidden_layers / cfg.num_hidden_groups;
+        let steps = match cfg.slimformer_shared {
+            None => {
+                let groups = (0..cfg.num_hidden_groups)
+                    .map(|g| {
+                        (0..cfg.inner_group_num)
+                            .map(|j| {
+                                let vb = encoder
+                                    .pp(format!("albert_layer_groups.{g}.albert_layers.{j}"));
+                                TransformerLayer::load(vb, &ALBERT_LAYER, &shape)
+                            })
+                            .collect::<Result<Vec<_>>>()
                     })
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<_>>()?;
+                    .collect::<Result<Vec<_>>>()?;
+                // Transformers' mapping: consecutive blocks of layers share one group.
+                (0..cfg.num_hidden_layers)
+                    .map(|l| groups[l / layers_per_group].clone())
+                    .collect()
+            }
+            Some(block) => {
+                if cfg.inner_group_num != 1 {
+                    return Err(Error::Config(
+                        "slimformer_shared needs inner_group_num 1".into(),
+                    ));
+                }
+                (0..cfg.num_hidden_layers)
+                    .map(|l| {
+                        let group = l / layers_per_group;
+                        let shared =
+                            encoder.pp(format!("albert_layer_groups.{group}.albert_layers.0"));
+                        let own = encoder.pp(format!("slimformer_layers.{l}"));
+                        let (attention, ffn) = match block {
+                            SharedBlock::Attention => (shared, own),
+                            SharedBlock::Ffn => (own, shared),
+                        };
+                        Ok(vec![TransformerLayer::load_parts(
+                            attention,
+                            ffn,
+                            &ALBERT_LAYER,
+                            &shape,
+                        )?])
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+        };
         Ok(Self {
             embeddings,
             embedding_projection,
-            groups,
-            num_hidden_layers: cfg.num_hidden_layers,
+            steps,
         })
-    }
-
-    /// The group that the `layer`-th of `num_hidden_layers` steps runs, as
-    /// transformers maps them: consecutive blocks of layers share one group.
-    fn group_of(&self, layer: usize) -> &[TransformerLayer] {
-        let layers_per_group = self.num_hidden_layers / self.groups.len();
-        &self.groups[layer / layers_per_group]
     }
 }
 
@@ -179,8 +219,8 @@ impl Encoder for Albert {
             .forward(&batch.input_ids, &batch.token_type_ids, train)?;
         let mut xs = self.embedding_projection.forward(&embedded)?;
         let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
-        for step in 0..self.num_hidden_layers {
-            for layer in self.group_of(step) {
+        for step in &self.steps {
+            for layer in step {
                 xs = layer.forward(&xs, &bias, train)?;
             }
         }

@@ -389,6 +389,7 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneReport> {
         overwrite: opts.overwrite,
         task_info,
         progress: opts.progress,
+        keep: Vec::new(),
     };
     let outcome = trainer::train(&task, &train, &task.varmap, &opts.train_config, &run)?;
     let test = match &opts.test {

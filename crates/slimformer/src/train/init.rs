@@ -32,6 +32,7 @@ pub fn init_trainable(
         config,
         tensors: HashMap::new(),
         weight_files: Vec::new(),
+        quantization: None,
     };
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);

@@ -912,6 +912,7 @@ pub fn pretrain(opts: &PretrainOptions) -> Result<PretrainReport> {
         overwrite: opts.overwrite,
         task_info,
         progress: opts.progress,
+        keep: Vec::new(),
     };
     let outcome = trainer::train(&task, &train, &task.varmap, &opts.train_config, &run)?;
     let parameters = varmap_tensors(&task.varmap)

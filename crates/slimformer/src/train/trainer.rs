@@ -154,6 +154,9 @@ pub struct RunOptions {
     pub task_info: serde_json::Value,
     /// Draw a progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Entries of `out` the caller made before training (e.g. a student's starting
+    /// checkpoint): they do not make the folder count as used, and survive `overwrite`.
+    pub keep: Vec<String>,
 }
 
 /// What a finished run reports.
@@ -262,9 +265,12 @@ fn clean_leftovers(out: &Path) -> Result<()> {
     Ok(())
 }
 
-fn empty_dir(out: &Path) -> Result<()> {
+fn empty_dir(out: &Path, keep: &[String]) -> Result<()> {
     for entry in std::fs::read_dir(out).map_err(|e| Error::file(out, e))? {
         let path = entry.map_err(|e| Error::file(out, e))?.path();
+        if is_kept(&path, keep) {
+            continue;
+        }
         let r = if path.is_dir() {
             std::fs::remove_dir_all(&path)
         } else {
@@ -273,6 +279,11 @@ fn empty_dir(out: &Path) -> Result<()> {
         r.map_err(|e| Error::file(&path, e))?;
     }
     Ok(())
+}
+
+fn is_kept(path: &Path, keep: &[String]) -> bool {
+    path.file_name()
+        .is_some_and(|n| keep.iter().any(|k| n.to_string_lossy() == *k))
 }
 
 /// Decides whether the run folder is resumed, started, or refused.
@@ -289,13 +300,13 @@ fn prepare_run(opts: &RunOptions, fp: &serde_json::Value) -> Result<Option<Resum
     let state_path = out.join(RESUME_DIR).join("state.json");
     let is_empty = std::fs::read_dir(out)
         .map_err(|e| Error::file(out, e))?
-        .next()
-        .is_none();
+        .filter_map(|e| e.ok())
+        .all(|e| is_kept(&e.path(), &opts.keep));
     if is_empty {
         return Ok(None);
     }
     if opts.overwrite {
-        empty_dir(out)?;
+        empty_dir(out, &opts.keep)?;
         return Ok(None);
     }
     if !state_path.exists() {

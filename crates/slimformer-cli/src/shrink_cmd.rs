@@ -1,0 +1,276 @@
+//! `slimformer distill`, `compress` and `quantize`: smaller, faster models.
+
+use crate::train_cmd::ColumnFlags;
+use crate::train_flags::{Schedule, TrainingFlags};
+use slimformer::shrink::compress::{self, CompressOptions, ShareInit, Sharing};
+use slimformer::shrink::distill::{self, DistillData, DistillOptions, StudentSpec};
+use slimformer::shrink::losses::DistillWeights;
+use slimformer::shrink::quantize::{self, QuantMode};
+use slimformer::shrink::student::write_checkpoint;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The data, loss and schedule flags of a distillation (also `compress`'s recovery).
+#[derive(clap::Args)]
+pub struct DistillFlags {
+    /// Labelled training data (task distillation): .csv, .tsv or .jsonl.
+    #[arg(long, conflicts_with = "corpus")]
+    pub train: Option<PathBuf>,
+    /// Raw text files (general distillation), one paragraph per line.
+    #[arg(long, num_args = 1..)]
+    pub corpus: Vec<PathBuf>,
+    #[arg(long, conflicts_with = "dev_split")]
+    pub dev: Option<PathBuf>,
+    #[arg(long)]
+    pub dev_split: Option<f64>,
+    /// Test data, scored with the best checkpoint at the end.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    #[command(flatten)]
+    pub columns: ColumnFlags,
+    #[arg(long, default_value_t = 2.0)]
+    pub temperature: f64,
+    /// Weight of the soft-target loss (KL at temperature T, times T²).
+    #[arg(long, default_value_t = 5.0)]
+    pub alpha_ce: f64,
+    /// Weight of the gold-label loss (task distillation).
+    #[arg(long, default_value_t = 2.0)]
+    pub alpha_task: f64,
+    /// Weight of the masked-LM loss (general distillation).
+    #[arg(long, default_value_t = 2.0)]
+    pub alpha_mlm: f64,
+    /// Weight of the cosine loss between last hidden states.
+    #[arg(long, default_value_t = 1.0)]
+    pub alpha_cos: f64,
+    /// Where the teacher's outputs on the training data are cached (task distillation).
+    #[arg(long)]
+    pub teacher_cache: Option<PathBuf>,
+    /// Run the teacher on every batch instead of caching its outputs.
+    #[arg(long)]
+    pub no_teacher_cache: bool,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    #[arg(long)]
+    pub patience: Option<usize>,
+    #[command(flatten)]
+    pub training: TrainingFlags,
+}
+
+#[derive(clap::Args)]
+pub struct DistillArgs {
+    /// The teacher model folder (or a hub id in the local cache).
+    #[arg(long)]
+    pub teacher: String,
+    /// K of the teacher's layers, evenly spaced, first and last included.
+    #[arg(long, conflicts_with_all = ["teacher_layers", "student_config"])]
+    pub student_layers: Option<usize>,
+    /// Exactly these teacher layers, e.g. 0,2,4.
+    #[arg(long, value_delimiter = ',', conflicts_with = "student_config")]
+    pub teacher_layers: Option<Vec<usize>>,
+    /// A config.json for a student of any shape, randomly initialised.
+    #[arg(long)]
+    pub student_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: DistillFlags,
+}
+
+#[derive(clap::Args)]
+pub struct CompressArgs {
+    /// A BERT checkpoint folder (or a hub id in the local cache).
+    pub model: String,
+    /// E: the width of the factorized embeddings (default: the hidden size, exact).
+    #[arg(long)]
+    pub embedding_size: Option<usize>,
+    /// Which parts of the layers are shared across depth.
+    #[arg(long, default_value = "all")]
+    pub share: Sharing,
+    /// Groups of consecutive layers, one shared layer (or block) each (default 1).
+    #[arg(long)]
+    pub groups: Option<usize>,
+    /// A shared layer starts as the mean of the layers it replaces, or the first.
+    #[arg(long, default_value = "mean")]
+    pub share_init: ShareInit,
+    /// The compressed model before recovery (default: OUT/compressed when recovering,
+    /// else OUT itself).
+    #[command(flatten)]
+    pub recovery: RecoveryFlags,
+}
+
+/// Without --train or --corpus, compress writes the compressed model and stops.
+#[derive(clap::Args)]
+pub struct RecoveryFlags {
+    #[command(flatten)]
+    pub flags: DistillFlags,
+}
+
+#[derive(clap::Args)]
+pub struct QuantizeArgs {
+    pub model: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "int8")]
+    pub mode: QuantMode,
+}
+
+fn default_cache() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("slimformer").join("teacher-outputs"))
+}
+
+impl DistillFlags {
+    fn has_data(&self) -> bool {
+        self.train.is_some() || !self.corpus.is_empty()
+    }
+
+    fn options(self, teacher: PathBuf, student: StudentSpec) -> anyhow::Result<DistillOptions> {
+        let task = self.train.is_some();
+        let data = match self.train {
+            Some(train) => DistillData::Task {
+                dev_split: if self.dev.is_none() {
+                    Some(self.dev_split.unwrap_or(0.1))
+                } else {
+                    None
+                },
+                train,
+                dev: self.dev,
+                columns: self.columns.into_columns(),
+                test: self.test,
+            },
+            None if !self.corpus.is_empty() => DistillData::General {
+                corpus: self.corpus,
+            },
+            None => anyhow::bail!(
+                "no data: pass --train FILE (task distillation) or --corpus FILE... (general)"
+            ),
+        };
+        let cache_dir = match (self.no_teacher_cache, self.teacher_cache) {
+            (true, _) => None,
+            (false, Some(dir)) => Some(dir),
+            (false, None) => default_cache(),
+        };
+        Ok(DistillOptions {
+            teacher,
+            student,
+            data,
+            weights: DistillWeights {
+                temperature: self.temperature,
+                alpha_ce: self.alpha_ce,
+                alpha_hard: if task {
+                    self.alpha_task
+                } else {
+                    self.alpha_mlm
+                },
+                alpha_cos: self.alpha_cos,
+            },
+            max_len: self.max_len,
+            train_config: self.training.config(Schedule {
+                lr: self.lr,
+                batch: self.batch,
+                epochs: self.epochs,
+                max_steps: self.max_steps,
+                patience: self.patience,
+            }),
+            out: self.training.out,
+            overwrite: self.training.overwrite,
+            progress: true,
+            cache_dir,
+        })
+    }
+}
+
+fn print_report(report: &distill::DistillReport) -> anyhow::Result<()> {
+    let o = &report.outcome;
+    let line = serde_json::json!({
+        "out": report.out,
+        "student_init": report.student_init,
+        "dev": o.best.as_ref().map(|m| &m.values),
+        "best_step": o.best_step,
+        "steps": o.steps,
+        "resumed_from": o.resumed_from,
+        "stopped_early": o.stopped_early,
+        "examples_per_s": o.examples_per_s,
+        "train_examples": report.train_examples,
+        "test": report.test.as_ref().map(|m| &m.values),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+pub fn distill(args: DistillArgs) -> anyhow::Result<ExitCode> {
+    let teacher = slimformer::hub::resolve_model(&args.teacher)?;
+    let student = match (args.student_layers, args.teacher_layers, args.student_config) {
+        (Some(k), _, _) => StudentSpec::Layers(k),
+        (_, Some(layers), _) => StudentSpec::TeacherLayers(layers),
+        (_, _, Some(config)) => StudentSpec::Config(config),
+        _ => anyhow::bail!(
+            "which student? pass --student-layers K, --teacher-layers 0,2,4 or --student-config FILE"
+        ),
+    };
+    let opts = args.flags.options(teacher, student)?;
+    print_report(&distill::distill(&opts)?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn compress(args: CompressArgs) -> anyhow::Result<ExitCode> {
+    let model_dir = slimformer::hub::resolve_model(&args.model)?;
+    let teacher = slimformer::checkpoint::Checkpoint::open(&model_dir)?;
+    let opts = CompressOptions {
+        embedding_size: args.embedding_size,
+        sharing: args.share,
+        groups: args.groups,
+        share_init: args.share_init,
+    };
+    let (student, report) = compress::compress(&teacher, &opts)?;
+    let flags = args.recovery.flags;
+    let recover = flags.has_data();
+    let out = flags.training.out.clone();
+    let compressed = if recover {
+        out.join("compressed")
+    } else {
+        out.clone()
+    };
+    write_checkpoint(&student, &compressed, &model_dir)?;
+    let loaded = slimformer::Model::load(&compressed)?;
+    let params = slimformer::params::count_parameters(&loaded.checkpoint);
+    let before = slimformer::params::count_parameters(&teacher);
+    let summary = serde_json::json!({
+        "compressed": compressed,
+        "report": report,
+        "parameters_before": before.total,
+        "parameters_after": params.total,
+        "parameter_ratio": params.total as f64 / before.total.max(1) as f64,
+    });
+    slimformer::io::write_atomic(
+        &compressed.join("compress_report.json"),
+        (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
+    )?;
+    if !recover {
+        println!("{summary}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("{summary}");
+    let opts = flags.options(model_dir, StudentSpec::Prepared(compressed))?;
+    let opts = DistillOptions {
+        overwrite: opts.overwrite,
+        ..opts
+    };
+    print_report(&distill::distill(&opts)?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn quantize(args: QuantizeArgs) -> anyhow::Result<ExitCode> {
+    let model_dir = slimformer::hub::resolve_model(&args.model)?;
+    let report = quantize::quantize(&model_dir, &args.out, args.mode)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(ExitCode::SUCCESS)
+}

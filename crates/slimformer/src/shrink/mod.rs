@@ -1,0 +1,12 @@
+//! Making models smaller and faster: DistilBERT-style knowledge distillation
+//! ([`distill`], [`losses`], students built from a teacher's layers in [`student`]),
+//! ALBERT-style compression of a trained BERT ([`compress`]: factorized embeddings by
+//! SVD, cross-layer sharing), and weight quantization ([`quantize`]).
+
+pub mod compress;
+pub mod distill;
+pub mod linalg;
+pub mod losses;
+pub mod quantize;
+pub mod student;
+pub mod teacher_cache;
