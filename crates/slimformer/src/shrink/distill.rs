@@ -746,6 +746,20 @@ fn student_head(
     Ok(head)
 }
 
+/// The run folder's entries made before training: `init/`, or a prepared student
+/// that lives inside it (`compress` puts its output in `OUT/compressed`).
+fn kept_entries(opts: &DistillOptions) -> Vec<String> {
+    let mut keep = vec![INIT_DIR.to_string()];
+    if let StudentSpec::Prepared(dir) = &opts.student {
+        if dir.parent() == Some(opts.out.as_path()) {
+            if let Some(name) = dir.file_name() {
+                keep.push(name.to_string_lossy().into_owned());
+            }
+        }
+    }
+    keep
+}
+
 /// What `distill` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct DistillReport {
@@ -790,7 +804,7 @@ pub fn distill(opts: &DistillOptions) -> Result<DistillReport> {
         overwrite: opts.overwrite,
         task_info,
         progress: opts.progress,
-        keep: vec![INIT_DIR.to_string()],
+        keep: kept_entries(opts),
     };
     let outcome = trainer::train(&task, &examples, task.varmap(), &opts.train_config, &run)?;
     let test = match &opts.data {

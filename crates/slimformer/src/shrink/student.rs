@@ -285,17 +285,21 @@ const SIDE_DIRS: [&str; 2] = ["1_Pooling", "2_Normalize"];
 
 /// Copies the tokenizer and sentence-transformers files of `from` into `to`;
 /// `drop_token_types` makes the tokenizer stop returning token types (DistilBERT).
+/// `tokenizer_config.json` always names the tokenizer's class (that of `from`'s
+/// family), since a student of another family (an ALBERT made from a BERT) would
+/// otherwise get its own family's tokenizer class from transformers.
 pub fn copy_side_files(from: &Path, to: &Path, drop_token_types: bool) -> Result<()> {
     for name in SIDE_FILES {
         let src = from.join(name);
-        if !src.is_file() {
+        if !src.is_file() || name == "tokenizer_config.json" {
             continue;
         }
-        let mut bytes = std::fs::read(&src).map_err(|e| Error::file(&src, e))?;
-        if name == "tokenizer_config.json" && drop_token_types {
-            bytes = distilbert_tokenizer_config(&src, &bytes)?;
-        }
+        let bytes = std::fs::read(&src).map_err(|e| Error::file(&src, e))?;
         write_atomic(&to.join(name), &bytes)?;
+    }
+    if from.join(crate::tokenize::TOKENIZER_FILE).is_file() {
+        let bytes = tokenizer_config(from, drop_token_types)?;
+        write_atomic(&to.join("tokenizer_config.json"), &bytes)?;
     }
     for dir in SIDE_DIRS {
         let src = from.join(dir);
@@ -315,12 +319,28 @@ pub fn copy_side_files(from: &Path, to: &Path, drop_token_types: bool) -> Result
     Ok(())
 }
 
-/// DistilBERT takes no token types: its tokenizer must not return them, or
-/// transformers' `model(**tokenizer(text))` fails.
-fn distilbert_tokenizer_config(path: &Path, bytes: &[u8]) -> Result<Vec<u8>> {
-    let mut v: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::file(path, format!("invalid JSON: {e}")))?;
-    if let Some(obj) = v.as_object_mut() {
+/// `from`'s tokenizer_config.json (or a new one) with the tokenizer class named and,
+/// for DistilBERT, no token types among the model inputs (or transformers'
+/// `model(**tokenizer(text))` fails).
+fn tokenizer_config(from: &Path, drop_token_types: bool) -> Result<Vec<u8>> {
+    let path = from.join("tokenizer_config.json");
+    let mut v: serde_json::Value = if path.is_file() {
+        crate::checkpoint::read_json(&path)?
+    } else {
+        serde_json::json!({})
+    };
+    let source_family = crate::checkpoint::read_json(&from.join(crate::checkpoint::CONFIG_FILE))
+        .ok()
+        .and_then(|c| {
+            c.get("model_type")?
+                .as_str()
+                .and_then(Family::from_model_type)
+        });
+    if let (Some(obj), Some(family)) = (v.as_object_mut(), source_family) {
+        obj.entry("tokenizer_class")
+            .or_insert_with(|| format!("{}Tokenizer", class_prefix(family)).into());
+    }
+    if let (Some(obj), true) = (v.as_object_mut(), drop_token_types) {
         obj.insert(
             "model_input_names".into(),
             serde_json::json!(["input_ids", "attention_mask"]),

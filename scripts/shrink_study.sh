@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The evidence of docs/SHRINK.md: distilled, compressed and quantized versions of
+# all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes, each scored on the test split and
+# timed, plus the ablations and an embedding student. Hours on 2 cores: run it
+# detached; every stage keeps its output and a rerun skips finished stages (and
+# resumes an interrupted training run from its last checkpoint).
+#
+#   nohup scripts/shrink_study.sh > runs/shrink.log 2>&1 &
+#   STAGES="distil3 int8" scripts/shrink_study.sh     # only some stages
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TEACHER=${TEACHER:-runs/compare-rotten_tomatoes-seed42/slimformer}
+BASE=${BASE:-assets/all-MiniLM-L6-v2}
+DATA=${DATA:-assets/data/rotten_tomatoes}
+OUT=${OUT:-runs/shrink}
+THREADS=${THREADS:-2}
+EPOCHS=${EPOCHS:-3}
+EMBED_STEPS=${EMBED_STEPS:-600}
+STAGES=${STAGES:-"teacher distil3 albert int8 ablations sharing embed bench"}
+BIN=target/release/slimformer
+SF=("$BIN" --threads "$THREADS")
+DATA_FLAGS=(--train "$DATA/train.csv" --dev "$DATA/dev.csv" --test "$DATA/test.csv"
+            --batch 32 --max-len 128 --seed 42 --lr 5e-5)
+
+[ -f "$TEACHER/model.safetensors" ] || { echo "no teacher at $TEACHER: run scripts/finetune_compare.sh first" >&2; exit 1; }
+scripts/fetch-assets.sh data
+cargo build --release -p slimformer-cli
+mkdir -p "$OUT/results"
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+log() { echo "[shrink $(date +%H:%M:%S)] $*"; }
+
+# Runs a command whose last stdout line is JSON into results/NAME.json, unless done.
+result() {
+  local name=$1; shift
+  local file="$OUT/results/$name.json"
+  if [ -s "$file" ]; then log "$name: done"; return; fi
+  log "$name: $*"
+  "$@" > "$file.part" 2> "$OUT/results/$name.log"
+  tail -n 1 "$file.part" > "$file.part2" && mv "$file.part2" "$file" && rm -f "$file.part"
+}
+
+evaluate() { # NAME MODEL: test metrics of a classifier
+  result "$1-test" "${SF[@]}" evaluate "$2" --data "$DATA/test.csv" --max-len 128
+}
+
+distil() { # NAME EPOCHS FLAGS...: task distillation from the teacher
+  local name=$1 epochs=$2; shift 2
+  result "$name" "${SF[@]}" distill --teacher "$TEACHER" "${DATA_FLAGS[@]}" \
+    --epochs "$epochs" --out "$OUT/$name" "$@"
+}
+
+albert() { # NAME EPOCHS FLAGS...: compression, then recovery by distillation
+  local name=$1 epochs=$2; shift 2
+  result "$name" "${SF[@]}" compress "$TEACHER" "$@" "${DATA_FLAGS[@]}" \
+    --epochs "$epochs" --out "$OUT/$name"
+}
+
+if want teacher; then
+  evaluate teacher "$TEACHER"
+fi
+if want distil3; then
+  distil distil3 "$EPOCHS" --student-layers 3
+  evaluate distil3-before "$OUT/distil3/init"
+fi
+if want albert; then
+  albert albert-e128-all-g3 "$EPOCHS" --embedding-size 128 --share all --groups 3
+  evaluate albert-e128-all-g3-before "$OUT/albert-e128-all-g3/compressed"
+fi
+if want int8; then
+  for m in teacher:"$TEACHER" distil3:"$OUT/distil3"; do
+    name=${m%%:*}; dir=${m#*:}
+    [ -f "$dir/model.safetensors" ] || continue
+    result "$name-int8-quantize" "${SF[@]}" quantize "$dir" --out "$OUT/$name-int8"
+    evaluate "$name-int8" "$OUT/$name-int8"
+  done
+fi
+if want bench; then
+  # Timings are only comparable within one pass: any missing means all are redone.
+  # Nothing else should run meanwhile (pause other jobs with kill -STOP).
+  if ls "$OUT"/results/*-bench.json >/dev/null 2>&1 && [ -n "${REBENCH:-}" ]; then
+    rm -f "$OUT"/results/*-bench.json
+  fi
+  for m in teacher:"$TEACHER" distil3:"$OUT/distil3" albert-e128-all-g3:"$OUT/albert-e128-all-g3" \
+           teacher-int8:"$OUT/teacher-int8" distil3-int8:"$OUT/distil3-int8"; do
+    name=${m%%:*}; dir=${m#*:}
+    [ -f "$dir/model.safetensors" ] || continue
+    result "$name-bench" "${SF[@]}" bench "$dir" --shapes 1x128,32x128 --runs 20 --warmup 3 --json
+    result "$name-inspect" sh -c "'$BIN' inspect '$dir' --json | tr -d '\n'; echo"
+  done
+fi
+if want ablations; then
+  # DistilBERT's Table 4 at our scale, one epoch each against a one-epoch baseline.
+  distil distil3-1ep 1 --student-layers 3
+  distil distil3-1ep-no-cos 1 --student-layers 3 --alpha-cos 0
+  distil distil3-1ep-no-soft 1 --student-layers 3 --alpha-ce 0
+  cfg="$OUT/distil3-random-config.json"
+  python3 -c "import json,sys; c=json.load(open(sys.argv[1])); [c.pop(k,None) for k in ('id2label','label2id','architectures')]; json.dump(c,open(sys.argv[2],'w'))" \
+    "$OUT/distil3/init/config.json" "$cfg"
+  distil distil3-1ep-random-init 1 --student-config "$cfg"
+fi
+if want sharing; then
+  albert albert-e128-all-g3-1ep 1 --embedding-size 128 --share all --groups 3
+  albert albert-e128-attention-g3-1ep 1 --embedding-size 128 --share attention --groups 3
+  albert albert-e128-ffn-g3-1ep 1 --embedding-size 128 --share ffn --groups 3
+  albert albert-e128-none-1ep 1 --embedding-size 128 --share none
+  albert albert-e128-all-g1-1ep 1 --embedding-size 128 --share all --groups 1
+fi
+if want embed; then
+  # General distillation for embeddings: the base model (not the classifier) as
+  # teacher, raw text, the cosine loss alone (no MLM head ships with the model).
+  result embed3 "${SF[@]}" distill --teacher "$BASE" --student-layers 3 \
+    --corpus assets/data/raw/movie_dialog.txt assets/data/raw/austen.txt \
+    --alpha-ce 0 --alpha-mlm 0 --alpha-cos 1 --max-steps "$EMBED_STEPS" --eval-every 200 \
+    --batch 32 --max-len 128 --lr 1e-4 --seed 42 --out "$OUT/embed3"
+  if [ ! -s "$OUT/results/embed3-compare.json" ]; then
+    python3 -c "import csv,sys; [print(r['text'].replace('\n',' ')) for r in csv.DictReader(open(sys.argv[1]))]" \
+      "$DATA/test.csv" > "$OUT/test-texts.txt"
+    "${SF[@]}" embed "$BASE" --input "$OUT/test-texts.txt" > "$OUT/embed-teacher.jsonl"
+    "${SF[@]}" embed "$OUT/embed3" --input "$OUT/test-texts.txt" > "$OUT/embed-student.jsonl"
+    "${SF[@]}" embed "$OUT/embed3/init" --input "$OUT/test-texts.txt" > "$OUT/embed-student-init.jsonl"
+    python3 scripts/embedding_agreement.py "$OUT/embed-teacher.jsonl" "$OUT/embed-student.jsonl" \
+      "$OUT/embed-student-init.jsonl" > "$OUT/results/embed3-compare.json"
+  fi
+fi
+python3 scripts/shrink_report.py "$OUT" > docs/SHRINK.md.part && mv docs/SHRINK.md.part docs/SHRINK.md
+log "docs/SHRINK.md written"
