@@ -338,6 +338,7 @@ fn distill_opts(
         max_len: Some(32),
         train_config: TrainConfig {
             max_steps: Some(4),
+            eval_every: Some(4),
             lr: 1e-3,
             batch: 8,
             log_every: 1,
@@ -386,6 +387,15 @@ fn task_distillation_trains_a_distilbert_student_and_caches_the_teacher() {
     );
     let best = Model::load(&opts.out).unwrap();
     assert_eq!(best.family(), Family::DistilBert);
+    // One evaluation, at the end: the saved best checkpoint is the final state, tensor
+    // for tensor (HF names on disk, read back to the trainer's).
+    let state =
+        candle_core::safetensors::load(opts.out.join("resume/model.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert_eq!(state.len(), best.checkpoint.tensors.len());
+    for (name, t) in &state {
+        assert_eq!(max_diff(t, &best.checkpoint.tensors[name]), 0.0, "{name}");
+    }
     assert_eq!(
         SequenceClassifier::load(&best).unwrap().labels.names.len(),
         3
