@@ -3,6 +3,7 @@
 
 mod input;
 mod pretrain_cmd;
+mod serve_cmd;
 mod shrink_cmd;
 mod tasks;
 mod train_cmd;
@@ -54,6 +55,8 @@ enum Command {
     Compress(Box<shrink_cmd::CompressArgs>),
     /// Store the weights as int8 (per-channel scales) or bf16.
     Quantize(shrink_cmd::QuantizeArgs),
+    /// Serve a model (or a registry's production version) over REST.
+    Serve(Box<serve_cmd::ServeArgs>),
 }
 
 fn main() -> ExitCode {
@@ -63,11 +66,18 @@ fn main() -> ExitCode {
         // read when first used: set it before any work starts.
         std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
     }
+    // The server logs each request (ids, routes, statuses; texts only if asked).
+    let default_log = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLIMFORMER_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_log.into()),
         )
         .init();
     let result = match cli.command {
@@ -84,6 +94,7 @@ fn main() -> ExitCode {
         Command::Distill(args) => shrink_cmd::distill(*args),
         Command::Compress(args) => shrink_cmd::compress(*args),
         Command::Quantize(args) => shrink_cmd::quantize(args),
+        Command::Serve(args) => serve_cmd::serve(*args),
     };
     match result {
         Ok(code) => code,

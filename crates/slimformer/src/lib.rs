@@ -22,6 +22,7 @@ pub mod models;
 pub mod params;
 pub mod pipeline;
 pub mod pooling;
+pub mod registry;
 pub mod rng;
 pub mod shrink;
 pub mod tokenize;

@@ -1,0 +1,90 @@
+//! `slimformer serve`: the REST service (see the slimformer-server crate).
+
+use slimformer_server::{ModelSource, ServerConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Every flag can also be set by its environment variable.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The model folder to serve (or a hub id in the local cache).
+    #[arg(env = "SLIMFORMER_MODEL", required_unless_present = "registry")]
+    pub model: Option<String>,
+    /// Serve this registry's production version, following its pointer.
+    #[arg(long, env = "SLIMFORMER_REGISTRY", conflicts_with = "model")]
+    pub registry: Option<PathBuf>,
+    /// Address to bind (loopback unless told otherwise).
+    #[arg(long, env = "SLIMFORMER_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, env = "SLIMFORMER_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Tokens (padded length × texts) one forward pass may take.
+    #[arg(long, env = "SLIMFORMER_MAX_BATCH_TOKENS", default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+    /// Requests in flight beyond which new ones get 429.
+    #[arg(
+        long,
+        env = "SLIMFORMER_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 512
+    )]
+    pub max_concurrent_requests: usize,
+    /// Inputs one request may carry.
+    #[arg(long, env = "SLIMFORMER_MAX_CLIENT_BATCH_SIZE", default_value_t = 32)]
+    pub max_client_batch_size: usize,
+    /// Longest input in tokens (default: the model's limit).
+    #[arg(long, env = "SLIMFORMER_MAX_INPUT_LENGTH")]
+    pub max_input_length: Option<usize>,
+    /// Answer 413 to longer inputs instead of truncating them.
+    #[arg(long, env = "SLIMFORMER_NO_TRUNCATE")]
+    pub no_truncate: bool,
+    /// Largest request body in bytes.
+    #[arg(long, env = "SLIMFORMER_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds a request may take before it gets 504.
+    #[arg(long, env = "SLIMFORMER_REQUEST_TIMEOUT", default_value_t = 30.0)]
+    pub request_timeout: f64,
+    /// Require `Authorization: Bearer KEY` (not on health, ready, metrics); enables
+    /// POST /admin/reload.
+    #[arg(long, env = "SLIMFORMER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Log the texts of requests (off: only ids, sizes, statuses).
+    #[arg(long, env = "SLIMFORMER_LOG_TEXTS")]
+    pub log_texts: bool,
+    /// Seconds between checks of the registry's production pointer.
+    #[arg(long, env = "SLIMFORMER_POLL_SECONDS", default_value_t = 2.0)]
+    pub poll_seconds: f64,
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let source = match (args.registry, args.model) {
+        (Some(reg), _) => ModelSource::Registry(reg),
+        (None, Some(model)) => ModelSource::Dir(slimformer::hub::resolve_model(&model)?),
+        (None, None) => anyhow::bail!("pass a MODEL folder or --registry DIR"),
+    };
+    for (name, v) in [
+        ("--request-timeout", args.request_timeout),
+        ("--poll-seconds", args.poll_seconds),
+    ] {
+        if !(v > 0.0 && v.is_finite()) {
+            anyhow::bail!("{name} must be a positive number of seconds");
+        }
+    }
+    let config = ServerConfig {
+        host: args.host,
+        port: args.port,
+        max_batch_tokens: args.max_batch_tokens.max(1),
+        max_concurrent_requests: args.max_concurrent_requests.max(1),
+        max_client_batch_size: args.max_client_batch_size.max(1),
+        max_input_length: args.max_input_length,
+        no_truncate: args.no_truncate,
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: Duration::from_secs_f64(args.request_timeout),
+        api_key: args.api_key.filter(|k| !k.is_empty()),
+        log_texts: args.log_texts,
+        poll_interval: Duration::from_secs_f64(args.poll_seconds),
+        ..ServerConfig::new(source)
+    };
+    slimformer_server::serve(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(ExitCode::SUCCESS)
+}

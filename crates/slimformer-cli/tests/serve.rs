@@ -1,0 +1,704 @@
+//! `slimformer serve` as a process, talked to over real HTTP on a loopback port.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_slimformer"))
+            .arg("serve")
+            .args(["--port", "0"])
+            .args(args)
+            .env("SLIMFORMER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("no address line: {line:?}"));
+        Server {
+            child,
+            base: format!("http://{}", v["listening"].as_str().unwrap()),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Status, body and the Retry-After header of a request.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+        key: Option<&str>,
+    ) -> Reply {
+        let mut req = ureq::request(method, &self.url(path)).timeout(Duration::from_secs(30));
+        if let Some(k) = key {
+            req = req.set("Authorization", &format!("Bearer {k}"));
+        }
+        let result = match body {
+            Some((content_type, bytes)) => req.set("Content-Type", content_type).send_bytes(bytes),
+            None => req.call(),
+        };
+        match result {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => Reply {
+                status: r.status(),
+                retry_after: r.header("retry-after").map(str::to_string),
+                body: r.into_string().unwrap(),
+            },
+            Err(e) => panic!("{method} {path}: {e}"),
+        }
+    }
+
+    fn post(&self, path: &str, json: serde_json::Value) -> Reply {
+        self.call(
+            "POST",
+            path,
+            Some(("application/json", json.to_string().as_bytes())),
+            None,
+        )
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    body: String,
+    retry_after: Option<String>,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn error_type(&self) -> String {
+        self.json()["type"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// The CLI's JSON line for each text.
+fn cli(command: &str, model: &Path, texts: &[&str], extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![command.to_string(), model.to_string_lossy().into_owned()];
+    for t in texts {
+        args.push("--text".into());
+        args.push(t.to_string());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = Command::new(env!("CARGO_BIN_EXE_slimformer"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Largest difference between two JSON documents' numbers (structure must match).
+fn max_diff(a: &serde_json::Value, b: &serde_json::Value) -> f64 {
+    use serde_json::Value::*;
+    match (a, b) {
+        (Number(x), Number(y)) => (x.as_f64().unwrap() - y.as_f64().unwrap()).abs(),
+        (Array(x), Array(y)) => {
+            assert_eq!(x.len(), y.len());
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| max_diff(p, q))
+                .fold(0.0, f64::max)
+        }
+        (Object(x), Object(y)) => {
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+            x.iter()
+                .map(|(k, v)| max_diff(v, &y[k]))
+                .fold(0.0, f64::max)
+        }
+        _ => {
+            assert_eq!(a, b);
+            0.0
+        }
+    }
+}
+
+const TEXTS: [&str; 4] = [
+    "hello world",
+    "the dog and the fox",
+    "bread costs not mountains",
+    "river",
+];
+
+#[test]
+fn routes_answer_as_the_command_line_does() {
+    let model = fixture("bert-seqcls");
+    let s = Server::start(&[model.to_str().unwrap()]);
+    assert_eq!(s.call("GET", "/health", None, None).status, 200);
+    let ready = s.call("GET", "/ready", None, None);
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["model"], "bert-seqcls");
+
+    let got = s.post("/v1/classify", serde_json::json!({"inputs": TEXTS}));
+    assert_eq!(got.status, 200, "{}", got.body);
+    let want = cli("classify", &model, &TEXTS, &[]);
+    assert!(max_diff(&got.json(), &serde_json::json!(want)) < 1e-5);
+
+    let got = s.post("/v1/embed", serde_json::json!({"inputs": TEXTS}));
+    let want = cli("embed", &model, &TEXTS, &[]);
+    assert!(max_diff(&got.json(), &serde_json::json!(want)) < 1e-5);
+    let got = s.post(
+        "/v1/embed",
+        serde_json::json!({"inputs": "river", "pooling": "cls", "normalize": true}),
+    );
+    let want = cli(
+        "embed",
+        &model,
+        &["river"],
+        &["--pooling", "cls", "--normalize"],
+    );
+    assert!(max_diff(&got.json(), &serde_json::json!(want)) < 1e-5);
+
+    // Pairs, as the CLI's tab-separated --pairs lines.
+    let pair = s.post(
+        "/v1/classify",
+        serde_json::json!({"inputs": [{"text": "hello", "text_pair": "world"}]}),
+    );
+    assert_eq!(pair.json()[0]["text"], "hello\tworld");
+
+    let tok = s.post("/v1/tokenize", serde_json::json!({"inputs": "hello world"}));
+    assert_eq!(
+        tok.json()[0]["ids"],
+        cli("encode", &model, &["hello world"], &[])[0]["ids"]
+    );
+
+    // TEI and OpenAI shapes.
+    let e = s
+        .post(
+            "/embed",
+            serde_json::json!({"inputs": ["hello world", "river"]}),
+        )
+        .json();
+    assert_eq!(e.as_array().unwrap().len(), 2);
+    let norm: f64 = e[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap().powi(2))
+        .sum();
+    assert!((norm - 1.0).abs() < 1e-4, "TEI normalizes by default");
+    let p = s
+        .post("/predict", serde_json::json!({"inputs": "hello world"}))
+        .json();
+    let scores = &cli("classify", &model, &["hello world"], &[])[0]["scores"];
+    assert_eq!(p[0]["label"], "positive");
+    assert!((p[0]["score"].as_f64().unwrap() - scores["positive"].as_f64().unwrap()).abs() < 1e-5);
+    let batch = s
+        .post(
+            "/predict",
+            serde_json::json!({"inputs": [["hello"], ["hello", "world"]]}),
+        )
+        .json();
+    assert_eq!(batch.as_array().unwrap().len(), 2);
+    let o = s
+        .post(
+            "/v1/embeddings",
+            serde_json::json!({"input": ["a river", "the dog"], "model": "x"}),
+        )
+        .json();
+    assert_eq!(o["object"], "list");
+    assert_eq!(o["data"][1]["index"], 1);
+    assert!(o["usage"]["total_tokens"].as_u64().unwrap() > 0);
+
+    let m = s.call("GET", "/v1/models", None, None).json();
+    assert_eq!(m["data"][0]["family"], "bert");
+    assert!(m["data"][0]["parameters"]["total"].as_u64().unwrap() > 0);
+    let doc = s.call("GET", "/openapi.json", None, None).json();
+    assert!(doc["paths"]["/v1/classify"].is_object());
+    assert!(
+        doc["components"]["schemas"]["Error"]["properties"]["type"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("overloaded"))
+    );
+    assert_eq!(s.call("GET", "/docs", None, None).status, 200);
+    let metrics = s.call("GET", "/metrics", None, None).body;
+    assert!(metrics.contains("slimformer_requests_total{route=\"/v1/classify\",status=\"200\"}"));
+    assert!(metrics.contains("slimformer_batch_tokens_bucket"));
+    assert!(metrics.contains("slimformer_model_info{model=\"bert-seqcls\",version=\"local\"} 1"));
+    // Without an API key there is no admin route.
+    assert_eq!(s.post("/admin/reload", serde_json::json!({})).status, 404);
+    assert!(s.stop().success());
+}
+
+#[test]
+fn fill_mask_route() {
+    let model = fixture("bert-mlm");
+    let s = Server::start(&[model.to_str().unwrap()]);
+    let got = s.post(
+        "/v1/fill-mask",
+        serde_json::json!({"inputs": ["the [MASK] river"], "top_k": 3}),
+    );
+    let want = cli(
+        "fill-mask",
+        &model,
+        &["the [MASK] river"],
+        &["--top-k", "3"],
+    );
+    assert!(max_diff(&got.json(), &serde_json::json!(want)) < 1e-5);
+    let no_mask = s.post(
+        "/v1/fill-mask",
+        serde_json::json!({"inputs": "no mask here"}),
+    );
+    assert_eq!(
+        (no_mask.status, no_mask.error_type().as_str()),
+        (422, "invalid_input")
+    );
+    let no_head = s.post("/v1/classify", serde_json::json!({"inputs": "x"}));
+    assert_eq!(no_head.status, 422);
+    assert_eq!(no_head.error_type(), "unsupported_task");
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
+    let model = fixture("bert-seqcls");
+    let s = Server::start(&[
+        model.to_str().unwrap(),
+        "--max-client-batch-size",
+        "4",
+        "--max-body-bytes",
+        "2000",
+        "--max-input-length",
+        "8",
+        "--no-truncate",
+    ]);
+    let json = "application/json";
+    type Case<'a> = (&'a str, &'a str, Option<(&'a str, Vec<u8>)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/v1/classify",
+            Some((json, b"{not json".to_vec())),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/v1/classify",
+            Some((json, br#"{"inputs": 3}"#.to_vec())),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/v1/classify",
+            Some((json, br#"{"texts": ["a"]}"#.to_vec())),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/v1/classify",
+            Some((json, b"{\"inputs\": \"\xff\xfe\"}".to_vec())),
+            400,
+            "invalid_json",
+        ),
+        (
+            "POST",
+            "/v1/classify",
+            Some(("text/plain", br#"{"inputs": "a"}"#.to_vec())),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST",
+            "/v1/classify",
+            Some((json, br#"{"inputs": []}"#.to_vec())),
+            422,
+            "invalid_input",
+        ),
+        (
+            "POST",
+            "/v1/classify",
+            Some((json, br#"{"inputs": ["a", "  "]}"#.to_vec())),
+            422,
+            "invalid_input",
+        ),
+        (
+            "POST",
+            "/v1/classify",
+            Some((json, br#"{"inputs": ["a","b","c","d","e"]}"#.to_vec())),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "POST",
+            "/v1/classify",
+            Some((
+                json,
+                format!(r#"{{"inputs": "{}"}}"#, "a ".repeat(1500)).into_bytes(),
+            )),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "POST",
+            "/v1/classify",
+            Some((
+                json,
+                br#"{"inputs": "hello world river bread dog fox not the"}"#.to_vec(),
+            )),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "POST",
+            "/v1/embed",
+            Some((json, br#"{"inputs": "a", "pooling": "median"}"#.to_vec())),
+            422,
+            "invalid_input",
+        ),
+        ("GET", "/v1/nothing", None, 404, "not_found"),
+        ("DELETE", "/v1/classify", None, 405, "method_not_allowed"),
+        ("GET", "/v1/classify", None, 405, "method_not_allowed"),
+    ];
+    for (method, path, body, status, kind) in cases {
+        let r = s.call(
+            method,
+            path,
+            body.as_ref().map(|(c, b)| (*c, b.as_slice())),
+            None,
+        );
+        assert_eq!(
+            (r.status, r.error_type()),
+            (status, kind.to_string()),
+            "{method} {path}: {}",
+            r.body
+        );
+        assert!(!r.json()["error"].as_str().unwrap().is_empty());
+    }
+    let fine = s.post("/v1/classify", serde_json::json!({"inputs": "hello world"}));
+    assert_eq!(fine.status, 200);
+}
+
+#[test]
+fn api_key_guards_every_route_but_health_ready_metrics() {
+    let model = fixture("bert-seqcls");
+    let s = Server::start(&[model.to_str().unwrap(), "--api-key", "s3cret"]);
+    let body = br#"{"inputs": "hello"}"#;
+    let r = s.call(
+        "POST",
+        "/v1/classify",
+        Some(("application/json", body)),
+        None,
+    );
+    assert_eq!((r.status, r.error_type().as_str()), (401, "unauthorized"));
+    let r = s.call(
+        "POST",
+        "/v1/classify",
+        Some(("application/json", body)),
+        Some("wrong"),
+    );
+    assert_eq!(r.status, 401);
+    let r = s.call(
+        "POST",
+        "/v1/classify",
+        Some(("application/json", body)),
+        Some("s3cret"),
+    );
+    assert_eq!(r.status, 200);
+    for open in ["/health", "/ready", "/metrics"] {
+        assert_eq!(s.call("GET", open, None, None).status, 200, "{open}");
+    }
+    assert_eq!(s.call("GET", "/v1/models", None, None).status, 401);
+    let r = s.call("POST", "/admin/reload", None, Some("s3cret"));
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// Threads firing requests, and the counts of answers: ok, refused, and the bodies
+/// of refusals.
+type Load = (
+    Vec<std::thread::JoinHandle<()>>,
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+);
+
+/// Fires `n` threads of requests until `stop`; counts statuses.
+fn load(s: &Arc<Server>, n: usize, stop: Arc<AtomicBool>, body: serde_json::Value) -> Load {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let bad = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handles = (0..n)
+        .map(|_| {
+            let (s, stop, ok, bad, errors, body) = (
+                s.clone(),
+                stop.clone(),
+                ok.clone(),
+                bad.clone(),
+                errors.clone(),
+                body.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = s.post("/v1/classify", body.clone());
+                    if r.status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                        errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("{} retry-after={:?}", r.body, r.retry_after));
+                    }
+                }
+            })
+        })
+        .collect();
+    (handles, ok, bad, errors)
+}
+
+#[test]
+fn concurrent_clients_get_the_unbatched_answers() {
+    let model = fixture("bert-seqcls");
+    let s = Arc::new(Server::start(&[model.to_str().unwrap()]));
+    let want: Vec<serde_json::Value> = TEXTS
+        .iter()
+        .map(|t| cli("classify", &model, &[t], &[])[0].clone())
+        .collect();
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let (s, want) = (s.clone(), want.clone());
+            std::thread::spawn(move || {
+                for k in 0..10 {
+                    let t = (i + k) % TEXTS.len();
+                    let got = s.post("/v1/classify", serde_json::json!({"inputs": [TEXTS[t]]}));
+                    assert_eq!(got.status, 200);
+                    assert!(max_diff(&got.json()[0], &want[t]) < 1e-5);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let metrics = s.call("GET", "/metrics", None, None).body;
+    assert!(
+        metrics.contains("slimformer_requests_total{route=\"/v1/classify\",status=\"200\"} 160"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn overload_gets_429_with_retry_after() {
+    let model = fixture("bert-seqcls");
+    let s = Arc::new(Server::start(&[
+        model.to_str().unwrap(),
+        "--max-concurrent-requests",
+        "1",
+    ]));
+    let long: Vec<String> = (0..32)
+        .map(|i| format!("the dog and the fox {i} ").repeat(6))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handles, ok, _bad, errors) =
+        load(&s, 16, stop.clone(), serde_json::json!({"inputs": long}));
+    let started = Instant::now();
+    while errors.lock().unwrap().is_empty() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let errors = errors.lock().unwrap();
+    assert!(!errors.is_empty(), "no request was refused");
+    assert!(
+        errors.iter().all(|e| e.contains("\"type\":\"overloaded\"")),
+        "{errors:?}"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.ends_with("retry-after=Some(\"1\")")),
+        "{errors:?}"
+    );
+}
+
+fn registry_with(dir: &Path, versions: &[(&str, &Path)]) {
+    for (name, src) in versions {
+        let dest = dir.join("versions").join(name);
+        std::fs::create_dir_all(&dest).unwrap();
+        for entry in std::fs::read_dir(src).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_file() {
+                std::fs::copy(&p, dest.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+}
+
+fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn hot_reload_under_load_and_a_broken_version_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = tmp.path();
+    registry_with(
+        reg,
+        &[
+            ("v1", &fixture("bert-seqcls")),
+            ("v2", &fixture("distilbert-seqcls")),
+            ("v3", &fixture("bert-seqcls")),
+        ],
+    );
+    // v3 is broken: its weights are cut short.
+    let weights = reg.join("versions/v3/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+
+    // No production version yet: not ready.
+    let s = Arc::new(Server::start(&[
+        "--registry",
+        reg.to_str().unwrap(),
+        "--poll-seconds",
+        "0.1",
+    ]));
+    assert_eq!(s.call("GET", "/ready", None, None).status, 503);
+    let r = s.post("/v1/classify", serde_json::json!({"inputs": "hello"}));
+    assert_eq!((r.status, r.error_type().as_str()), (503, "not_ready"));
+    std::fs::write(reg.join("PRODUCTION"), "v1\n").unwrap();
+    assert!(wait_for(
+        || s.call("GET", "/ready", None, None).status == 200
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (handles, ok, bad, errors) =
+        load(&s, 8, stop.clone(), serde_json::json!({"inputs": TEXTS}));
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(reg.join("PRODUCTION.tmp"), "v2\n").unwrap();
+    std::fs::rename(reg.join("PRODUCTION.tmp"), reg.join("PRODUCTION")).unwrap();
+    let version =
+        |s: &Server| s.call("GET", "/v1/models", None, None).json()["data"][0]["version"].clone();
+    assert!(wait_for(|| version(&s) == "v2"));
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(reg.join("PRODUCTION"), "v3\n").unwrap();
+    assert!(wait_for(|| s
+        .call("GET", "/metrics", None, None)
+        .body
+        .contains("slimformer_reload_failures_total 1")));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "{:?}",
+        errors.lock().unwrap()
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert_eq!(version(&s), "v2", "the broken v3 must not replace v2");
+    assert!(s
+        .call("GET", "/metrics", None, None)
+        .body
+        .contains("version=\"v2\""));
+}
+
+#[test]
+fn graceful_shutdown_answers_requests_in_flight() {
+    let model = fixture("bert-seqcls");
+    let s = Arc::new(Server::start(&[model.to_str().unwrap()]));
+    let base = s.base.clone();
+    let long: Vec<String> = (0..32)
+        .map(|i| format!("the dog and the fox {i} ").repeat(6))
+        .collect();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (base, answered, failed, long) =
+                (base.clone(), answered.clone(), failed.clone(), long.clone());
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    match ureq::post(&format!("{base}/v1/classify"))
+                        .set("Content-Type", "application/json")
+                        .send_string(&serde_json::json!({"inputs": long}).to_string())
+                    {
+                        Ok(_) => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // After shutdown new connections are refused: expected.
+                        Err(ureq::Error::Transport(_)) => break,
+                        Err(e) => failed.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(wait_for(|| answered.load(Ordering::Relaxed) >= 8));
+    let server = Arc::try_unwrap(s).ok();
+    let status = match server {
+        Some(server) => server.stop(),
+        None => panic!("server still shared"),
+    };
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(status.success(), "{status:?}");
+    assert!(
+        failed.lock().unwrap().is_empty(),
+        "{:?}",
+        failed.lock().unwrap()
+    );
+}

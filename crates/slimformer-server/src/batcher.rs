@@ -1,0 +1,122 @@
+//! The batching queue: requests from any number of clients are packed into forward
+//! passes under a token budget (padded length × texts) and run on one inference
+//! thread, off the async runtime. Jobs keep the engine they were tokenized for, so
+//! a reload never mixes versions in a batch, and a job whose client has gone is
+//! dropped before any work is done for it.
+
+use crate::engine::{Engine, Task, TaskOutput};
+use crate::metrics::Metrics;
+use slimformer::tokenize::Encoded;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+pub type Reply = std::result::Result<Vec<TaskOutput>, String>;
+
+pub struct Job {
+    pub engine: Arc<Engine>,
+    pub task: Task,
+    pub texts: Vec<Encoded>,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+impl Job {
+    fn padded_tokens(&self) -> (usize, usize) {
+        let longest = self.texts.iter().map(|t| t.ids.len()).max().unwrap_or(0);
+        (self.texts.len(), longest)
+    }
+}
+
+pub struct Batcher {
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl Batcher {
+    pub fn start(max_batch_tokens: usize, metrics: Arc<Metrics>) -> Batcher {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("slimformer-inference".into())
+            .spawn(move || run(rx, max_batch_tokens, metrics))
+            .expect("spawn the inference thread");
+        Batcher {
+            sender: Mutex::new(Some(tx)),
+        }
+    }
+
+    /// Queues a job; false when the queue has closed (shutting down).
+    pub fn submit(&self, job: Job) -> bool {
+        let guard = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_ref() {
+            Some(tx) => tx.send(job).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stops the inference thread once the queued jobs are done.
+    pub fn close(&self) {
+        self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+fn run(rx: mpsc::Receiver<Job>, budget: usize, metrics: Arc<Metrics>) {
+    let mut pending: Option<Job> = None;
+    loop {
+        let first = match pending.take() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        metrics.queue_add(-1);
+        let mut batch = vec![first];
+        let (mut n, mut longest) = batch[0].padded_tokens();
+        while let Ok(job) = rx.try_recv() {
+            metrics.queue_add(-1);
+            let (jn, jl) = job.padded_tokens();
+            let fits = (n + jn) * longest.max(jl) <= budget;
+            if fits && Arc::ptr_eq(&job.engine, &batch[0].engine) {
+                n += jn;
+                longest = longest.max(jl);
+                batch.push(job);
+            } else {
+                metrics.queue_add(1);
+                pending = Some(job);
+                break;
+            }
+        }
+        run_batch(batch, &metrics);
+    }
+}
+
+fn run_batch(batch: Vec<Job>, metrics: &Metrics) {
+    let live: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
+    if live.is_empty() {
+        return;
+    }
+    let engine = live[0].engine.clone();
+    let texts: Vec<&Encoded> = live.iter().flat_map(|j| j.texts.iter()).collect();
+    let tokens: usize = texts.len() * texts.iter().map(|t| t.ids.len()).max().unwrap_or(0);
+    let started = Instant::now();
+    let hidden = engine.pipeline.hidden_states(&texts);
+    metrics.observe_batch(texts.len(), tokens, started.elapsed().as_secs_f64());
+    let mut hidden = match hidden {
+        Ok(h) => h.into_iter(),
+        Err(e) => {
+            let message = e.to_string();
+            for job in live {
+                let _ = job.reply.send(Err(message.clone()));
+            }
+            return;
+        }
+    };
+    for job in live {
+        let mine: Vec<_> = hidden.by_ref().take(job.texts.len()).collect();
+        let refs: Vec<&Encoded> = job.texts.iter().collect();
+        let out = engine
+            .finish(&job.task, &refs, mine)
+            .map_err(|e| e.to_string());
+        let _ = job.reply.send(out);
+    }
+}

@@ -1,0 +1,62 @@
+//! What `slimformer serve` is told.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the model comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// One model folder; a reload reads it again.
+    Dir(PathBuf),
+    /// A registry: its production version, followed as the pointer changes.
+    Registry(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub source: ModelSource,
+    pub host: String,
+    pub port: u16,
+    /// Tokens (padded length × texts) one forward pass may take.
+    pub max_batch_tokens: usize,
+    /// Requests in flight beyond which new ones get 429.
+    pub max_concurrent_requests: usize,
+    /// Inputs one request may carry.
+    pub max_client_batch_size: usize,
+    /// Longest input in tokens (default: the model's limit).
+    pub max_input_length: Option<usize>,
+    /// Reject longer inputs with 413 instead of truncating them.
+    pub no_truncate: bool,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    /// Bearer token required on every route but health, ready and metrics; enables
+    /// `POST /admin/reload`.
+    pub api_key: Option<String>,
+    /// Log request texts (off: only sizes and ids).
+    pub log_texts: bool,
+    /// How often the registry's production pointer is checked.
+    pub poll_interval: Duration,
+    /// Threads of the HTTP runtime (inference has its own).
+    pub http_threads: usize,
+}
+
+impl ServerConfig {
+    pub fn new(source: ModelSource) -> Self {
+        Self {
+            source,
+            host: "127.0.0.1".into(),
+            port: 8080,
+            max_batch_tokens: 16384,
+            max_concurrent_requests: 512,
+            max_client_batch_size: 32,
+            max_input_length: None,
+            no_truncate: false,
+            max_body_bytes: 2 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            api_key: None,
+            log_texts: false,
+            poll_interval: Duration::from_secs(2),
+            http_threads: 2,
+        }
+    }
+}

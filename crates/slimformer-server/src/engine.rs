@@ -1,0 +1,178 @@
+//! The compute backend: one loaded model version with its tokenizers and heads,
+//! and the task outputs (the same objects the command line prints).
+
+use slimformer::heads::{MaskedLmHead, SequenceClassifier};
+use slimformer::params::{count_parameters, ParamCounts};
+use slimformer::pipeline::{self, LengthLimit, Pipeline};
+use slimformer::pooling::{EmbeddingSettings, Pooling};
+use slimformer::tokenize::{Encoded, TextInput, TextTokenizer};
+use slimformer::Result;
+use std::path::{Path, PathBuf};
+
+/// A task the batching queue runs.
+#[derive(Debug, Clone)]
+pub enum Task {
+    Classify,
+    Embed {
+        pooling: Vec<Pooling>,
+        normalize: bool,
+    },
+    FillMask {
+        top_k: usize,
+    },
+}
+
+/// One input's result.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum TaskOutput {
+    Classify(pipeline::ClassifyOutput),
+    Embed(pipeline::EmbedOutput),
+    FillMask(pipeline::FillMaskOutput),
+}
+
+pub struct Engine {
+    /// The model's name (its folder's).
+    pub name: String,
+    /// The registry version, or "local" for a plain folder.
+    pub version: String,
+    pub dir: PathBuf,
+    pub pipeline: Pipeline,
+    /// Truncates to sentence-transformers' `max_seq_length` too.
+    pub embed_tokenizer: TextTokenizer,
+    pub embed_settings: EmbeddingSettings,
+    pub classifier: Option<SequenceClassifier>,
+    pub mlm: Option<MaskedLmHead>,
+    pub params: ParamCounts,
+    pub quantization: Option<String>,
+}
+
+impl Engine {
+    pub fn load(dir: &Path, version: &str, limit: LengthLimit) -> Result<Engine> {
+        let embed_settings = EmbeddingSettings::from_dir(dir)?;
+        let pipeline = Pipeline::load(dir, limit, None)?;
+        let model_limit = pipeline.model.config.max_input_len();
+        let embed_len = [limit.max_len, model_limit, embed_settings.max_seq_length]
+            .into_iter()
+            .flatten()
+            .min();
+        let embed_tokenizer =
+            TextTokenizer::load(dir, &pipeline.model.config, embed_len, !limit.no_truncate)?;
+        let classifier = SequenceClassifier::load(&pipeline.model).ok();
+        let mlm = MaskedLmHead::load(&pipeline.model).ok();
+        let params = count_parameters(&pipeline.model.checkpoint);
+        let quantization = pipeline.model.checkpoint.quantization.clone();
+        let name = dir
+            .canonicalize()
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        Ok(Engine {
+            name,
+            version: version.to_string(),
+            dir: dir.to_path_buf(),
+            pipeline,
+            embed_tokenizer,
+            embed_settings,
+            classifier,
+            mlm,
+            params,
+            quantization,
+        })
+    }
+
+    /// The tasks this model can do.
+    pub fn tasks(&self) -> Vec<&'static str> {
+        let mut tasks = vec!["embed", "tokenize"];
+        if self.classifier.is_some() {
+            tasks.push("classify");
+        }
+        if self.mlm.is_some() {
+            tasks.push("fill-mask");
+        }
+        tasks
+    }
+
+    /// The tokenizer a task uses (embeddings have their own length limit).
+    pub fn tokenizer_for(&self, task: &Task) -> &TextTokenizer {
+        match task {
+            Task::Embed { .. } => &self.embed_tokenizer,
+            _ => &self.pipeline.tokenizer,
+        }
+    }
+
+    pub fn encode(&self, task: &Task, input: &TextInput) -> Result<Encoded> {
+        let encoded = self.tokenizer_for(task).encode(input)?;
+        if let Task::FillMask { .. } = task {
+            pipeline::require_mask(&self.pipeline.tokenizer, &encoded)?;
+        }
+        Ok(encoded)
+    }
+
+    /// One task's outputs from its texts' hidden states.
+    pub fn finish(
+        &self,
+        task: &Task,
+        texts: &[&Encoded],
+        hidden: Vec<candle_core::Tensor>,
+    ) -> Result<Vec<TaskOutput>> {
+        Ok(match task {
+            Task::Classify => {
+                let head = self.classifier.as_ref().ok_or_else(|| {
+                    slimformer::Error::Input("the model has no classification head".into())
+                })?;
+                pipeline::classify(head, hidden)?
+                    .into_iter()
+                    .map(TaskOutput::Classify)
+                    .collect()
+            }
+            Task::Embed { pooling, normalize } => {
+                let settings = EmbeddingSettings {
+                    pooling: pooling.clone(),
+                    normalize: *normalize,
+                    max_seq_length: self.embed_settings.max_seq_length,
+                };
+                pipeline::embed(&settings, hidden)?
+                    .into_iter()
+                    .map(TaskOutput::Embed)
+                    .collect()
+            }
+            Task::FillMask { top_k } => {
+                let head = self.mlm.as_ref().ok_or_else(|| {
+                    slimformer::Error::Input("the model has no masked-LM head".into())
+                })?;
+                pipeline::fill_mask(head, &self.pipeline.tokenizer, *top_k, texts, hidden)?
+                    .into_iter()
+                    .map(TaskOutput::FillMask)
+                    .collect()
+            }
+        })
+    }
+
+    /// Runs every task the model has on a short text: a version that fails this is
+    /// never switched to.
+    pub fn smoke_test(&self) -> Result<()> {
+        let input = TextInput::Single("hello".into());
+        let mut tasks = vec![Task::Embed {
+            pooling: self.embed_settings.pooling.clone(),
+            normalize: self.embed_settings.normalize,
+        }];
+        if self.classifier.is_some() {
+            tasks.push(Task::Classify);
+        }
+        for task in tasks {
+            let encoded = self.encode(&task, &input)?;
+            let hidden = self.pipeline.hidden_states(&[&encoded])?;
+            let out = self.finish(&task, &[&encoded], hidden)?;
+            let json = serde_json::to_value(&out)
+                .map_err(|e| slimformer::Error::Input(format!("smoke test output: {e}")))?;
+            if json.to_string().contains("null") {
+                return Err(slimformer::Error::Input(
+                    "smoke test: the model produced non-finite outputs".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

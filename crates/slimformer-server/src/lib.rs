@@ -1,0 +1,77 @@
+//! slimformer's REST service, in three parts as text-embeddings-inference does it:
+//! the HTTP router ([`routes`]) apart from the batching queue ([`batcher`]) apart
+//! from the compute backend ([`engine`]), plus hot reload ([`reload`]) and
+//! Prometheus metrics ([`metrics`]).
+
+pub mod batcher;
+pub mod config;
+pub mod engine;
+pub mod errors;
+pub mod metrics;
+pub mod openapi;
+pub mod reload;
+pub mod routes;
+
+pub use config::{ModelSource, ServerConfig};
+
+use std::sync::Arc;
+
+/// Loads the model, binds, prints one JSON line `{"listening": ADDR, ...}` on stdout,
+/// and serves until SIGTERM or Ctrl-C (then stops accepting, drains, returns).
+pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(config.http_threads.max(1))
+        .build()?;
+    runtime.block_on(async move {
+        let state = Arc::new(routes::AppState::start(config.clone()).await?);
+        let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
+        let addr = listener.local_addr()?;
+        let engine = state.engine.current();
+        println!(
+            "{}",
+            serde_json::json!({
+                "listening": addr.to_string(),
+                "model": engine.as_ref().map(|e| e.name.clone()),
+                "version": engine.as_ref().map(|e| e.version.clone()),
+            })
+        );
+        tracing::info!(%addr, "serving");
+        reload::spawn_watchers(state.clone());
+        let app = routes::router(state.clone());
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        state.batcher.close();
+        tracing::info!("stopped: every request in flight was answered");
+        Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: no new connections, draining requests in flight");
+}
+
+/// The error type of [`serve`]: anything that stops the server from starting.
+pub mod anyhow_like {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}

@@ -1,0 +1,128 @@
+//! Hot reload: a new version is loaded beside the one serving, smoke-tested, and
+//! switched to atomically; requests in flight keep the engine they started with (each
+//! holds an `Arc`). A version that fails to load or the smoke test is refused and
+//! the old one keeps serving. Triggers: the registry's production pointer changing
+//! (polled), SIGHUP, and `POST /admin/reload`.
+
+use crate::config::ModelSource;
+use crate::engine::Engine;
+use crate::routes::AppState;
+use slimformer::pipeline::LengthLimit;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+/// The engine being served, swapped whole.
+#[derive(Default)]
+pub struct EngineSlot {
+    current: RwLock<Option<Arc<Engine>>>,
+    /// Serializes reloads.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl EngineSlot {
+    pub fn current(&self) -> Option<Arc<Engine>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, engine: Arc<Engine>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(engine);
+    }
+}
+
+/// The version and folder the source points at now.
+pub fn resolve(source: &ModelSource) -> slimformer::Result<(String, PathBuf)> {
+    match source {
+        ModelSource::Dir(dir) => Ok(("local".into(), dir.clone())),
+        ModelSource::Registry(reg) => slimformer::registry::production(reg),
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    pub version: String,
+    pub changed: bool,
+}
+
+/// Loads what the source points at, unless it is the version already serving and
+/// `force` is off; switches to it if it loads and passes the smoke test.
+pub async fn reload(state: &Arc<AppState>, force: bool) -> Result<ReloadOutcome, String> {
+    let _one_at_a_time = state.engine.reloading.lock().await;
+    let (version, dir) = resolve(&state.config.source).map_err(|e| e.to_string())?;
+    if !force {
+        if let Some(cur) = state.engine.current() {
+            if cur.version == version && cur.dir == dir {
+                return Ok(ReloadOutcome {
+                    version,
+                    changed: false,
+                });
+            }
+        }
+    }
+    let limit = LengthLimit {
+        max_len: state.config.max_input_length,
+        no_truncate: state.config.no_truncate,
+    };
+    let v = version.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> slimformer::Result<Engine> {
+        let engine = Engine::load(&dir, &v, limit)?;
+        engine.smoke_test()?;
+        Ok(engine)
+    })
+    .await
+    .map_err(|e| format!("the loader stopped: {e}"))?;
+    match loaded {
+        Ok(engine) => {
+            state.metrics.reloaded(&engine.name, &engine.version);
+            tracing::info!(model = %engine.name, version = %engine.version, "serving a new version");
+            state.engine.set(Arc::new(engine));
+            Ok(ReloadOutcome {
+                version,
+                changed: true,
+            })
+        }
+        Err(e) => {
+            state.metrics.reload_failed();
+            tracing::error!(%version, error = %e, "refused a new version; the old one keeps serving");
+            Err(format!("version {version} refused: {e}"))
+        }
+    }
+}
+
+/// The pointer poller (registries) and the SIGHUP handler.
+pub fn spawn_watchers(state: Arc<AppState>) {
+    if let ModelSource::Registry(_) = state.config.source {
+        let s = state.clone();
+        tokio::spawn(async move {
+            let mut last_failed: Option<String> = None;
+            loop {
+                tokio::time::sleep(s.config.poll_interval).await;
+                let Ok((version, _)) = resolve(&s.config.source) else {
+                    continue;
+                };
+                let last_failed_ref = last_failed.as_deref();
+                let serving = s.engine.current().map(|e| e.version.clone());
+                // A refused version is not retried until the pointer moves again.
+                if serving.as_deref() == Some(&version) || last_failed_ref == Some(&version) {
+                    continue;
+                }
+                last_failed = reload(&s, false).await.err().map(|_| version);
+            }
+        });
+    }
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading");
+            let force = matches!(state.config.source, ModelSource::Dir(_));
+            let _ = reload(&state, force).await;
+        }
+    });
+}

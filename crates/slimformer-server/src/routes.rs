@@ -1,0 +1,729 @@
+//! The HTTP router: request parsing and validation, auth, request ids, metrics, and
+//! the JSON shapes of each route. Inference goes through the [`Batcher`].
+
+use crate::batcher::{Batcher, Job};
+use crate::config::ServerConfig;
+use crate::engine::{Engine, Task, TaskOutput};
+use crate::errors::{ApiError, ApiResult, ErrorType};
+use crate::metrics::Metrics;
+use crate::reload::{self, EngineSlot};
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use slimformer::pipeline::ClassifyOutput;
+use slimformer::pooling::Pooling;
+use slimformer::tokenize::TextInput;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{oneshot, Semaphore};
+
+pub struct AppState {
+    pub config: ServerConfig,
+    pub engine: EngineSlot,
+    pub batcher: Batcher,
+    pub metrics: Arc<Metrics>,
+    permits: Arc<Semaphore>,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    /// Starts the inference thread and loads the model. A model folder that cannot be
+    /// loaded stops the start; a registry without a loadable production version
+    /// starts not ready (503) and is polled until it has one.
+    pub async fn start(
+        config: ServerConfig,
+    ) -> Result<AppState, Box<dyn std::error::Error + Send + Sync>> {
+        let metrics = Arc::new(Metrics::default());
+        let state = AppState {
+            batcher: Batcher::start(config.max_batch_tokens, metrics.clone()),
+            permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            engine: EngineSlot::default(),
+            metrics,
+            config,
+            next_id: AtomicU64::new(1),
+        };
+        let state = Arc::new(state);
+        if let Err(e) = reload::reload(&state, true).await {
+            match state.config.source {
+                crate::config::ModelSource::Dir(_) => return Err(e.into()),
+                crate::config::ModelSource::Registry(_) => {
+                    tracing::error!(error = %e, "not ready: waiting for a loadable production version")
+                }
+            }
+        }
+        Ok(Arc::try_unwrap(state).unwrap_or_else(|_| unreachable!("no other owner yet")))
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/classify", post(classify))
+        .route("/v1/embed", post(embed))
+        .route("/v1/fill-mask", post(fill_mask))
+        .route("/v1/tokenize", post(tokenize))
+        .route("/v1/models", get(models))
+        .route("/embed", post(tei_embed))
+        .route("/predict", post(tei_predict))
+        .route("/v1/embeddings", post(openai_embeddings))
+        .route("/openapi.json", get(openapi))
+        .route("/docs", get(docs))
+        .route("/admin/reload", post(admin_reload))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+// ----- middleware -----
+
+/// Request id, structured log line, metrics by route and status.
+async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:x}", state.next_id.fetch_add(1, Ordering::Relaxed)));
+    let method = req.method().clone();
+    state.metrics.in_flight_add(1);
+    let mut response = next.run(req).await;
+    state.metrics.in_flight_add(-1);
+    let status = response.status().as_u16();
+    let secs = started.elapsed().as_secs_f64();
+    state.metrics.observe_request(&route, status, secs);
+    tracing::info!(request_id = %id, %method, %route, status, ms = secs * 1e3, "request");
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+/// Bearer API key on every route but health, ready and metrics.
+async fn auth(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.config.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+            return ApiError::new(
+                ErrorType::Unauthorized,
+                "missing or wrong API key (Authorization: Bearer KEY)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorType::NotFound, "no such route (see /openapi.json)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorType::MethodNotAllowed,
+        "this route does not take that method",
+    )
+}
+
+// ----- request bodies -----
+
+/// A JSON body: content type checked (415), size limited (413), UTF-8 and JSON
+/// syntax and types checked (400).
+fn parse_json<T: DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<T> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
+        return Err(ApiError::new(
+            ErrorType::UnsupportedMediaType,
+            format!("expected Content-Type: application/json, got {content_type:?}"),
+        ));
+    }
+    if body.len() > state.config.max_body_bytes {
+        return Err(ApiError::new(
+            ErrorType::PayloadTooLarge,
+            format!(
+                "the body has {} bytes, more than the limit of {}",
+                body.len(),
+                state.config.max_body_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::new(
+            ErrorType::InvalidJson,
+            format!("the body is not UTF-8: {e}"),
+        )
+    })?;
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::new(ErrorType::InvalidJson, format!("invalid request: {e}")))
+}
+
+/// One input of a `/v1` route: a text, or `{"text", "text_pair"}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum InputItem {
+    Text(String),
+    Pair { text: String, text_pair: String },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Inputs {
+    One(InputItem),
+    Many(Vec<InputItem>),
+}
+
+impl Inputs {
+    fn into_vec(self) -> Vec<TextInput> {
+        let item = |i: InputItem| match i {
+            InputItem::Text(t) => TextInput::Single(t),
+            InputItem::Pair { text, text_pair } => TextInput::Pair(text, text_pair),
+        };
+        match self {
+            Inputs::One(i) => vec![item(i)],
+            Inputs::Many(v) => v.into_iter().map(item).collect(),
+        }
+    }
+}
+
+fn shown(input: &TextInput) -> String {
+    match input {
+        TextInput::Single(t) => t.clone(),
+        TextInput::Pair(a, b) => format!("{a}\t{b}"),
+    }
+}
+
+// ----- running a task -----
+
+struct TaskRun {
+    engine: Arc<Engine>,
+    outputs: Vec<TaskOutput>,
+    tokens: usize,
+}
+
+fn validate_inputs(state: &AppState, inputs: &[TextInput]) -> ApiResult<()> {
+    if inputs.is_empty() {
+        return Err(ApiError::new(ErrorType::InvalidInput, "no inputs"));
+    }
+    if inputs.len() > state.config.max_client_batch_size {
+        return Err(ApiError::new(
+            ErrorType::PayloadTooLarge,
+            format!(
+                "{} inputs, more than --max-client-batch-size {}",
+                inputs.len(),
+                state.config.max_client_batch_size
+            ),
+        ));
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        let empty = match input {
+            TextInput::Single(t) => t.trim().is_empty(),
+            TextInput::Pair(a, b) => a.trim().is_empty() || b.trim().is_empty(),
+        };
+        if empty {
+            return Err(ApiError::new(
+                ErrorType::InvalidInput,
+                format!("input {i} is empty"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn engine_for(state: &AppState, task: &Task) -> ApiResult<Arc<Engine>> {
+    let engine = state
+        .engine
+        .current()
+        .ok_or_else(|| ApiError::new(ErrorType::NotReady, "no model is loaded yet"))?;
+    let missing = match task {
+        Task::Classify if engine.classifier.is_none() => Some("classification"),
+        Task::FillMask { .. } if engine.mlm.is_none() => Some("masked-LM"),
+        _ => None,
+    };
+    if let Some(head) = missing {
+        return Err(ApiError::new(
+            ErrorType::UnsupportedTask,
+            format!(
+                "the model {} has no {head} head (its tasks: {})",
+                engine.name,
+                engine.tasks().join(", ")
+            ),
+        ));
+    }
+    Ok(engine)
+}
+
+async fn run_task(state: &Arc<AppState>, task: Task, inputs: &[TextInput]) -> ApiResult<TaskRun> {
+    validate_inputs(state, inputs)?;
+    let _permit = state.permits.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            ErrorType::Overloaded,
+            format!(
+                "more than {} requests in flight: retry later",
+                state.config.max_concurrent_requests
+            ),
+        )
+    })?;
+    let engine = engine_for(state, &task)?;
+    let mut texts = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let encoded = engine.encode(&task, input).map_err(|e| {
+            let message = format!("input {i}: {e}");
+            if message.contains("truncation is off") {
+                ApiError::new(ErrorType::PayloadTooLarge, message)
+            } else {
+                ApiError::new(ErrorType::InvalidInput, message)
+            }
+        })?;
+        if let Some(n) = encoded.truncated_from {
+            tracing::debug!(input = i, tokens = n, "input truncated");
+        }
+        texts.push(encoded);
+    }
+    if state.config.log_texts {
+        let shown: Vec<String> = inputs.iter().map(shown).collect();
+        tracing::info!(texts = ?shown, "inputs");
+    }
+    let tokens = texts.iter().map(|t| t.ids.len()).sum();
+    let (tx, rx) = oneshot::channel();
+    state.metrics.queue_add(1);
+    let job = Job {
+        engine: engine.clone(),
+        task,
+        texts,
+        reply: tx,
+    };
+    if !state.batcher.submit(job) {
+        state.metrics.queue_add(-1);
+        return Err(ApiError::new(
+            ErrorType::NotReady,
+            "the server is shutting down",
+        ));
+    }
+    let reply = tokio::time::timeout(state.config.request_timeout, rx)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorType::Timeout,
+                "the request took longer than the server's timeout",
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                ErrorType::Internal,
+                "the inference thread dropped the request",
+            )
+        })?;
+    let outputs = reply.map_err(|e| ApiError::new(ErrorType::Internal, e))?;
+    Ok(TaskRun {
+        engine,
+        outputs,
+        tokens,
+    })
+}
+
+/// `[{"text", ...output}]`, the command line's objects.
+fn records(inputs: &[TextInput], outputs: Vec<TaskOutput>) -> Json<Vec<serde_json::Value>> {
+    Json(
+        inputs
+            .iter()
+            .zip(outputs)
+            .map(|(input, out)| {
+                let mut v = serde_json::json!({"text": shown(input)});
+                if let (Some(obj), serde_json::Value::Object(fields)) = (
+                    v.as_object_mut(),
+                    serde_json::to_value(out).unwrap_or_default(),
+                ) {
+                    obj.extend(fields);
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+// ----- /v1 routes -----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassifyRequest {
+    inputs: Inputs,
+}
+
+async fn classify(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let req: ClassifyRequest = parse_json(&state, &headers, &body)?;
+    let inputs = req.inputs.into_vec();
+    let run = run_task(&state, Task::Classify, &inputs).await?;
+    Ok(records(&inputs, run.outputs))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbedRequest {
+    inputs: Inputs,
+    #[serde(default)]
+    pooling: Option<String>,
+    #[serde(default)]
+    normalize: Option<bool>,
+}
+
+fn embed_task(
+    engine: Option<Arc<Engine>>,
+    pooling: Option<&str>,
+    normalize: Option<bool>,
+) -> ApiResult<Task> {
+    let settings = engine.map(|e| e.embed_settings.clone());
+    let pooling = match pooling {
+        Some(p) => vec![p
+            .parse::<Pooling>()
+            .map_err(|e| ApiError::new(ErrorType::InvalidInput, e))?],
+        None => settings
+            .as_ref()
+            .map(|s| s.pooling.clone())
+            .unwrap_or(vec![Pooling::Mean]),
+    };
+    let normalize = normalize.unwrap_or_else(|| settings.is_some_and(|s| s.normalize));
+    Ok(Task::Embed { pooling, normalize })
+}
+
+async fn embed(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let req: EmbedRequest = parse_json(&state, &headers, &body)?;
+    let inputs = req.inputs.into_vec();
+    let task = embed_task(
+        state.engine.current(),
+        req.pooling.as_deref(),
+        req.normalize,
+    )?;
+    let run = run_task(&state, task, &inputs).await?;
+    Ok(records(&inputs, run.outputs))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FillMaskRequest {
+    inputs: Inputs,
+    #[serde(default = "default_top_k")]
+    top_k: usize,
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+async fn fill_mask(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let req: FillMaskRequest = parse_json(&state, &headers, &body)?;
+    if req.top_k == 0 {
+        return Err(ApiError::new(
+            ErrorType::InvalidInput,
+            "top_k must be at least 1",
+        ));
+    }
+    let inputs = req.inputs.into_vec();
+    let run = run_task(&state, Task::FillMask { top_k: req.top_k }, &inputs).await?;
+    Ok(records(&inputs, run.outputs))
+}
+
+async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let req: ClassifyRequest = parse_json(&state, &headers, &body)?;
+    let inputs = req.inputs.into_vec();
+    validate_inputs(&state, &inputs)?;
+    let engine = state
+        .engine
+        .current()
+        .ok_or_else(|| ApiError::new(ErrorType::NotReady, "no model is loaded yet"))?;
+    let mut out = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let e = engine.pipeline.tokenizer.encode(input).map_err(|e| {
+            let message = format!("input {i}: {e}");
+            let kind = if message.contains("truncation is off") {
+                ErrorType::PayloadTooLarge
+            } else {
+                ErrorType::InvalidInput
+            };
+            ApiError::new(kind, message)
+        })?;
+        out.push(serde_json::json!({
+            "text": shown(input), "ids": e.ids, "tokens": e.tokens, "offsets": e.offsets,
+            "truncated_from": e.truncated_from,
+        }));
+    }
+    Ok(Json(out))
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    let e = state
+        .engine
+        .current()
+        .ok_or_else(|| ApiError::new(ErrorType::NotReady, "no model is loaded yet"))?;
+    Ok(Json(serde_json::json!({
+        "object": "list",
+        "data": [{
+            "id": e.name,
+            "object": "model",
+            "version": e.version,
+            "family": e.pipeline.model.family(),
+            "parameters": e.params,
+            "quantization": e.quantization,
+            "tasks": e.tasks(),
+            "max_input_length": e.pipeline.tokenizer.max_len(),
+        }],
+    })))
+}
+
+// ----- TEI- and OpenAI-compatible routes -----
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TeiTexts {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct TeiEmbedRequest {
+    inputs: TeiTexts,
+    #[serde(default = "yes")]
+    normalize: bool,
+    #[serde(default)]
+    truncate: Option<bool>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn tei_texts(t: TeiTexts) -> Vec<TextInput> {
+    match t {
+        TeiTexts::One(s) => vec![TextInput::Single(s)],
+        TeiTexts::Many(v) => v.into_iter().map(TextInput::Single).collect(),
+    }
+}
+
+fn embeddings_of(outputs: Vec<TaskOutput>) -> Vec<Vec<f32>> {
+    outputs
+        .into_iter()
+        .map(|o| match o {
+            TaskOutput::Embed(e) => e.embedding,
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+async fn tei_embed(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Vec<Vec<f32>>>> {
+    let req: TeiEmbedRequest = parse_json(&state, &headers, &body)?;
+    if req.truncate == Some(false) && !state.config.no_truncate {
+        tracing::debug!(
+            "truncate=false asked; the server truncates unless started with --no-truncate"
+        );
+    }
+    let inputs = tei_texts(req.inputs);
+    let task = embed_task(state.engine.current(), None, Some(req.normalize))?;
+    let run = run_task(&state, task, &inputs).await?;
+    Ok(Json(embeddings_of(run.outputs)))
+}
+
+/// TEI's `/predict` inputs: a text, a pair `[a, b]`, or a batch of `[a]` / `[a, b]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PredictInputs {
+    Text(String),
+    Sequence(Vec<String>),
+    Batch(Vec<Vec<String>>),
+}
+
+#[derive(Deserialize)]
+struct PredictRequest {
+    inputs: PredictInputs,
+}
+
+fn sequence(v: Vec<String>) -> ApiResult<TextInput> {
+    let mut it = v.into_iter();
+    match (it.next(), it.next(), it.next()) {
+        (Some(a), None, None) => Ok(TextInput::Single(a)),
+        (Some(a), Some(b), None) => Ok(TextInput::Pair(a, b)),
+        _ => Err(ApiError::new(
+            ErrorType::InvalidInput,
+            "a sequence is [text] or [text, text_pair]",
+        )),
+    }
+}
+
+fn label_scores(out: TaskOutput) -> Vec<serde_json::Value> {
+    match out {
+        TaskOutput::Classify(ClassifyOutput::Labels { scores, .. }) => {
+            let mut pairs: Vec<(String, f32)> = scores.into_iter().collect();
+            pairs.sort_by(|a, b| b.1.total_cmp(&a.1));
+            pairs
+                .into_iter()
+                .map(|(label, score)| serde_json::json!({"label": label, "score": score}))
+                .collect()
+        }
+        TaskOutput::Classify(ClassifyOutput::Regression { score }) => {
+            vec![serde_json::json!({"label": "score", "score": score})]
+        }
+        _ => Vec::new(),
+    }
+}
+
+async fn tei_predict(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let req: PredictRequest = parse_json(&state, &headers, &body)?;
+    let (inputs, batched) = match req.inputs {
+        PredictInputs::Text(t) => (vec![TextInput::Single(t)], false),
+        PredictInputs::Sequence(v) => (vec![sequence(v)?], false),
+        PredictInputs::Batch(b) => (
+            b.into_iter().map(sequence).collect::<ApiResult<Vec<_>>>()?,
+            true,
+        ),
+    };
+    let run = run_task(&state, Task::Classify, &inputs).await?;
+    let mut all: Vec<Vec<serde_json::Value>> = run.outputs.into_iter().map(label_scores).collect();
+    Ok(Json(if batched {
+        serde_json::json!(all)
+    } else {
+        serde_json::json!(all.pop().unwrap_or_default())
+    }))
+}
+
+#[derive(Deserialize)]
+struct OpenAiRequest {
+    input: TeiTexts,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+}
+
+async fn openai_embeddings(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let req: OpenAiRequest = parse_json(&state, &headers, &body)?;
+    if let Some(f) = req.encoding_format.as_deref().filter(|f| *f != "float") {
+        return Err(ApiError::new(
+            ErrorType::InvalidInput,
+            format!("encoding_format {f:?} is not supported (only \"float\")"),
+        ));
+    }
+    let inputs = tei_texts(req.input);
+    let task = embed_task(state.engine.current(), None, None)?;
+    let run = run_task(&state, task, &inputs).await?;
+    let data: Vec<serde_json::Value> = embeddings_of(run.outputs)
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| serde_json::json!({"object": "embedding", "index": i, "embedding": e}))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "object": "list",
+        "data": data,
+        "model": req.model.unwrap_or_else(|| run.engine.name.clone()),
+        "usage": {"prompt_tokens": run.tokens, "total_tokens": run.tokens},
+    })))
+}
+
+// ----- operations -----
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    match state.engine.current() {
+        Some(e) => {
+            Json(serde_json::json!({"status": "ready", "model": e.name, "version": e.version}))
+                .into_response()
+        }
+        None => ApiError::new(ErrorType::NotReady, "no model is loaded yet").into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}
+
+async fn docs() -> Html<&'static str> {
+    Html(crate::openapi::DOCS_PAGE)
+}
+
+async fn admin_reload(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    if state.config.api_key.is_none() {
+        return Err(ApiError::new(
+            ErrorType::NotFound,
+            "no such route: /admin/reload exists only when the server has an API key",
+        ));
+    }
+    let force = matches!(state.config.source, crate::config::ModelSource::Dir(_));
+    match reload::reload(&state, force).await {
+        Ok(outcome) => Ok(Json(serde_json::to_value(outcome).unwrap_or_default())),
+        Err(e) => Err(ApiError::new(ErrorType::ReloadFailed, e)),
+    }
+}
