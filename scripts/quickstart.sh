@@ -19,3 +19,14 @@ target/release/examples/rank "$MODEL" "How do I deploy a model on a CPU server?"
   "Quantization makes neural networks smaller and faster." \
   "A recipe for lemon cake with fresh berries." \
   "REST APIs let other applications call the model."
+echo "== slimformer serve: the REST service on 127.0.0.1:18080"
+target/release/slimformer serve "$MODEL" --port 18080 > /tmp/slimformer-quickstart.out 2>/dev/null &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18080/ready >/dev/null && break; sleep 0.2; done
+curl -sf http://127.0.0.1:18080/v1/embed -H 'Content-Type: application/json' \
+  -d '{"inputs": ["REST APIs let other applications call the model."]}' | cut -c1-110
+echo
+curl -sf http://127.0.0.1:18080/v1/models
+echo
+kill $SERVER; wait $SERVER || true

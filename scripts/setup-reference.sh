@@ -19,5 +19,7 @@ fi
   safetensors \
   sentencepiece \
   protobuf \
-  numpy
+  numpy \
+  fastapi==0.121.0 \
+  uvicorn==0.38.0
 "$VENV/bin/python" -c "import torch, transformers; print('reference venv ready: torch', torch.__version__, 'transformers', transformers.__version__)"

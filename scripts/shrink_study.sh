@@ -6,7 +6,8 @@
 # resumes an interrupted training run from its last checkpoint).
 #
 #   nohup scripts/shrink_study.sh > runs/shrink.log 2>&1 &
-#   STAGES="distil3 int8" scripts/shrink_study.sh     # only some stages
+#   STAGES="distil3 int8" scripts/shrink_study.sh     # only some stages, in this order
+#   STAGES=bench REBENCH=1 scripts/shrink_study.sh    # time everything again, side by side
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TEACHER=${TEACHER:-runs/compare-rotten_tomatoes-seed42/slimformer}
@@ -16,7 +17,7 @@ OUT=${OUT:-runs/shrink}
 THREADS=${THREADS:-2}
 EPOCHS=${EPOCHS:-3}
 EMBED_STEPS=${EMBED_STEPS:-600}
-STAGES=${STAGES:-"teacher distil3 albert int8 ablations sharing embed bench"}
+STAGES=${STAGES:-"teacher distil3 int8 albert embed ablations sharing bench"}
 BIN=target/release/slimformer
 SF=("$BIN" --threads "$THREADS")
 DATA_FLAGS=(--train "$DATA/train.csv" --dev "$DATA/dev.csv" --test "$DATA/test.csv"
@@ -26,7 +27,6 @@ DATA_FLAGS=(--train "$DATA/train.csv" --dev "$DATA/dev.csv" --test "$DATA/test.c
 scripts/fetch-assets.sh data
 cargo build --release -p slimformer-cli
 mkdir -p "$OUT/results"
-want() { [[ " $STAGES " == *" $1 "* ]]; }
 log() { echo "[shrink $(date +%H:%M:%S)] $*"; }
 
 # Runs a command whose last stdout line is JSON into results/NAME.json, unless done.
@@ -55,31 +55,29 @@ albert() { # NAME EPOCHS FLAGS...: compression, then recovery by distillation
     --epochs "$epochs" --out "$OUT/$name"
 }
 
-if want teacher; then
+stage_teacher() {
   evaluate teacher "$TEACHER"
-fi
-if want distil3; then
-  distil distil3 "$EPOCHS" --student-layers 3
+}
+stage_distil3() {
+  distil distil3 "$EPOCHS" --student-layers 3 --eval-every 160
   evaluate distil3-before "$OUT/distil3/init"
-fi
-if want albert; then
-  albert albert-e128-all-g3 "$EPOCHS" --embedding-size 128 --share all --groups 3
+}
+stage_albert() {
+  albert albert-e128-all-g3 "$EPOCHS" --embedding-size 128 --share all --groups 3 --eval-every 160
   evaluate albert-e128-all-g3-before "$OUT/albert-e128-all-g3/compressed"
-fi
-if want int8; then
+}
+stage_int8() {
   for m in teacher:"$TEACHER" distil3:"$OUT/distil3"; do
     name=${m%%:*}; dir=${m#*:}
     [ -f "$dir/model.safetensors" ] || continue
     result "$name-int8-quantize" "${SF[@]}" quantize "$dir" --out "$OUT/$name-int8"
     evaluate "$name-int8" "$OUT/$name-int8"
   done
-fi
-if want bench; then
-  # Timings are only comparable within one pass: any missing means all are redone.
+}
+stage_bench() {
+  # Timings are only comparable within one pass: REBENCH=1 redoes all of them.
   # Nothing else should run meanwhile (pause other jobs with kill -STOP).
-  if ls "$OUT"/results/*-bench.json >/dev/null 2>&1 && [ -n "${REBENCH:-}" ]; then
-    rm -f "$OUT"/results/*-bench.json
-  fi
+  if [ -n "${REBENCH:-}" ]; then rm -f "$OUT"/results/*-bench.json; fi
   for m in teacher:"$TEACHER" distil3:"$OUT/distil3" albert-e128-all-g3:"$OUT/albert-e128-all-g3" \
            teacher-int8:"$OUT/teacher-int8" distil3-int8:"$OUT/distil3-int8"; do
     name=${m%%:*}; dir=${m#*:}
@@ -87,8 +85,8 @@ if want bench; then
     result "$name-bench" "${SF[@]}" bench "$dir" --shapes 1x128,32x128 --runs 20 --warmup 3 --json
     result "$name-inspect" sh -c "'$BIN' inspect '$dir' --json | tr -d '\n'; echo"
   done
-fi
-if want ablations; then
+}
+stage_ablations() {
   # DistilBERT's Table 4 at our scale, one epoch each against a one-epoch baseline.
   distil distil3-1ep 1 --student-layers 3
   distil distil3-1ep-no-cos 1 --student-layers 3 --alpha-cos 0
@@ -97,15 +95,15 @@ if want ablations; then
   python3 -c "import json,sys; c=json.load(open(sys.argv[1])); [c.pop(k,None) for k in ('id2label','label2id','architectures')]; json.dump(c,open(sys.argv[2],'w'))" \
     "$OUT/distil3/init/config.json" "$cfg"
   distil distil3-1ep-random-init 1 --student-config "$cfg"
-fi
-if want sharing; then
+}
+stage_sharing() {
   albert albert-e128-all-g3-1ep 1 --embedding-size 128 --share all --groups 3
   albert albert-e128-attention-g3-1ep 1 --embedding-size 128 --share attention --groups 3
   albert albert-e128-ffn-g3-1ep 1 --embedding-size 128 --share ffn --groups 3
   albert albert-e128-none-1ep 1 --embedding-size 128 --share none
   albert albert-e128-all-g1-1ep 1 --embedding-size 128 --share all --groups 1
-fi
-if want embed; then
+}
+stage_embed() {
   # General distillation for embeddings: the base model (not the classifier) as
   # teacher, raw text, the cosine loss alone (no MLM head ships with the model).
   result embed3 "${SF[@]}" distill --teacher "$BASE" --student-layers 3 \
@@ -121,6 +119,12 @@ if want embed; then
     python3 scripts/embedding_agreement.py "$OUT/embed-teacher.jsonl" "$OUT/embed-student.jsonl" \
       "$OUT/embed-student-init.jsonl" > "$OUT/results/embed3-compare.json"
   fi
-fi
+}
+
+# Stages run in the order STAGES names them.
+for stage in $STAGES; do
+  "stage_$stage"
+  python3 scripts/shrink_report.py "$OUT" > docs/SHRINK.md.part && mv docs/SHRINK.md.part docs/SHRINK.md
+done
 python3 scripts/shrink_report.py "$OUT" > docs/SHRINK.md.part && mv docs/SHRINK.md.part docs/SHRINK.md
 log "docs/SHRINK.md written"

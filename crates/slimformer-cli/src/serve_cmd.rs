@@ -11,8 +11,9 @@ pub struct ServeArgs {
     /// The model folder to serve (or a hub id in the local cache).
     #[arg(env = "SLIMFORMER_MODEL", required_unless_present = "registry")]
     pub model: Option<String>,
-    /// Serve this registry's production version, following its pointer.
-    #[arg(long, env = "SLIMFORMER_REGISTRY", conflicts_with = "model")]
+    /// Serve this registry's production version, following its pointer (it wins over
+    /// MODEL, so an image's default model does not get in the way).
+    #[arg(long, env = "SLIMFORMER_REGISTRY")]
     pub registry: Option<PathBuf>,
     /// Address to bind (loopback unless told otherwise).
     #[arg(long, env = "SLIMFORMER_HOST", default_value = "127.0.0.1")]
