@@ -702,3 +702,27 @@ fn graceful_shutdown_answers_requests_in_flight() {
         failed.lock().unwrap()
     );
 }
+
+#[test]
+fn a_request_past_the_timeout_gets_504_and_sighup_reloads() {
+    let model = fixture("bert-seqcls");
+    let s = Server::start(&[model.to_str().unwrap(), "--request-timeout", "0.000001"]);
+    let r = s.post("/v1/classify", serde_json::json!({"inputs": TEXTS}));
+    assert_eq!((r.status, r.error_type().as_str()), (504, "timeout"));
+    let reloads = |s: &Server| {
+        s.call("GET", "/metrics", None, None)
+            .body
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("slimformer_reloads_total ")
+                    .map(|v| v.parse::<u64>().unwrap())
+            })
+            .unwrap()
+    };
+    assert_eq!(reloads(&s), 1);
+    let _ = Command::new("kill")
+        .args(["-HUP", &s.child.id().to_string()])
+        .status();
+    assert!(wait_for(|| reloads(&s) == 2));
+    assert_eq!(s.call("GET", "/ready", None, None).status, 200);
+}

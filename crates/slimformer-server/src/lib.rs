@@ -27,6 +27,7 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
         let state = Arc::new(routes::AppState::start(config.clone()).await?);
         let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
         let addr = listener.local_addr()?;
+        reload::spawn_watchers(state.clone());
         let engine = state.engine.current();
         println!(
             "{}",
@@ -37,7 +38,6 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
             })
         );
         tracing::info!(%addr, "serving");
-        reload::spawn_watchers(state.clone());
         let app = routes::router(state.clone());
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())

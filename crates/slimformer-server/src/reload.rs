@@ -113,12 +113,15 @@ pub fn spawn_watchers(state: Arc<AppState>) {
             }
         });
     }
+    // Registered before this returns (and before the address is announced), so an
+    // early SIGHUP reloads instead of killing the process.
+    #[cfg(unix)]
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
     #[cfg(unix)]
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            return;
-        };
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
             let force = matches!(state.config.source, ModelSource::Dir(_));
