@@ -1,6 +1,7 @@
 //! The `slimformer` command: argument parsing and dispatch only; the work is in
 //! the `slimformer` library.
 
+mod compare_cmd;
 mod input;
 mod pretrain_cmd;
 mod serve_cmd;
@@ -57,6 +58,11 @@ enum Command {
     Quantize(shrink_cmd::QuantizeArgs),
     /// Serve a model (or a registry's production version) over REST.
     Serve(Box<serve_cmd::ServeArgs>),
+    /// Measure models side by side (size, memory, latency, accuracy) into a report.
+    Compare(Box<compare_cmd::CompareArgs>),
+    /// One model of `compare`, in a process of its own.
+    #[command(hide = true)]
+    CompareOne(Box<compare_cmd::CompareOneArgs>),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +101,8 @@ fn main() -> ExitCode {
         Command::Compress(args) => shrink_cmd::compress(*args),
         Command::Quantize(args) => shrink_cmd::quantize(args),
         Command::Serve(args) => serve_cmd::serve(*args),
+        Command::Compare(args) => compare_cmd::compare(*args, cli.threads),
+        Command::CompareOne(args) => compare_cmd::compare_one(*args),
     };
     match result {
         Ok(code) => code,

@@ -79,7 +79,7 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+pub fn parse_shape(s: &str) -> Result<(usize, usize), String> {
     let (b, l) = s
         .split_once('x')
         .ok_or_else(|| format!("{s:?}: expected BATCHxLEN, e.g. 32x128"))?;

@@ -116,8 +116,7 @@ pub fn spawn_watchers(state: Arc<AppState>) {
     // Registered before this returns (and before the address is announced), so an
     // early SIGHUP reloads instead of killing the process.
     #[cfg(unix)]
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
         return;
     };
     #[cfg(unix)]

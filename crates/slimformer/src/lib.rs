@@ -7,11 +7,13 @@
 //! - [`heads`]: classification, token classification and masked-LM heads.
 //! - [`tokenize`], [`pooling`], [`pipeline`]: from texts to results.
 //! - [`params`], [`bench`], [`hub`]: inspection, timing, finding models.
+//! - [`compare`], [`report`], [`plots`]: measuring models side by side, and the report.
 //! - [`train`]: the trainer, pretraining and fine-tuning; [`shrink`]: distillation,
 //!   ALBERT-style compression, quantization.
 
 pub mod bench;
 pub mod checkpoint;
+pub mod compare;
 pub mod error;
 pub mod heads;
 pub mod hub;
@@ -21,8 +23,10 @@ pub mod model;
 pub mod models;
 pub mod params;
 pub mod pipeline;
+pub mod plots;
 pub mod pooling;
 pub mod registry;
+pub mod report;
 pub mod rng;
 pub mod shrink;
 pub mod tokenize;
