@@ -2,10 +2,10 @@
 //! each (so each peak memory is its own), into a report folder.
 
 use crate::train_cmd::ColumnFlags;
-use slimformer::compare::{measure, MeasureOptions, Measurement};
-use slimformer::report::{write_report, ModelOutcome};
+use slimformer::compare::{measure, ChildRunner, MeasureOptions};
+use slimformer::report::write_report;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct CompareArgs {
@@ -65,74 +65,31 @@ pub fn compare(args: CompareArgs, threads: Option<usize>) -> anyhow::Result<Exit
     if !args.eval.is_file() {
         anyhow::bail!("{}: no such eval file", args.eval.display());
     }
-    let exe = std::env::current_exe()?;
-    let shapes: Vec<String> = args
-        .shapes
-        .iter()
-        .map(|(b, l)| format!("{b}x{l}"))
-        .collect();
+    let runner = ChildRunner {
+        exe: std::env::current_exe()?,
+        threads,
+    };
+    let opts = MeasureOptions {
+        eval: args.eval.clone(),
+        columns: args.columns.into_columns(),
+        shapes: args.shapes,
+        warmup: args.warmup,
+        runs: args.runs,
+    };
     let bar = indicatif::ProgressBar::new(args.models.len() as u64);
     if let Ok(style) = indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}") {
         bar.set_style(style.progress_chars("=> "));
     }
-    let mut outcomes = Vec::new();
-    for model in &args.models {
+    let outcomes = runner.run(&args.models, &opts, |i, model| {
+        bar.set_position(i as u64);
         bar.set_message(model.display().to_string());
-        let mut cmd = Command::new(&exe);
-        if let Some(t) = threads {
-            cmd.args(["--threads", &t.to_string()]);
-        }
-        cmd.arg("compare-one")
-            .arg(model)
-            .arg("--eval")
-            .arg(&args.eval)
-            .args([
-                "--text-col",
-                &args.columns.text_col,
-                "--label-col",
-                &args.columns.label_col,
-            ])
-            .args([
-                "--runs",
-                &args.runs.to_string(),
-                "--warmup",
-                &args.warmup.to_string(),
-            ])
-            .args(["--shapes", &shapes.join(",")]);
-        if let Some(pair) = &args.columns.text_pair_col {
-            cmd.args(["--text-pair-col", pair]);
-        }
-        let out = cmd.output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let parsed = stdout
-            .lines()
-            .last()
-            .and_then(|l| serde_json::from_str::<Measurement>(l).ok());
-        let outcome = match (out.status.success(), parsed) {
-            (true, Some(m)) => ModelOutcome {
-                path: model.clone(),
-                measurement: Some(m),
-                error: None,
-            },
-            _ => {
-                let err = String::from_utf8_lossy(&out.stderr);
-                let message = err
-                    .lines()
-                    .find_map(|l| l.strip_prefix("slimformer: error: "))
-                    .unwrap_or("the measurement failed")
-                    .to_string();
-                bar.println(format!("{}: {message}", model.display()));
-                ModelOutcome {
-                    path: model.clone(),
-                    measurement: None,
-                    error: Some(message),
-                }
-            }
-        };
-        outcomes.push(outcome);
-        bar.inc(1);
-    }
+    });
     bar.finish_and_clear();
+    for o in &outcomes {
+        if let Some(e) = &o.error {
+            eprintln!("slimformer: {}: {e}", o.path.display());
+        }
+    }
     write_report(&args.out, &outcomes, &args.eval)?;
     let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
     println!(

@@ -6,6 +6,7 @@ mod input;
 mod pretrain_cmd;
 mod serve_cmd;
 mod shrink_cmd;
+mod study_cmd;
 mod tasks;
 mod train_cmd;
 mod train_flags;
@@ -60,6 +61,8 @@ enum Command {
     Serve(Box<serve_cmd::ServeArgs>),
     /// Measure models side by side (size, memory, latency, accuracy) into a report.
     Compare(Box<compare_cmd::CompareArgs>),
+    /// The comparative study of the five families, end to end, resumable.
+    Study(study_cmd::StudyArgs),
     /// One model of `compare`, in a process of its own.
     #[command(hide = true)]
     CompareOne(Box<compare_cmd::CompareOneArgs>),
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve_cmd::serve(*args),
         Command::Compare(args) => compare_cmd::compare(*args, cli.threads),
         Command::CompareOne(args) => compare_cmd::compare_one(*args),
+        Command::Study(args) => study_cmd::study(args, cli.threads),
     };
     match result {
         Ok(code) => code,

@@ -183,3 +183,89 @@ pub fn measure(dir: &Path, opts: &MeasureOptions) -> Result<Measurement> {
         threads,
     })
 }
+
+/// How `compare` runs each model: the slimformer binary to start as a child per model.
+#[derive(Debug, Clone)]
+pub struct ChildRunner {
+    pub exe: PathBuf,
+    pub threads: Option<usize>,
+}
+
+impl ChildRunner {
+    /// Measures each model in a child process (`slimformer compare-one`); a model that
+    /// fails is reported with its error and the others still run. `progress` is told
+    /// each model as it starts.
+    pub fn run(
+        &self,
+        models: &[PathBuf],
+        opts: &MeasureOptions,
+        mut progress: impl FnMut(usize, &Path),
+    ) -> Vec<crate::report::ModelOutcome> {
+        let shapes: Vec<String> = opts
+            .shapes
+            .iter()
+            .map(|(b, l)| format!("{b}x{l}"))
+            .collect();
+        models
+            .iter()
+            .enumerate()
+            .map(|(i, model)| {
+                progress(i, model);
+                let mut cmd = std::process::Command::new(&self.exe);
+                if let Some(t) = self.threads {
+                    cmd.args(["--threads", &t.to_string()]);
+                }
+                cmd.arg("compare-one")
+                    .arg(model)
+                    .arg("--eval")
+                    .arg(&opts.eval)
+                    .args([
+                        "--text-col",
+                        &opts.columns.text,
+                        "--label-col",
+                        &opts.columns.label,
+                    ])
+                    .args([
+                        "--runs",
+                        &opts.runs.to_string(),
+                        "--warmup",
+                        &opts.warmup.to_string(),
+                    ])
+                    .args(["--shapes", &shapes.join(",")]);
+                if let Some(pair) = &opts.columns.text_pair {
+                    cmd.args(["--text-pair-col", pair]);
+                }
+                let (measurement, error) = match cmd.output() {
+                    Ok(out) => {
+                        let stdout = String::from_utf8_lossy(&out.stdout);
+                        let parsed = stdout
+                            .lines()
+                            .last()
+                            .and_then(|l| serde_json::from_str::<Measurement>(l).ok());
+                        match (out.status.success(), parsed) {
+                            (true, Some(m)) => (Some(m), None),
+                            _ => {
+                                let err = String::from_utf8_lossy(&out.stderr);
+                                let message = err
+                                    .lines()
+                                    .find_map(|l| l.strip_prefix("slimformer: error: "))
+                                    .unwrap_or("the measurement failed")
+                                    .to_string();
+                                (None, Some(message))
+                            }
+                        }
+                    }
+                    Err(e) => (
+                        None,
+                        Some(format!("cannot start {}: {e}", self.exe.display())),
+                    ),
+                };
+                crate::report::ModelOutcome {
+                    path: model.clone(),
+                    measurement,
+                    error,
+                }
+            })
+            .collect()
+    }
+}

@@ -29,6 +29,7 @@ pub mod registry;
 pub mod report;
 pub mod rng;
 pub mod shrink;
+pub mod study;
 pub mod tokenize;
 pub mod train;
 
