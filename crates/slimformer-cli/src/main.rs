@@ -4,6 +4,7 @@
 mod compare_cmd;
 mod input;
 mod pretrain_cmd;
+mod registry_cmd;
 mod serve_cmd;
 mod shrink_cmd;
 mod study_cmd;
@@ -63,6 +64,11 @@ enum Command {
     Compare(Box<compare_cmd::CompareArgs>),
     /// The comparative study of the five families, end to end, resumable.
     Study(study_cmd::StudyArgs),
+    /// Model versions: list, show, promote, rollback, history.
+    #[command(subcommand)]
+    Registry(registry_cmd::RegistryCommand),
+    /// Retrain on new inbox data on a schedule, promoting only what passes the gate.
+    Retrain(registry_cmd::RetrainArgs),
     /// One model of `compare`, in a process of its own.
     #[command(hide = true)]
     CompareOne(Box<compare_cmd::CompareOneArgs>),
@@ -107,6 +113,8 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare_cmd::compare(*args, cli.threads),
         Command::CompareOne(args) => compare_cmd::compare_one(*args),
         Command::Study(args) => study_cmd::study(args, cli.threads),
+        Command::Registry(cmd) => registry_cmd::registry(cmd),
+        Command::Retrain(args) => registry_cmd::retrain(args),
     };
     match result {
         Ok(code) => code,

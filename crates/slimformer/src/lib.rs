@@ -27,6 +27,7 @@ pub mod plots;
 pub mod pooling;
 pub mod registry;
 pub mod report;
+pub mod retrain;
 pub mod rng;
 pub mod shrink;
 pub mod study;

@@ -95,3 +95,6 @@ mod tests {
         assert!(path.ends_with("versions/v1"));
     }
 }
+
+mod db;
+pub use db::{copy_dir, now, Registry, RunRecord, VersionRow, VersionStatus};

@@ -1,0 +1,293 @@
+//! `slimformer retrain` and `slimformer registry` as a user runs them: a good candidate
+//! promoted (and served), a worse one rejected, corrupt data quarantined, rollback,
+//! and a kill -9 in the middle of a run leaving the registry consistent.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn slimformer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_slimformer"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const WORDS: [[&str; 3]; 3] = [
+    ["hello", "world", "bridge"],
+    ["dog", "fox", "not"],
+    ["river", "bread", "mountains"],
+];
+const LABELS: [&str; 3] = ["negative", "neutral", "positive"];
+
+/// Texts whose words give their label; `shuffle` assigns the labels wrongly.
+fn labelled(path: &Path, n: usize, seed: usize, shuffle: bool) {
+    let mut csv = String::from("text,label\n");
+    for i in 0..n {
+        let k = i % 3;
+        let w = WORDS[k];
+        let text = format!(
+            "the {} {} {}",
+            w[(i + seed) % 3],
+            w[(i / 3 + seed) % 3],
+            w[(i / 9) % 3]
+        );
+        let label = if shuffle {
+            LABELS[(k + 1) % 3]
+        } else {
+            LABELS[k]
+        };
+        csv.push_str(&format!("\"{text}\",{label}\n"));
+    }
+    std::fs::write(path, csv).unwrap();
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+}
+
+impl Setup {
+    /// A registry whose production model already fits the task (100% on the holdout).
+    fn new(tolerance: f64) -> Setup {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        labelled(&root.join("holdout.csv"), 27, 0, false);
+        labelled(&root.join("base.csv"), 27, 1, false);
+        let base = root.join("base-model");
+        ok(slimformer(&[
+            "finetune",
+            fixture("bert-seqcls").to_str().unwrap(),
+            "--train",
+            root.join("base.csv").to_str().unwrap(),
+            "--dev",
+            root.join("holdout.csv").to_str().unwrap(),
+            "--max-steps",
+            "60",
+            "--batch",
+            "9",
+            "--lr",
+            "3e-3",
+            "--eval-every",
+            "60",
+            "--out",
+            base.to_str().unwrap(),
+        ]));
+        let reg = root.join("registry");
+        ok(slimformer(&[
+            "registry",
+            "init",
+            reg.to_str().unwrap(),
+            "--model",
+            base.to_str().unwrap(),
+        ]));
+        std::fs::create_dir_all(root.join("inbox")).unwrap();
+        let config = root.join("retrain.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "registry = \"{r}/registry\"\ninbox = \"{r}/inbox\"\nholdout = \"{r}/holdout.csv\"\n\
+                 interval_seconds = 0.5\nmax_steps = 12\nbatch = 9\nlr = 1e-3\ntolerance = {tolerance}\nmax_len = 32\n",
+                r = root.display()
+            ),
+        )
+        .unwrap();
+        Setup {
+            _tmp: tmp,
+            root,
+            config,
+        }
+    }
+
+    fn reg(&self) -> String {
+        self.root.join("registry").to_string_lossy().into_owned()
+    }
+
+    fn once(&self) -> serde_json::Value {
+        let out = ok(slimformer(&[
+            "retrain",
+            "--config",
+            self.config.to_str().unwrap(),
+            "--once",
+        ]));
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    }
+
+    fn production(&self) -> String {
+        std::fs::read_to_string(self.root.join("registry/PRODUCTION"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+#[test]
+fn good_data_is_promoted_bad_data_rejected_corrupt_data_quarantined() {
+    let s = Setup::new(0.05);
+    // Nothing new: skipped.
+    assert_eq!(s.once()["outcome"], "skipped");
+
+    // Clean new data: promoted.
+    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    let run = s.once();
+    assert_eq!(run["outcome"], "promoted", "{run}");
+    assert_eq!(run["candidate"], "v2");
+    assert_eq!(s.production(), "v2");
+    assert!(s.root.join("inbox/processed").read_dir().unwrap().count() == 1);
+
+    // Shuffled labels and a corrupt file: rejected, quarantined, production stays.
+    labelled(&s.root.join("inbox/batch2.csv"), 27, 3, true);
+    std::fs::write(
+        s.root.join("inbox/broken.csv"),
+        "words,nothing\n\"unterminated\n",
+    )
+    .unwrap();
+    let run = s.once();
+    assert_eq!(run["outcome"], "rejected", "{run}");
+    assert_eq!(s.production(), "v2");
+    assert_eq!(run["quarantined"].as_array().unwrap().len(), 1, "{run}");
+    assert!(run["quarantined"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("broken.csv"));
+    assert_eq!(
+        s.root.join("inbox/quarantine").read_dir().unwrap().count(),
+        1
+    );
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(slimformer(&["registry", "list", &s.reg(), "--json"]))).unwrap();
+    let status: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().into(),
+                v["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        status,
+        vec![
+            ("v1".into(), "retired".into()),
+            ("v2".into(), "production".into()),
+            ("v3".into(), "rejected".into())
+        ]
+    );
+    let err = slimformer(&["registry", "promote", &s.reg(), "v3"]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("rejected"));
+
+    // Rollback, and the history of runs.
+    ok(slimformer(&["registry", "rollback", &s.reg()]));
+    assert_eq!(s.production(), "v1");
+    let history: serde_json::Value = serde_json::from_str(&ok(slimformer(&[
+        "registry",
+        "history",
+        &s.reg(),
+        "--json",
+    ])))
+    .unwrap();
+    let outcomes: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["skipped", "promoted", "rejected"]);
+}
+
+#[test]
+fn a_kill_during_a_run_leaves_the_registry_consistent() {
+    let s = Setup::new(0.05);
+    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slimformer"))
+        .args(["retrain", "--config", s.config.to_str().unwrap(), "--once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed while the candidate is being built.
+    let staging = s.root.join("registry/.staging");
+    let started = Instant::now();
+    while !staging.exists() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(s.production(), "v1");
+    // The next run cleans up, takes the lock over, and completes.
+    let run = s.once();
+    assert_eq!(run["outcome"], "promoted", "{run}");
+    assert_eq!(s.production(), "v2");
+    assert!(!staging.exists());
+}
+
+#[test]
+fn the_server_follows_a_promotion() {
+    let s = Setup::new(0.05);
+    let mut server = Command::new(env!("CARGO_BIN_EXE_slimformer"))
+        .args([
+            "serve",
+            "--registry",
+            &s.reg(),
+            "--port",
+            "0",
+            "--poll-seconds",
+            "0.1",
+        ])
+        .env("SLIMFORMER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let base = format!("http://{}", addr["listening"].as_str().unwrap());
+    let version = || -> String {
+        let v: serde_json::Value = ureq::get(&format!("{base}/v1/models"))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
+        v["data"][0]["version"].as_str().unwrap().to_string()
+    };
+    assert_eq!(version(), "v1");
+    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    assert_eq!(s.once()["outcome"], "promoted");
+    let started = Instant::now();
+    while version() != "v2" && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(version(), "v2");
+    let r = ureq::post(&format!("{base}/v1/classify"))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"inputs": "the dog fox"}"#)
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = server.kill();
+    let _ = server.wait();
+}
