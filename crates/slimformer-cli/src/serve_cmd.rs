@@ -52,6 +52,13 @@ pub struct ServeArgs {
     /// Log the texts of requests (off: only ids, sizes, statuses).
     #[arg(long, env = "SLIMFORMER_LOG_TEXTS")]
     pub log_texts: bool,
+    /// Retrain on this schedule in the same service (needs --registry): a child process
+    /// at low priority with --retrain-threads threads, so serving latency holds.
+    #[arg(long, env = "SLIMFORMER_RETRAIN_CONFIG", requires = "registry")]
+    pub retrain_config: Option<PathBuf>,
+    /// Threads the retraining may use.
+    #[arg(long, env = "SLIMFORMER_RETRAIN_THREADS", default_value_t = 1)]
+    pub retrain_threads: usize,
     /// Seconds between checks of the registry's production pointer.
     #[arg(long, env = "SLIMFORMER_POLL_SECONDS", default_value_t = 2.0)]
     pub poll_seconds: f64,
@@ -86,6 +93,53 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         poll_interval: Duration::from_secs_f64(args.poll_seconds),
         ..ServerConfig::new(source)
     };
-    slimformer_server::serve(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let retrainer = match &args.retrain_config {
+        Some(path) => {
+            // Checked now, so a bad file stops the start instead of a silent child.
+            slimformer::retrain::RetrainConfig::load(path)?;
+            Some(Retrainer::start(path, args.retrain_threads)?)
+        }
+        None => None,
+    };
+    let served = slimformer_server::serve(config).map_err(|e| anyhow::anyhow!("{e}"));
+    drop(retrainer);
+    served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The scheduled retraining beside the server: `slimformer retrain` as a child at
+/// low priority (`nice`, where there is one), stopped with the server.
+struct Retrainer(std::process::Child);
+
+impl Retrainer {
+    fn start(config: &std::path::Path, threads: usize) -> anyhow::Result<Retrainer> {
+        let exe = std::env::current_exe()?;
+        let has_nice = std::process::Command::new("nice")
+            .arg("true")
+            .status()
+            .is_ok_and(|s| s.success());
+        let mut cmd = if has_nice {
+            let mut c = std::process::Command::new("nice");
+            c.args(["-n", "15"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        cmd.args([
+            "--threads",
+            &threads.max(1).to_string(),
+            "retrain",
+            "--config",
+        ])
+        .arg(config)
+        .stdout(std::process::Stdio::null());
+        Ok(Retrainer(cmd.spawn()?))
+    }
+}
+
+impl Drop for Retrainer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

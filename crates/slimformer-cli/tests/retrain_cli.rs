@@ -242,7 +242,7 @@ fn a_kill_during_a_run_leaves_the_registry_consistent() {
 }
 
 #[test]
-fn the_server_follows_a_promotion() {
+fn serving_with_scheduled_retraining_swaps_with_no_failed_request() {
     let s = Setup::new(0.05);
     let mut server = Command::new(env!("CARGO_BIN_EXE_slimformer"))
         .args([
@@ -254,6 +254,8 @@ fn the_server_follows_a_promotion() {
             "--poll-seconds",
             "0.1",
         ])
+        .arg("--retrain-config")
+        .arg(&s.config)
         .env("SLIMFORMER_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -276,18 +278,90 @@ fn the_server_follows_a_promotion() {
         v["data"][0]["version"].as_str().unwrap().to_string()
     };
     assert_eq!(version(), "v1");
+    // Clients keep asking while new data arrives and the service retrains itself.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, stop, failures, answered) = (
+                base.clone(),
+                stop.clone(),
+                failures.clone(),
+                answered.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = ureq::post(&format!("{base}/v1/classify"))
+                        .set("Content-Type", "application/json")
+                        .send_string(r#"{"inputs": ["the dog fox", "hello world"]}"#);
+                    match r {
+                        Ok(_) => answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Err(_) => failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
     labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
-    assert_eq!(s.once()["outcome"], "promoted");
     let started = Instant::now();
-    while version() != "v2" && started.elapsed() < Duration::from_secs(20) {
+    while version() != "v2" && started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(50));
     }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
     assert_eq!(version(), "v2");
-    let r = ureq::post(&format!("{base}/v1/classify"))
-        .set("Content-Type", "application/json")
-        .send_string(r#"{"inputs": "the dog fox"}"#)
+    assert_eq!(failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(answered.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
         .unwrap();
-    assert_eq!(r.status(), 200);
-    let _ = server.kill();
-    let _ = server.wait();
+    assert!(
+        metrics.contains("slimformer_retrain_last_outcome{outcome=\"promoted\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("slimformer_retrain_holdout_accuracy{model=\"candidate\"}"));
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    assert!(server.wait().unwrap().success());
+}
+
+#[test]
+fn a_write_that_fails_part_way_leaves_the_old_state() {
+    let s = Setup::new(0.05);
+    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    // No file may grow past 16 KiB: the candidate's weights cannot be written.
+    let failed = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f 16; exec '{}' retrain --config '{}' --once",
+            env!("CARGO_BIN_EXE_slimformer"),
+            s.config.display()
+        ))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&failed.stdout);
+    assert!(
+        !failed.status.success() || said.contains("\"outcome\":\"failed\""),
+        "{said}"
+    );
+    assert_eq!(s.production(), "v1");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(slimformer(&["registry", "list", &s.reg(), "--json"]))).unwrap();
+    assert_eq!(list[0]["status"], "production");
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v["name"] == "v1" || v["status"] != "production"));
+    // The same data is still in the inbox and the next run completes.
+    let run = s.once();
+    assert_eq!(run["outcome"], "promoted", "{run}");
+    assert_eq!(s.production(), "v2");
 }

@@ -213,3 +213,45 @@ impl Metrics {
         out
     }
 }
+
+/// The registry's last retraining run, when it has one: its time, outcome, and the
+/// candidate's and production's holdout scores.
+pub fn retrain_metrics(registry: &std::path::Path) -> Option<String> {
+    if !registry.join(slimformer::registry::db_file()).exists() {
+        return None;
+    }
+    let runs = slimformer::registry::Registry::open(registry)
+        .ok()?
+        .runs()
+        .ok()?;
+    let last = runs.last()?;
+    let mut out = String::new();
+    out.push_str("# HELP slimformer_retrain_runs_total Retraining runs recorded in the registry.\n# TYPE slimformer_retrain_runs_total counter\n");
+    out.push_str(&format!("slimformer_retrain_runs_total {}\n", runs.len()));
+    out.push_str("# HELP slimformer_retrain_last_run_timestamp_seconds When the last retraining run finished.\n# TYPE slimformer_retrain_last_run_timestamp_seconds gauge\n");
+    out.push_str(&format!(
+        "slimformer_retrain_last_run_timestamp_seconds {}\n",
+        last.finished_at
+    ));
+    out.push_str("# HELP slimformer_retrain_last_outcome The last run's outcome (1 for the one it had).\n# TYPE slimformer_retrain_last_outcome gauge\n");
+    for outcome in ["promoted", "rejected", "skipped", "failed"] {
+        let v = u8::from(last.outcome == outcome);
+        out.push_str(&format!(
+            "slimformer_retrain_last_outcome{{outcome=\"{outcome}\"}} {v}\n"
+        ));
+    }
+    out.push_str("# HELP slimformer_retrain_holdout_accuracy Holdout accuracy in the last scored run.\n# TYPE slimformer_retrain_holdout_accuracy gauge\n");
+    if let Some(scored) = runs.iter().rev().find(|r| r.candidate_score.is_some()) {
+        for (who, v) in [
+            ("candidate", scored.candidate_score),
+            ("production", scored.production_score),
+        ] {
+            if let Some(v) = v {
+                out.push_str(&format!(
+                    "slimformer_retrain_holdout_accuracy{{model=\"{who}\"}} {v}\n"
+                ));
+            }
+        }
+    }
+    Some(out)
+}

@@ -699,11 +699,16 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    let mut text = state.metrics.render();
+    if let crate::config::ModelSource::Registry(dir) = &state.config.source {
+        let dir = dir.clone();
+        if let Ok(Some(extra)) =
+            tokio::task::spawn_blocking(move || crate::metrics::retrain_metrics(&dir)).await
+        {
+            text.push_str(&extra);
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn openapi() -> Json<serde_json::Value> {

@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 
 pub const DB_FILE: &str = "registry.db";
 
+/// The database's file name inside a registry.
+pub fn db_file() -> &'static str {
+    DB_FILE
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VersionStatus {

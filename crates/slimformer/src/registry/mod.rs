@@ -97,4 +97,4 @@ mod tests {
 }
 
 mod db;
-pub use db::{copy_dir, now, Registry, RunRecord, VersionRow, VersionStatus};
+pub use db::{copy_dir, db_file, now, Registry, RunRecord, VersionRow, VersionStatus};
