@@ -365,3 +365,66 @@ fn a_write_that_fails_part_way_leaves_the_old_state() {
     assert_eq!(run["outcome"], "promoted", "{run}");
     assert_eq!(s.production(), "v2");
 }
+
+#[test]
+fn a_crash_at_each_step_of_a_retrain_or_promotion_leaves_a_consistent_registry() {
+    for step in [
+        "candidate-trained",
+        "version-moved",
+        "version-recorded",
+        "pointer-written",
+    ] {
+        let s = Setup::new(0.05);
+        labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+        let crashed = Command::new(env!("CARGO_BIN_EXE_slimformer"))
+            .args(["retrain", "--config", s.config.to_str().unwrap(), "--once"])
+            .env("SLIMFORMER_FAULT", step)
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success(), "{step}: the fault did not fire");
+        // Whatever the step, the registry opens consistent: one production version,
+        // the one the pointer names, and it is a version that passed the gate or v1.
+        let list: serde_json::Value =
+            serde_json::from_str(&ok(slimformer(&["registry", "list", &s.reg(), "--json"])))
+                .unwrap();
+        let production: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["status"] == "production")
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(production, vec![s.production().as_str()], "{step}: {list}");
+        let expected = if step == "pointer-written" {
+            "v2"
+        } else {
+            "v1"
+        };
+        assert_eq!(s.production(), expected, "{step}");
+        // And the next run completes.
+        let run = s.once();
+        let outcome = run["outcome"].as_str().unwrap();
+        if step == "version-recorded" || step == "pointer-written" {
+            // The data was already taken into a recorded version: nothing new to learn.
+            assert_eq!(outcome, "skipped", "{step}: {run}");
+        } else {
+            assert_eq!(outcome, "promoted", "{step}: {run}");
+        }
+        assert!(!s.root.join("registry/.staging").exists(), "{step}");
+    }
+}
+
+#[test]
+fn a_quantized_candidate_is_what_gets_scored_and_served() {
+    let s = Setup::new(0.05);
+    let text = std::fs::read_to_string(&s.config).unwrap() + "quantize = \"int8\"\n";
+    std::fs::write(&s.config, text).unwrap();
+    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    let run = s.once();
+    assert_eq!(run["outcome"], "promoted", "{run}");
+    let inspect = ok(slimformer(&[
+        "inspect",
+        s.root.join("registry/versions/v2").to_str().unwrap(),
+    ]));
+    assert!(inspect.contains("int8 weights"), "{inspect}");
+}

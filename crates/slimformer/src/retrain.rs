@@ -51,6 +51,10 @@ pub struct RetrainConfig {
     /// Share of the new rows held out as dev data while fine-tuning.
     #[serde(default = "d_dev_split")]
     pub dev_split: f64,
+    /// Quantize the candidate (`int8` or `bf16`) before it is scored, so what is
+    /// promoted is what was scored.
+    #[serde(default)]
+    pub quantize: Option<String>,
 }
 
 fn d_text() -> String {
@@ -83,6 +87,10 @@ impl RetrainConfig {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
         let c: RetrainConfig = toml::from_str(&text)
             .map_err(|e| Error::file(path, e.to_string().trim().to_string()))?;
+        if let Some(mode) = &c.quantize {
+            mode.parse::<crate::shrink::quantize::QuantMode>()
+                .map_err(|e| Error::file(path, format!("quantize: {e}")))?;
+        }
         if let Some(expr) = &c.cron {
             Cron::parse(expr).map_err(|e| Error::file(path, e))?;
         }
@@ -286,6 +294,16 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
         test: None,
     })?;
     let _ = std::fs::remove_dir_all(staging.join(crate::train::trainer::RESUME_DIR));
+    crate::registry::fault_point("candidate-trained");
+    if let Some(mode) = &config.quantize {
+        let mode: crate::shrink::quantize::QuantMode = mode.parse().map_err(Error::Config)?;
+        let quantized = work.join("quantized");
+        crate::shrink::quantize::quantize(&staging, &quantized, mode)?;
+        for f in ["model.safetensors", "config.json"] {
+            std::fs::rename(quantized.join(f), staging.join(f))
+                .map_err(|e| Error::file(&staging, e))?;
+        }
+    }
 
     // Both on the same holdout.
     let candidate_m = evaluate_checkpoint(&staging, &config.holdout, &columns, config.max_len, 32)?;
@@ -319,6 +337,7 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
         &holdout,
         &files,
     )?;
+    crate::registry::fault_point("version-recorded");
     for (_, _, file) in &used {
         file_away(&config.inbox, "processed", file)?;
     }

@@ -241,6 +241,7 @@ impl Registry {
             return Err(Error::file(&dest, "a version of that name exists"));
         }
         std::fs::rename(built, &dest).map_err(|e| Error::file(&dest, e))?;
+        super::fault_point("version-moved");
         let p = self.path();
         let tx = self.conn.unchecked_transaction().map_err(db_err(&p))?;
         tx.execute(
@@ -305,6 +306,7 @@ impl Registry {
         }
         let before = production(&self.dir).ok().map(|(v, _)| v);
         set_production(&self.dir, name)?;
+        super::fault_point("pointer-written");
         self.reconcile()?;
         let p = self.path();
         self.conn

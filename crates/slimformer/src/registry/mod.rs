@@ -97,4 +97,12 @@ mod tests {
 }
 
 mod db;
+
+/// A crash test hook: when `SLIMFORMER_FAULT` names this step, the process aborts
+/// here (as a kill -9 would stop it), so tests can check what each step leaves.
+pub fn fault_point(step: &str) {
+    if std::env::var("SLIMFORMER_FAULT").is_ok_and(|f| f == step) {
+        std::process::abort();
+    }
+}
 pub use db::{copy_dir, db_file, now, Registry, RunRecord, VersionRow, VersionStatus};
