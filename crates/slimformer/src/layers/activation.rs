@@ -47,7 +47,7 @@ impl std::str::FromStr for Activation {
 impl Activation {
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::Gelu => xs.gelu_erf(),
+            Activation::Gelu => super::fast::gelu_erf(xs),
             Activation::GeluTanh => xs.gelu(),
             Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
             Activation::Relu => xs.relu(),

@@ -6,6 +6,7 @@ mod activation;
 mod attention;
 mod dropout;
 mod embeddings;
+pub mod fast;
 mod feed_forward;
 mod norm;
 mod transformer;
@@ -17,8 +18,6 @@ pub use embeddings::{Embeddings, EmbeddingsNames, PositionIds};
 pub use feed_forward::FeedForward;
 pub use norm::LayerNorm;
 pub use transformer::{LayerNames, LayerShape, TransformerLayer};
-
-use candle_core::{Tensor, D};
 
 pub use candle_nn::{Embedding, Linear};
 
@@ -44,12 +43,4 @@ pub fn linear(
     Ok(Linear::new(weight, Some(bias)))
 }
 
-/// Softmax over the last dimension. candle's fused kernel has no backward pass, so it
-/// is used only when no gradient can flow through `xs`.
-pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
-    if xs.track_op() {
-        candle_nn::ops::softmax(xs, D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(xs)
-    }
-}
+pub use fast::softmax_last_dim;

@@ -1,0 +1,241 @@
+//! Inference kernels for what candle computes one scalar libm call at a time: the
+//! exact (erf) GELU and the softmax's exponentials were a third of MiniLM's forward
+//! pass once the matrix products used AVX-512. Branch-free polynomial `exp` and `erf`
+//! that the compiler vectorizes, run in parallel chunks. Used only where no gradient
+//! flows (training keeps candle's differentiable ops).
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// e^x, relative error below 2e-7 on the range that does not over/underflow.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.7);
+    // x = n·ln2 + r, |r| ≤ ln2/2; ln2 split in two for an exact product.
+    // Round to nearest by the 1.5·2²³ trick: `round()` is a libm call on baseline
+    // x86-64 and would stop the loop from vectorizing.
+    const SHIFTER: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let r2 = r * r;
+    // Minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes expf).
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e = r2 * p + r + 1.0;
+    // 2^n by building the float's exponent bits.
+    let bits = ((n as i32 + 127) << 23) as u32;
+    e * f32::from_bits(bits)
+}
+
+/// erf(x), absolute error below 5e-7 in f32 (Abramowitz & Stegun 7.1.26: 1.5e-7).
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_7) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
+    let y = 1.0 - poly * exp(-a * a);
+    y.copysign(x)
+}
+
+const CHUNK: usize = 4096;
+
+/// Instantiates `$body` (a loop over slices) for AVX-512, AVX2+FMA and the baseline,
+/// picked at run time, so the same scalar code is vectorized for the widest lanes.
+macro_rules! dispatch {
+    ($name:ident, ($($arg:ident: $ty:ty),*), $body:block) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wide($($arg: $ty),*) $body
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn mid($($arg: $ty),*) $body
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { mid($($arg),*) };
+                }
+            }
+            $body
+        }
+    };
+}
+
+dispatch!(gelu_slice, (o: &mut [f32], x: &[f32]), {
+    for (o, &x) in o.iter_mut().zip(x) {
+        *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+});
+
+dispatch!(softmax_rows, (o: &mut [f32], x: &[f32], dim: usize), {
+    for (o, x) in o.chunks_mut(dim).zip(x.chunks(dim)) {
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = exp(v - max);
+        }
+        let sum: f32 = o.iter().sum();
+        let inv = 1.0 / sum;
+        o.iter_mut().for_each(|v| *v *= inv);
+    }
+});
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("fast kernels take f32");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("fast kernels take contiguous tensors");
+    };
+    Ok(&data[start..end])
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "fast-gelu-erf"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let xs = contiguous_f32(storage, layout)?;
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK))
+            .for_each(|(o, x)| gelu_slice(o, x));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "fast-softmax-last-dim"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let xs = contiguous_f32(storage, layout)?;
+        let dim = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; xs.len()];
+        let rows_per_chunk = (CHUNK / dim).max(1);
+        out.par_chunks_mut(rows_per_chunk * dim)
+            .zip(xs.par_chunks(rows_per_chunk * dim))
+            .for_each(|(o, x)| softmax_rows(o, x, dim));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// `SLIMFORMER_PORTABLE_KERNELS=1` turns these kernels off (for A/B timings).
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("SLIMFORMER_PORTABLE_KERNELS").is_none())
+}
+
+fn usable(xs: &Tensor) -> bool {
+    enabled() && xs.dtype() == candle_core::DType::F32 && xs.device().is_cpu() && !xs.track_op()
+}
+
+/// Exact GELU, x·Φ(x): the fast kernel when nothing is trained through `xs`.
+pub fn gelu_erf(xs: &Tensor) -> candle_core::Result<Tensor> {
+    if usable(xs) {
+        xs.contiguous()?.apply_op1_no_bwd(&GeluErf)
+    } else {
+        xs.gelu_erf()
+    }
+}
+
+/// Softmax over the last dimension: the fast kernel when nothing is trained through
+/// `xs`, else candle's differentiable composition.
+pub fn softmax_last_dim(xs: &Tensor) -> candle_core::Result<Tensor> {
+    if usable(xs) {
+        xs.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim)
+    } else if xs.track_op() {
+        candle_nn::ops::softmax(xs, candle_core::D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_erf_match_libm() {
+        let mut worst_exp = 0f64;
+        let mut worst_erf = 0f64;
+        for i in -20000..20000 {
+            let x = i as f32 * 0.004;
+            let e = exp(x) as f64;
+            let want = (x as f64).exp();
+            worst_exp = worst_exp.max(((e - want) / want).abs());
+            let want_erf = libm_erf(x as f64);
+            worst_erf = worst_erf.max((erf(x) as f64 - want_erf).abs());
+        }
+        assert!(worst_exp < 3e-7, "exp relative error {worst_exp}");
+        assert!(worst_erf < 5e-7, "erf absolute error {worst_erf}");
+        assert_eq!(exp(-200.0), exp(-87.3));
+        assert!(exp(0.0) == 1.0);
+    }
+
+    /// erf by its series / continued fraction in f64, for reference.
+    fn libm_erf(x: f64) -> f64 {
+        // A&S 7.1.26 is the kernel under test; compare with a high-precision series.
+        let mut sum = 0f64;
+        let mut term = x;
+        let mut n = 0f64;
+        if x.abs() > 4.0 {
+            return x.signum();
+        }
+        loop {
+            let add = term / (2.0 * n + 1.0);
+            sum += add;
+            if add.abs() < 1e-17 {
+                break;
+            }
+            n += 1.0;
+            term *= -x * x / n;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn kernels_match_candles_ops() {
+        let xs = Tensor::arange(-600f32, 600f32, &candle_core::Device::Cpu)
+            .unwrap()
+            .affine(0.01, 0.0)
+            .unwrap()
+            .reshape((12, 100))
+            .unwrap();
+        let diff = |a: Tensor, b: Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(gelu_erf(&xs).unwrap(), xs.gelu_erf().unwrap()) < 1e-6);
+        let fast = softmax_last_dim(&xs).unwrap();
+        assert!(diff(fast, candle_nn::ops::softmax_last_dim(&xs).unwrap()) < 1e-6);
+    }
+}
