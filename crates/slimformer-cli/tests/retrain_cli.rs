@@ -404,10 +404,12 @@ fn a_crash_at_each_step_of_a_retrain_or_promotion_leaves_a_consistent_registry()
         // And the next run completes.
         let run = s.once();
         let outcome = run["outcome"].as_str().unwrap();
-        if step == "version-recorded" || step == "pointer-written" {
-            // The data was already taken into a recorded version: nothing new to learn.
+        if step == "pointer-written" {
+            // The data was already taken into the promoted version: nothing new to learn.
             assert_eq!(outcome, "skipped", "{step}: {run}");
         } else {
+            // Either retrained from the data, or (version-recorded) the recorded
+            // candidate gated now.
             assert_eq!(outcome, "promoted", "{step}: {run}");
         }
         assert!(!s.root.join("registry/.staging").exists(), "{step}");
@@ -427,4 +429,22 @@ fn a_quantized_candidate_is_what_gets_scored_and_served() {
         s.root.join("registry/versions/v2").to_str().unwrap(),
     ]));
     assert!(inspect.contains("int8 weights"), "{inspect}");
+}
+
+#[test]
+fn a_candidate_can_be_distilled_before_the_gate() {
+    let s = Setup::new(0.5);
+    let text = std::fs::read_to_string(&s.config).unwrap() + "distill_layers = 1\n";
+    std::fs::write(&s.config, text).unwrap();
+    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    let run = s.once();
+    assert!(run["candidate_score"].is_number(), "{run}");
+    let inspect = ok(slimformer(&[
+        "inspect",
+        s.root.join("registry/versions/v2").to_str().unwrap(),
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(v["family"], "distilbert");
+    assert_eq!(v["config"]["n_layers"], 1);
 }

@@ -51,6 +51,10 @@ pub struct RetrainConfig {
     /// Share of the new rows held out as dev data while fine-tuning.
     #[serde(default = "d_dev_split")]
     pub dev_split: f64,
+    /// Distil the fine-tuned candidate into a student of this many of its layers
+    /// (DistilBERT's recipe, on the same new data) before it is scored.
+    #[serde(default)]
+    pub distill_layers: Option<usize>,
     /// Quantize the candidate (`int8` or `bf16`) before it is scored, so what is
     /// promoted is what was scored.
     #[serde(default)]
@@ -213,6 +217,26 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
     record.production_before = Some(production.clone());
     let columns = config.columns();
 
+    // A candidate recorded by a run that stopped before its gate is gated now.
+    if let Some(pending) = reg
+        .list()?
+        .into_iter()
+        .rev()
+        .find(|v| v.status == registry::VersionStatus::Candidate)
+    {
+        let dir = registry::version_dir(&reg.dir, &pending.name);
+        record.candidate = Some(pending.name.clone());
+        return gate(
+            config,
+            reg,
+            record,
+            &pending.name,
+            &dir,
+            &production_dir,
+            &columns,
+        );
+    }
+
     // Gather new files: unseen, readable; the rest quarantined.
     let mut rows = Vec::new();
     let mut used: Vec<(String, String, PathBuf)> = Vec::new();
@@ -295,6 +319,38 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
     })?;
     let _ = std::fs::remove_dir_all(staging.join(crate::train::trainer::RESUME_DIR));
     crate::registry::fault_point("candidate-trained");
+    if let Some(k) = config.distill_layers {
+        let student = work.join("student");
+        crate::shrink::distill::distill(&crate::shrink::distill::DistillOptions {
+            teacher: staging.clone(),
+            student: crate::shrink::distill::StudentSpec::Layers(k),
+            data: crate::shrink::distill::DistillData::Task {
+                train: train_file.clone(),
+                dev: None,
+                dev_split: Some(config.dev_split),
+                columns: columns.clone(),
+                test: None,
+            },
+            weights: Default::default(),
+            max_len: config.max_len,
+            train_config: TrainConfig {
+                epochs: config.epochs,
+                max_steps: config.max_steps,
+                lr: config.lr,
+                batch: config.batch,
+                seed: config.seed,
+                ..Default::default()
+            },
+            out: student.clone(),
+            overwrite: true,
+            progress: false,
+            cache_dir: None,
+        })?;
+        let _ = std::fs::remove_dir_all(student.join(crate::train::trainer::RESUME_DIR));
+        let _ = std::fs::remove_dir_all(student.join(crate::shrink::distill::INIT_DIR));
+        std::fs::remove_dir_all(&staging).map_err(|e| Error::file(&staging, e))?;
+        std::fs::rename(&student, &staging).map_err(|e| Error::file(&staging, e))?;
+    }
     if let Some(mode) = &config.quantize {
         let mode: crate::shrink::quantize::QuantMode = mode.parse().map_err(Error::Config)?;
         let quantized = work.join("quantized");
@@ -342,9 +398,35 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
         file_away(&config.inbox, "processed", file)?;
     }
     let _ = std::fs::remove_dir_all(&work);
+    gate(
+        config,
+        reg,
+        record,
+        &name,
+        &registry::version_dir(&reg.dir, &name),
+        &production_dir,
+        &columns,
+    )
+}
 
+/// Scores a recorded candidate and production on the holdout; promotes or rejects.
+fn gate(
+    config: &RetrainConfig,
+    reg: &Registry,
+    record: &mut RunRecord,
+    name: &str,
+    candidate_dir: &Path,
+    production_dir: &Path,
+    columns: &Columns,
+) -> Result<()> {
+    let c = evaluate_checkpoint(candidate_dir, &config.holdout, columns, config.max_len, 32)?
+        .primary_value();
+    let p = evaluate_checkpoint(production_dir, &config.holdout, columns, config.max_len, 32)?
+        .primary_value();
+    record.candidate_score = Some(c);
+    record.production_score = Some(p);
     if c + config.tolerance >= p {
-        reg.promote(&name, "retrained: not worse than production on the holdout")?;
+        reg.promote(name, "retrained: not worse than production on the holdout")?;
         record.outcome = "promoted".into();
         record.reason = format!(
             "holdout accuracy {c:.4} vs production {p:.4} (tolerance {})",
@@ -355,7 +437,7 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
             "holdout accuracy {c:.4} is more than {} below production's {p:.4}",
             config.tolerance
         );
-        reg.reject(&name, &reason)?;
+        reg.reject(name, &reason)?;
         record.outcome = "rejected".into();
         record.reason = reason;
     }
