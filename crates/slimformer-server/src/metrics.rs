@@ -80,16 +80,24 @@ impl Metrics {
             .observe(&LATENCY_BUCKETS, seconds);
     }
 
-    pub fn observe_batch(&self, texts: usize, tokens: usize, seconds: f64) {
+    /// One forward pass: its texts and padded tokens.
+    pub fn observe_batch(&self, texts: usize, tokens: usize) {
         for (m, buckets, v) in [
             (&self.batch_size, &SIZE_BUCKETS[..], texts as f64),
             (&self.batch_tokens, &TOKEN_BUCKETS[..], tokens as f64),
-            (&self.inference_seconds, &LATENCY_BUCKETS[..], seconds),
         ] {
             m.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .observe(buckets, v);
         }
+    }
+
+    /// The inference time of one packed batch (all its passes).
+    pub fn observe_seconds(&self, seconds: f64) {
+        self.inference_seconds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(&LATENCY_BUCKETS, seconds);
     }
 
     pub fn queue_add(&self, d: i64) {
