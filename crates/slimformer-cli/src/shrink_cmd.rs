@@ -1,7 +1,7 @@
 //! `slimformer distill`, `compress` and `quantize`: smaller, faster models.
 
 use crate::train_cmd::ColumnFlags;
-use crate::train_flags::{Schedule, TrainingFlags};
+use crate::train_flags::{ScheduleFlags, TrainingFlags};
 use slimformer::shrink::compress::{self, CompressOptions, ShareInit, Sharing};
 use slimformer::shrink::distill::{self, DistillData, DistillOptions, StudentSpec};
 use slimformer::shrink::losses::DistillWeights;
@@ -48,18 +48,8 @@ pub struct DistillFlags {
     /// Run the teacher on every batch instead of caching its outputs.
     #[arg(long)]
     pub no_teacher_cache: bool,
-    #[arg(long, default_value_t = 3)]
-    pub epochs: usize,
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    #[arg(long, default_value_t = 5e-5)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    #[arg(long)]
-    pub max_len: Option<usize>,
-    #[arg(long)]
-    pub patience: Option<usize>,
+    #[command(flatten)]
+    pub schedule: ScheduleFlags,
     #[command(flatten)]
     pub training: TrainingFlags,
 }
@@ -172,14 +162,8 @@ impl DistillFlags {
                 },
                 alpha_cos: self.alpha_cos,
             },
-            max_len: self.max_len,
-            train_config: self.training.config(Schedule {
-                lr: self.lr,
-                batch: self.batch,
-                epochs: self.epochs,
-                max_steps: self.max_steps,
-                patience: self.patience,
-            }),
+            max_len: self.schedule.max_len,
+            train_config: self.training.config(self.schedule.schedule()),
             out: self.training.out,
             overwrite: self.training.overwrite,
             progress: true,
@@ -260,10 +244,6 @@ pub fn compress(args: CompressArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("{summary}");
     let opts = flags.options(model_dir, StudentSpec::Prepared(compressed))?;
-    let opts = DistillOptions {
-        overwrite: opts.overwrite,
-        ..opts
-    };
     print_report(&distill::distill(&opts)?)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,6 @@
 //! `slimformer finetune`: sequence classification on labelled CSV/TSV/JSONL files.
 
-use crate::train_flags::{Schedule, TrainingFlags};
+use crate::train_flags::{ScheduleFlags, TrainingFlags};
 use slimformer::train::data::Columns;
 use slimformer::train::finetune::{self, FinetuneOptions};
 use std::path::PathBuf;
@@ -43,23 +43,8 @@ pub struct FinetuneArgs {
     pub dev_split: Option<f64>,
     #[command(flatten)]
     pub columns: ColumnFlags,
-    #[arg(long, default_value_t = 3)]
-    pub epochs: usize,
-    /// Optimizer steps in all (overrides --epochs).
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// Peak learning rate (linear warm-up, then linear decay to 0).
-    #[arg(long, default_value_t = 5e-5)]
-    pub lr: f64,
-    /// Examples per forward/backward pass.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Truncate texts to this many tokens (default: 128, or the model's limit if lower).
-    #[arg(long)]
-    pub max_len: Option<usize>,
-    /// Stop after N evaluations without a better dev accuracy.
-    #[arg(long)]
-    pub patience: Option<usize>,
+    #[command(flatten)]
+    pub schedule: ScheduleFlags,
     #[command(flatten)]
     pub training: TrainingFlags,
     /// Test data, scored with the best checkpoint at the end.
@@ -109,14 +94,8 @@ pub fn finetune(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         },
         dev: args.dev,
         columns: args.columns.into_columns(),
-        max_len: args.max_len,
-        train_config: args.training.config(Schedule {
-            lr: args.lr,
-            batch: args.batch,
-            epochs: args.epochs,
-            max_steps: args.max_steps,
-            patience: args.patience,
-        }),
+        max_len: args.schedule.max_len,
+        train_config: args.training.config(args.schedule.schedule()),
         out: args.training.out,
         overwrite: args.training.overwrite,
         progress: true,

@@ -34,6 +34,40 @@ pub struct TrainingFlags {
     pub overwrite: bool,
 }
 
+/// The schedule flags of supervised training (`finetune`, `distill`, `compress`).
+#[derive(clap::Args)]
+pub struct ScheduleFlags {
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Optimizer steps in all (overrides --epochs).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Peak learning rate (linear warm-up, then linear decay to 0).
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    /// Examples per forward/backward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Truncate texts to this many tokens (default: 128, or the model's limit if lower).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Stop after N evaluations without a better dev score.
+    #[arg(long)]
+    pub patience: Option<usize>,
+}
+
+impl ScheduleFlags {
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            lr: self.lr,
+            batch: self.batch,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            patience: self.patience,
+        }
+    }
+}
+
 /// What each command decides itself.
 pub struct Schedule {
     pub lr: f64,

@@ -267,6 +267,18 @@ fn validate_inputs(state: &AppState, inputs: &[TextInput]) -> ApiResult<()> {
     Ok(())
 }
 
+/// A tokenization failure of input `i`: 413 when it is too long with truncation off,
+/// else 422.
+fn encode_error(i: usize, e: slimformer::Error) -> ApiError {
+    let message = format!("input {i}: {e}");
+    let kind = if message.contains("truncation is off") {
+        ErrorType::PayloadTooLarge
+    } else {
+        ErrorType::InvalidInput
+    };
+    ApiError::new(kind, message)
+}
+
 fn engine_for(state: &AppState, task: &Task) -> ApiResult<Arc<Engine>> {
     let engine = state
         .engine
@@ -304,14 +316,9 @@ async fn run_task(state: &Arc<AppState>, task: Task, inputs: &[TextInput]) -> Ap
     let engine = engine_for(state, &task)?;
     let mut texts = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
-        let encoded = engine.encode(&task, input).map_err(|e| {
-            let message = format!("input {i}: {e}");
-            if message.contains("truncation is off") {
-                ApiError::new(ErrorType::PayloadTooLarge, message)
-            } else {
-                ApiError::new(ErrorType::InvalidInput, message)
-            }
-        })?;
+        let encoded = engine
+            .encode(&task, input)
+            .map_err(|e| encode_error(i, e))?;
         if let Some(n) = encoded.truncated_from {
             tracing::debug!(input = i, tokens = n, "input truncated");
         }
@@ -486,15 +493,11 @@ async fn tokenize(
         .ok_or_else(|| ApiError::new(ErrorType::NotReady, "no model is loaded yet"))?;
     let mut out = Vec::with_capacity(inputs.len());
     for (i, input) in inputs.iter().enumerate() {
-        let e = engine.pipeline.tokenizer.encode(input).map_err(|e| {
-            let message = format!("input {i}: {e}");
-            let kind = if message.contains("truncation is off") {
-                ErrorType::PayloadTooLarge
-            } else {
-                ErrorType::InvalidInput
-            };
-            ApiError::new(kind, message)
-        })?;
+        let e = engine
+            .pipeline
+            .tokenizer
+            .encode(input)
+            .map_err(|e| encode_error(i, e))?;
         out.push(serde_json::json!({
             "text": shown(input), "ids": e.ids, "tokens": e.tokens, "offsets": e.offsets,
             "truncated_from": e.truncated_from,

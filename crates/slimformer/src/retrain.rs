@@ -226,14 +226,21 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
     {
         let dir = registry::version_dir(&reg.dir, &pending.name);
         record.candidate = Some(pending.name.clone());
+        let c = evaluate_checkpoint(&dir, &config.holdout, &columns, config.max_len, 32)?;
+        let p = evaluate_checkpoint(
+            &production_dir,
+            &config.holdout,
+            &columns,
+            config.max_len,
+            32,
+        )?;
         return gate(
             config,
             reg,
             record,
             &pending.name,
-            &dir,
-            &production_dir,
-            &columns,
+            c.primary_value(),
+            p.primary_value(),
         );
     }
 
@@ -403,26 +410,21 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
         reg,
         record,
         &name,
-        &registry::version_dir(&reg.dir, &name),
-        &production_dir,
-        &columns,
+        candidate_m.primary_value(),
+        production_m.primary_value(),
     )
 }
 
-/// Scores a recorded candidate and production on the holdout; promotes or rejects.
+/// Promotes a recorded candidate scoring `c` on the holdout against production's `p`,
+/// or rejects it.
 fn gate(
     config: &RetrainConfig,
     reg: &Registry,
     record: &mut RunRecord,
     name: &str,
-    candidate_dir: &Path,
-    production_dir: &Path,
-    columns: &Columns,
+    c: f64,
+    p: f64,
 ) -> Result<()> {
-    let c = evaluate_checkpoint(candidate_dir, &config.holdout, columns, config.max_len, 32)?
-        .primary_value();
-    let p = evaluate_checkpoint(production_dir, &config.holdout, columns, config.max_len, 32)?
-        .primary_value();
     record.candidate_score = Some(c);
     record.production_score = Some(p);
     if c + config.tolerance >= p {
