@@ -18,7 +18,7 @@ THREADS=${THREADS:-2}
 EPOCHS=${EPOCHS:-3}
 EMBED_STEPS=${EMBED_STEPS:-600}
 STAGES=${STAGES:-"teacher distil3 int8 albert embed ablations sharing bench"}
-BIN=target/release/slimformer
+BIN=${BIN:-target/release/slimformer}
 SF=("$BIN" --threads "$THREADS")
 DATA_FLAGS=(--train "$DATA/train.csv" --dev "$DATA/dev.csv" --test "$DATA/test.csv"
             --batch 32 --max-len 128 --seed 42 --lr 5e-5)

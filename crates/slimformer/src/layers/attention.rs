@@ -1,4 +1,5 @@
-use super::{linear, softmax_last_dim, Dropout, Linear};
+use super::fused::Attention;
+use super::{fast, linear, softmax_last_dim, Dropout, Linear};
 use crate::rng::TrainRng;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -56,6 +57,11 @@ impl SelfAttention {
         train: Option<&TrainRng>,
     ) -> candle_core::Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
+        if train.is_none() {
+            if let Some(context) = self.fused(xs, bias)? {
+                return self.output.forward(&context);
+            }
+        }
         let heads = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((b, l, self.num_heads, self.head_dim))?
                 .transpose(1, 2)?
@@ -75,6 +81,31 @@ impl SelfAttention {
                 .transpose(1, 2)?
                 .reshape((b, l, self.num_heads * self.head_dim))?;
         self.output.forward(&context)
+    }
+
+    /// The context in one fused pass, where nothing is trained and the mask is
+    /// one key bias per sequence ([batch, 1, 1, len]); `None` otherwise.
+    fn fused(&self, xs: &Tensor, bias: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (b, l, _) = xs.dims3()?;
+        if !fast::usable(xs) || bias.dims() != [b, 1, 1, l] || !fast::usable(bias) {
+            return Ok(None);
+        }
+        let q = self.query.forward(xs)?;
+        let k = self.key.forward(xs)?;
+        let v = self.value.forward(xs)?;
+        if ![&q, &k, &v].iter().all(|t| fast::usable(t)) {
+            return Ok(None);
+        }
+        let op = Attention {
+            bias: bias.flatten_all()?.to_vec1::<f32>()?,
+            heads: self.num_heads,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+        };
+        Ok(Some(q.contiguous()?.apply_op3_no_bwd(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            &op,
+        )?))
     }
 }
 

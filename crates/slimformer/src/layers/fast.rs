@@ -41,32 +41,54 @@ pub fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
-const CHUNK: usize = 4096;
-
-/// Instantiates `$body` (a loop over slices) for AVX-512, AVX2+FMA and the baseline,
-/// picked at run time, so the same scalar code is vectorized for the widest lanes.
-macro_rules! dispatch {
-    ($name:ident, ($($arg:ident: $ty:ty),*), $body:block) => {
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn wide($($arg: $ty),*) $body
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn mid($($arg: $ty),*) $body
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the features the function was compiled for.
-                    return unsafe { wide($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { mid($($arg),*) };
-                }
-            }
-            $body
+/// Sum in 16 independent lanes: a plain `sum()` is one serial chain of additions
+/// (floating-point order is kept), which the compiler cannot vectorize.
+#[inline(always)]
+pub fn lane_sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += v;
         }
-    };
+    }
+    acc.iter().sum::<f32>() + tail
 }
+
+/// Σ x² in 16 independent lanes (see [`lane_sum`]).
+#[inline(always)]
+pub fn lane_sum_squares(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Maximum in 16 independent lanes (see [`lane_sum`]).
+#[inline(always)]
+pub fn lane_max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = a.max(v);
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
+const CHUNK: usize = 4096;
 
 dispatch!(gelu_slice, (o: &mut [f32], x: &[f32]), {
     for (o, &x) in o.iter_mut().zip(x) {
@@ -74,19 +96,41 @@ dispatch!(gelu_slice, (o: &mut [f32], x: &[f32]), {
     }
 });
 
+dispatch!(bias_then_gelu_slice, (row: &mut [f32], bias: &[f32], gelu: bool), {
+    if !bias.is_empty() {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+    if gelu {
+        for v in row.iter_mut() {
+            let x = *v;
+            *v = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+});
+
+/// `row += bias`, then exact GELU when asked: the epilogue of the packed linear layers.
+pub(crate) fn add_bias_then_gelu(row: &mut [f32], bias: Option<&[f32]>, gelu: bool) {
+    bias_then_gelu_slice(row, bias.unwrap_or(&[]), gelu)
+}
+
 dispatch!(softmax_rows, (o: &mut [f32], x: &[f32], dim: usize), {
     for (o, x) in o.chunks_mut(dim).zip(x.chunks(dim)) {
-        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = lane_max(x);
         for (o, &v) in o.iter_mut().zip(x) {
             *o = exp(v - max);
         }
-        let sum: f32 = o.iter().sum();
+        let sum = lane_sum(o);
         let inv = 1.0 / sum;
         o.iter_mut().for_each(|v| *v *= inv);
     }
 });
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("fast kernels take f32");
     };
@@ -146,7 +190,7 @@ fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var_os("SLIMFORMER_PORTABLE_KERNELS").is_none())
 }
 
-fn usable(xs: &Tensor) -> bool {
+pub(crate) fn usable(xs: &Tensor) -> bool {
     enabled() && xs.dtype() == candle_core::DType::F32 && xs.device().is_cpu() && !xs.track_op()
 }
 

@@ -1,3 +1,4 @@
+use super::gemm::Epilogue;
 use super::{linear, Activation, Dropout, Linear};
 use crate::rng::TrainRng;
 use candle_core::{Module, Tensor};
@@ -32,7 +33,11 @@ impl FeedForward {
     }
 
     pub fn forward(&self, xs: &Tensor, train: Option<&TrainRng>) -> candle_core::Result<Tensor> {
-        let h = self.activation.forward(&self.up.forward(xs)?)?;
+        // Exact GELU (most checkpoints) runs inside the product's epilogue.
+        let h = match self.activation {
+            Activation::Gelu => self.up.forward_with(xs, Epilogue::GeluErf)?,
+            other => other.forward(&self.up.forward(xs)?)?,
+        };
         self.down.forward(&self.inner_dropout.forward(&h, train)?)
     }
 }

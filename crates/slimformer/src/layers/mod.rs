@@ -2,12 +2,18 @@
 //! `VarBuilder` whose names the family passes in, because the families differ in
 //! tensor names far more than in computation.
 
+#[macro_use]
+mod dispatch;
+
 mod activation;
 mod attention;
 mod dropout;
 mod embeddings;
 pub mod fast;
 mod feed_forward;
+mod fused;
+pub mod gemm;
+mod linear;
 mod norm;
 mod transformer;
 
@@ -19,7 +25,8 @@ pub use feed_forward::FeedForward;
 pub use norm::LayerNorm;
 pub use transformer::{LayerNames, LayerShape, TransformerLayer};
 
-pub use candle_nn::{Embedding, Linear};
+pub use candle_nn::Embedding;
+pub use linear::Linear;
 
 /// transformers' initialization of new weights: normal(0, initializer_range).
 pub const INIT_STD: f64 = 0.02;

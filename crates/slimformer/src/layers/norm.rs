@@ -18,6 +18,24 @@ impl LayerNorm {
         })
     }
 
+    /// LayerNorm(xs + residual), in one pass at inference.
+    pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        let fusable = [xs, residual, &self.weight, &self.bias]
+            .iter()
+            .all(|t| super::fast::usable(t))
+            && xs.dims() == residual.dims();
+        if !fusable {
+            return self.forward(&(xs + residual)?);
+        }
+        let op = super::fused::ResidualLayerNorm {
+            weight: self.weight.to_vec1::<f32>()?,
+            bias: self.bias.to_vec1::<f32>()?,
+            eps: self.eps as f32,
+        };
+        xs.contiguous()?
+            .apply_op2_no_bwd(&residual.contiguous()?, &op)
+    }
+
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         // candle's fused kernel has no backward pass: use it only when nothing is trained.
         if xs.track_op() || self.weight.track_op() || self.bias.track_op() {

@@ -98,9 +98,9 @@ impl TransformerLayer {
     ) -> candle_core::Result<Tensor> {
         let attended = self.attention.forward(xs, attention_bias, train)?;
         let attended = self.attention_output_dropout.forward(&attended, train)?;
-        let xs = self.attention_norm.forward(&(xs + attended)?)?;
+        let xs = self.attention_norm.forward_residual(xs, &attended)?;
         let ffn = self.ffn.forward(&xs, train)?;
         let ffn = self.hidden_dropout.forward(&ffn, train)?;
-        self.output_norm.forward(&(xs + ffn)?)
+        self.output_norm.forward_residual(&xs, &ffn)
     }
 }

@@ -1,0 +1,62 @@
+//! GFLOP/s of the packed linear kernel against candle's matmul on MiniLM's shapes:
+//! `cargo run --release -p slimformer --example gemm [THREADS]`.
+use slimformer::layers::gemm::{self, Epilogue, PackedWeight};
+use std::time::Instant;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn main() -> candle_core::Result<()> {
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .ok();
+    let dev = candle_core::Device::Cpu;
+    for &(m, n, k) in &[
+        (4096, 384, 384),
+        (4096, 1536, 384),
+        (4096, 384, 1536),
+        (128, 1536, 384),
+        (16, 384, 384),
+    ] {
+        let a = candle_core::Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+        let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+        let av = a.flatten_all()?.to_vec1::<f32>()?;
+        let packed = PackedWeight::pack(&w.flatten_all()?.to_vec1::<f32>()?, n, k);
+        let flops = 2.0 * (m * n * k) as f64;
+        let runs = (2e10 / flops).clamp(5.0, 200.0) as usize;
+        let time = |f: &mut dyn FnMut()| {
+            f();
+            median(
+                (0..runs)
+                    .map(|_| {
+                        let t = Instant::now();
+                        f();
+                        t.elapsed().as_secs_f64()
+                    })
+                    .collect(),
+            )
+        };
+        let ours = time(&mut || {
+            std::hint::black_box(gemm::linear(&av, m, &packed, None, Epilogue::None));
+        });
+        let wt = w.t()?;
+        let theirs = time(&mut || {
+            std::hint::black_box(a.matmul(&wt).unwrap());
+        });
+        println!(
+            "{m}x{n}x{k}: packed {:.1} GFLOP/s ({:.2} ms), candle {:.1} GFLOP/s ({:.2} ms)",
+            flops / ours / 1e9,
+            ours * 1e3,
+            flops / theirs / 1e9,
+            theirs * 1e3
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! Inference kernels that fuse what candle runs as separate passes over memory:
+//! attention (scores, mask, softmax and the value product per sequence and head,
+//! reading the projections in place and writing the context in place: no
+//! [batch, heads, len, len] tensor and no head transposes), and residual +
+//! LayerNorm. Used only where no gradient flows.
+
+use super::fast::{contiguous_f32, exp, lane_max, lane_sum, lane_sum_squares};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each task writes only its own sequence × head slice of the context.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Through a method, so closures capture the whole (Send) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// softmax(q·kᵀ·scale + bias)·v over [batch, len, heads·head_dim] projections;
+/// `bias`: [batch, len], added to every query's scores for each key.
+pub struct Attention {
+    pub bias: Vec<f32>,
+    pub heads: usize,
+    pub scale: f32,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        q_layout: &Layout,
+        k: &CpuStorage,
+        k_layout: &Layout,
+        v: &CpuStorage,
+        v_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            contiguous_f32(q, q_layout)?,
+            contiguous_f32(k, k_layout)?,
+            contiguous_f32(v, v_layout)?,
+        );
+        let (b, l, hidden) = q_layout.shape().dims3()?;
+        if k.len() != q.len() || v.len() != q.len() || self.bias.len() != b * l {
+            candle_core::bail!("fused attention: q, k, v and the mask disagree in shape");
+        }
+        let d = hidden / self.heads;
+        let mut out = vec![0f32; q.len()];
+        let ptr = OutPtr(out.as_mut_ptr());
+        let shape = Head {
+            l,
+            hidden,
+            d,
+            scale: self.scale,
+        };
+        (0..b * self.heads).into_par_iter().for_each(|task| {
+            let (s, h) = (task / self.heads, task % self.heads);
+            let offset = s * l * hidden + h * d;
+            SCRATCH.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                buf.resize(2 * l * d + l, 0.0);
+                // SAFETY: this task alone writes rows s·l.. of columns h·d..(h+1)·d.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(ptr.get().add(offset), (l - 1) * hidden + d)
+                };
+                attend(
+                    &q[offset..],
+                    &k[offset..],
+                    &v[offset..],
+                    &self.bias[s * l..(s + 1) * l],
+                    out,
+                    &mut buf,
+                    shape,
+                );
+            });
+        });
+        Ok((CpuStorage::F32(out), q_layout.shape().clone()))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Head {
+    l: usize,
+    hidden: usize,
+    d: usize,
+    scale: f32,
+}
+
+// One sequence and head; q, k, v and out start at the head's first value, rows
+// `hidden` apart. One row of scores at a time: K transposed and V gathered once.
+dispatch!(attend, (q: &[f32], k: &[f32], v: &[f32], bias: &[f32], out: &mut [f32], buf: &mut [f32], shape: Head), {
+    let Head { l, hidden, d, scale } = shape;
+    let (kt, rest) = buf.split_at_mut(l * d);
+    let (vh, scores) = rest.split_at_mut(l * d);
+    for j in 0..l {
+        for p in 0..d {
+            kt[p * l + j] = k[j * hidden + p];
+        }
+        vh[j * d..(j + 1) * d].copy_from_slice(&v[j * hidden..j * hidden + d]);
+    }
+    for i in 0..l {
+        let qi = &q[i * hidden..i * hidden + d];
+        scores_row(qi, kt, bias, scale, scores);
+        let max = lane_max(scores);
+        for s in scores.iter_mut() {
+            *s = exp(*s - max);
+        }
+        let inv = 1.0 / lane_sum(scores);
+        let o = &mut out[i * hidden..i * hidden + d];
+        match d {
+            32 => weighted_values::<32>(scores, vh, inv, o),
+            64 => weighted_values::<64>(scores, vh, inv, o),
+            _ => weighted_values_any(scores, vh, inv, o),
+        }
+    }
+});
+
+/// One row of scores, `bias + scale·q·Kᵀ`, 64 keys at a time so the partial
+/// sums stay in registers across the head dimension.
+#[inline(always)]
+fn scores_row(q: &[f32], kt: &[f32], bias: &[f32], scale: f32, scores: &mut [f32]) {
+    const BLOCK: usize = 64;
+    let l = scores.len();
+    let mut j0 = 0;
+    while j0 + BLOCK <= l {
+        let mut acc: [f32; BLOCK] = bias[j0..j0 + BLOCK].try_into().expect("block");
+        for (p, &qp) in q.iter().enumerate() {
+            let a = qp * scale;
+            let k: &[f32; BLOCK] = kt[p * l + j0..p * l + j0 + BLOCK]
+                .try_into()
+                .expect("block");
+            for (s, &kv) in acc.iter_mut().zip(k) {
+                *s += a * kv;
+            }
+        }
+        scores[j0..j0 + BLOCK].copy_from_slice(&acc);
+        j0 += BLOCK;
+    }
+    let tail = &mut scores[j0..];
+    tail.copy_from_slice(&bias[j0..]);
+    for (p, &qp) in q.iter().enumerate() {
+        let a = qp * scale;
+        for (s, &kv) in tail.iter_mut().zip(&kt[p * l + j0..(p + 1) * l]) {
+            *s += a * kv;
+        }
+    }
+}
+
+/// `o = inv · Σ_j p_j · v_j` with the head dimension known at compile time, so `o`
+/// lives in registers over the keys.
+#[inline(always)]
+fn weighted_values<const D: usize>(p: &[f32], vh: &[f32], inv: f32, o: &mut [f32]) {
+    let mut acc = [0f32; D];
+    for (&pj, v) in p.iter().zip(vh.chunks_exact(D)) {
+        let v: &[f32; D] = v.try_into().expect("head row");
+        for (a, &vv) in acc.iter_mut().zip(v) {
+            *a += pj * vv;
+        }
+    }
+    for (o, a) in o.iter_mut().zip(acc) {
+        *o = a * inv;
+    }
+}
+
+#[inline(always)]
+fn weighted_values_any(p: &[f32], vh: &[f32], inv: f32, o: &mut [f32]) {
+    let d = o.len();
+    o.fill(0.0);
+    for (&pj, v) in p.iter().zip(vh.chunks_exact(d)) {
+        for (o, &vv) in o.iter_mut().zip(v) {
+            *o += pj * vv;
+        }
+    }
+    o.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// LayerNorm(x + residual) over the last dimension.
+pub struct ResidualLayerNorm {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub eps: f32,
+}
+
+impl CustomOp2 for ResidualLayerNorm {
+    fn name(&self) -> &'static str {
+        "fused-residual-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        r: &CpuStorage,
+        r_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, r) = (contiguous_f32(x, x_layout)?, contiguous_f32(r, r_layout)?);
+        let dim = self.weight.len();
+        if x.len() != r.len() || dim == 0 || !x.len().is_multiple_of(dim) {
+            candle_core::bail!("residual LayerNorm: shapes disagree");
+        }
+        let mut out = vec![0f32; x.len()];
+        let rows = (4096 / dim).max(1) * dim;
+        out.par_chunks_mut(rows)
+            .zip(x.par_chunks(rows).zip(r.par_chunks(rows)))
+            .for_each(|(o, (x, r))| {
+                residual_norm_rows(o, x, r, &self.weight, &self.bias, self.eps)
+            });
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+dispatch!(residual_norm_rows, (out: &mut [f32], x: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f32), {
+    let dim = w.len();
+    for ((o, x), r) in out.chunks_mut(dim).zip(x.chunks(dim)).zip(r.chunks(dim)) {
+        for ((o, &x), &r) in o.iter_mut().zip(x).zip(r) {
+            *o = x + r;
+        }
+        let mean = lane_sum(o) / dim as f32;
+        o.iter_mut().for_each(|o| *o -= mean);
+        let var = lane_sum_squares(o);
+        let rstd = 1.0 / (var / dim as f32 + eps).sqrt();
+        for ((o, &w), &b) in o.iter_mut().zip(w).zip(b) {
+            *o = *o * rstd * w + b;
+        }
+    }
+});
