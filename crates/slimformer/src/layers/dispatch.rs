@@ -2,6 +2,8 @@
 
 /// Instantiates `$body` (a loop over slices) for AVX-512, AVX2+FMA and the baseline,
 /// picked at run time, so the same scalar code is vectorized for the widest lanes.
+/// The bodies use `mul_add` for FMA instructions; on the baseline (an x86-64 CPU
+/// without AVX2, older than 2013) that is a libm call: correct, slow.
 macro_rules! dispatch {
     ($name:ident, ($($arg:ident: $ty:ty),*), $body:block) => {
         fn $name($($arg: $ty),*) {

@@ -128,50 +128,76 @@ dispatch!(attend, (q: &[f32], k: &[f32], v: &[f32], bias: &[f32], out: &mut [f32
     }
 });
 
-/// One row of scores, `bias + scale·q·Kᵀ`, 64 keys at a time so the partial
-/// sums stay in registers across the head dimension.
+/// One row of scores, `bias + scale·q·Kᵀ`, in blocks of keys whose partial sums
+/// stay in registers across the head dimension (128 keys: eight independent
+/// vector accumulators, enough to hide the FMA latency).
 #[inline(always)]
 fn scores_row(q: &[f32], kt: &[f32], bias: &[f32], scale: f32, scores: &mut [f32]) {
-    const BLOCK: usize = 64;
     let l = scores.len();
     let mut j0 = 0;
-    while j0 + BLOCK <= l {
-        let mut acc: [f32; BLOCK] = bias[j0..j0 + BLOCK].try_into().expect("block");
-        for (p, &qp) in q.iter().enumerate() {
-            let a = qp * scale;
-            let k: &[f32; BLOCK] = kt[p * l + j0..p * l + j0 + BLOCK]
-                .try_into()
-                .expect("block");
-            for (s, &kv) in acc.iter_mut().zip(k) {
-                *s += a * kv;
-            }
-        }
-        scores[j0..j0 + BLOCK].copy_from_slice(&acc);
-        j0 += BLOCK;
+    while j0 + 128 <= l {
+        scores_block::<128>(q, kt, bias, scale, scores, j0);
+        j0 += 128;
+    }
+    while j0 + 32 <= l {
+        scores_block::<32>(q, kt, bias, scale, scores, j0);
+        j0 += 32;
     }
     let tail = &mut scores[j0..];
     tail.copy_from_slice(&bias[j0..]);
     for (p, &qp) in q.iter().enumerate() {
         let a = qp * scale;
         for (s, &kv) in tail.iter_mut().zip(&kt[p * l + j0..(p + 1) * l]) {
-            *s += a * kv;
+            *s = a.mul_add(kv, *s);
         }
     }
 }
 
-/// `o = inv · Σ_j p_j · v_j` with the head dimension known at compile time, so `o`
-/// lives in registers over the keys.
 #[inline(always)]
-fn weighted_values<const D: usize>(p: &[f32], vh: &[f32], inv: f32, o: &mut [f32]) {
-    let mut acc = [0f32; D];
-    for (&pj, v) in p.iter().zip(vh.chunks_exact(D)) {
-        let v: &[f32; D] = v.try_into().expect("head row");
-        for (a, &vv) in acc.iter_mut().zip(v) {
-            *a += pj * vv;
+fn scores_block<const B: usize>(
+    q: &[f32],
+    kt: &[f32],
+    bias: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    j0: usize,
+) {
+    let l = scores.len();
+    let mut acc: [f32; B] = bias[j0..j0 + B].try_into().expect("block");
+    for (p, &qp) in q.iter().enumerate() {
+        let a = qp * scale;
+        let k: &[f32; B] = kt[p * l + j0..p * l + j0 + B].try_into().expect("block");
+        for (s, &kv) in acc.iter_mut().zip(k) {
+            *s = a.mul_add(kv, *s);
         }
     }
-    for (o, a) in o.iter_mut().zip(acc) {
-        *o = a * inv;
+    scores[j0..j0 + B].copy_from_slice(&acc);
+}
+
+/// `o = inv · Σ_j p_j · v_j` with the head dimension known at compile time, so the
+/// sums live in registers over the keys: four of them, interleaved over the keys,
+/// so consecutive FMAs do not wait on each other.
+#[inline(always)]
+fn weighted_values<const D: usize>(p: &[f32], vh: &[f32], inv: f32, o: &mut [f32]) {
+    let mut acc = [[0f32; D]; 4];
+    let rows = vh.chunks_exact(D);
+    let mut quads = p.chunks_exact(4).zip(vh.chunks_exact(4 * D));
+    for (pq, vq) in &mut quads {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let v: &[f32; D] = vq[k * D..(k + 1) * D].try_into().expect("head row");
+            for (a, &vv) in acc.iter_mut().zip(v) {
+                *a = pq[k].mul_add(vv, *a);
+            }
+        }
+    }
+    let done = p.len() / 4 * 4;
+    for (&pj, v) in p[done..].iter().zip(rows.skip(done)) {
+        for (a, &vv) in acc[0].iter_mut().zip(v) {
+            *a = pj.mul_add(vv, *a);
+        }
+    }
+    for (t, o) in o.iter_mut().enumerate() {
+        *o = (acc[0][t] + acc[1][t] + acc[2][t] + acc[3][t]) * inv;
     }
 }
 
@@ -181,7 +207,7 @@ fn weighted_values_any(p: &[f32], vh: &[f32], inv: f32, o: &mut [f32]) {
     o.fill(0.0);
     for (&pj, v) in p.iter().zip(vh.chunks_exact(d)) {
         for (o, &vv) in o.iter_mut().zip(v) {
-            *o += pj * vv;
+            *o = pj.mul_add(vv, *o);
         }
     }
     o.iter_mut().for_each(|o| *o *= inv);
@@ -233,7 +259,7 @@ dispatch!(residual_norm_rows, (out: &mut [f32], x: &[f32], r: &[f32], w: &[f32],
         let var = lane_sum_squares(o);
         let rstd = 1.0 / (var / dim as f32 + eps).sqrt();
         for ((o, &w), &b) in o.iter_mut().zip(w).zip(b) {
-            *o = *o * rstd * w + b;
+            *o = (*o * rstd).mul_add(w, b);
         }
     }
 });

@@ -259,7 +259,7 @@ fn kernel_portable(kc: usize, a: &[f32], b: &[f32], acc: &mut [f32; MR * NR]) {
     for (a, b) in a.chunks_exact(MR).zip(b.chunks_exact(NR)).take(kc) {
         for (i, &ai) in a.iter().enumerate() {
             for (c, &bj) in acc[i * NR..(i + 1) * NR].iter_mut().zip(b) {
-                *c += ai * bj;
+                *c = ai.mul_add(bj, *c);
             }
         }
     }
