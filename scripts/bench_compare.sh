@@ -26,7 +26,7 @@ done
 python3 - "$OUT" "$REPEATS" "$THREADS" > docs/PERFORMANCE.md.part <<'PY'
 import json, sys, platform, subprocess
 out, repeats, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-engines = [("slimformer", "slimformer"), ("slimformer-portable", "slimformer, candle's GELU/softmax"),
+engines = [("slimformer", "slimformer"), ("slimformer-portable", "slimformer, candle's kernels"),
            ("pytorch", "PyTorch + transformers"), ("onnxruntime", "ONNX Runtime")]
 def load(name, r):
     try:
