@@ -25,6 +25,10 @@ struct Cli {
     /// Threads for inference (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Arithmetic of the linear layers at inference: fp32, or int8 (weights per
+    /// channel and activations per row quantized at run time; VNNI where present).
+    #[arg(long, global = true, default_value = "fp32")]
+    precision: slimformer::layers::Precision,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         // read when first used: set it before any work starts.
         std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
     }
+    slimformer::layers::set_precision(cli.precision);
     // The server logs each request (ids, routes, statuses; texts only if asked).
     let default_log = if matches!(cli.command, Command::Serve(_)) {
         "info"

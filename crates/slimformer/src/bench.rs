@@ -56,7 +56,7 @@ pub fn bench_shape(
     times.sort_by(f64::total_cmp);
     Ok(BenchResult {
         shape: format!("{batch}x{len}"),
-        precision: "fp32".into(),
+        precision: crate::layers::precision().to_string(),
         threads,
         median_ms: percentile(&times, 0.5),
         p95_ms: percentile(&times, 0.95),

@@ -74,6 +74,20 @@ pub fn lane_sum_squares(xs: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// max |x| in 16 independent lanes (see [`lane_sum`]); 0 for an empty slice.
+#[inline(always)]
+pub fn lane_max_abs(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = a.max(v.abs());
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 /// Maximum in 16 independent lanes (see [`lane_sum`]).
 #[inline(always)]
 pub fn lane_max(xs: &[f32]) -> f32 {

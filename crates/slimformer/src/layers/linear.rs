@@ -3,20 +3,79 @@
 //! inference the packed kernel of [`super::gemm`], with bias and GELU fused in.
 
 use super::gemm::{self, Epilogue, PackedWeight};
+use super::gemm_int8::{self, PackedInt8Weight};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
+
+/// The arithmetic of every linear layer at inference, for the whole process
+/// (`slimformer --precision`): weights and training are f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    /// Weights per output channel and activations per row as int8 (dynamic
+    /// quantization), i32 sums.
+    Int8,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "fp32" | "f32" => Ok(Precision::Fp32),
+            "int8" => Ok(Precision::Int8),
+            "bf16" => Err(
+                "bf16 inference kernels are not built yet: use fp32 or int8 \
+                           (`slimformer quantize --mode bf16` stores bf16 weights, run in f32)"
+                    .into(),
+            ),
+            other => Err(format!(
+                "unknown precision {other:?}: expected fp32 or int8"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        })
+    }
+}
+
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the inference precision of every linear layer in this process.
+pub fn set_precision(precision: Precision) {
+    PRECISION.store(precision as u8, Ordering::Relaxed);
+}
+
+pub fn precision() -> Precision {
+    match PRECISION.load(Ordering::Relaxed) {
+        1 => Precision::Int8,
+        _ => Precision::Fp32,
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Linear {
     inner: candle_nn::Linear,
-    /// Packed at the first inference call; `None` where the weights cannot be
-    /// (not f32 on the CPU). Shared by clones, which share the weights.
-    packed: Arc<OnceLock<Option<Packed>>>,
+    /// Packed at the first inference call in each precision; `None` where the
+    /// weights cannot be (not f32 on the CPU). Shared by clones, which share the weights.
+    packed: Arc<[OnceLock<Option<Packed>>; 2]>,
+}
+
+#[derive(Debug)]
+enum PackedWeights {
+    F32(PackedWeight),
+    Int8(PackedInt8Weight),
 }
 
 #[derive(Debug)]
 struct Packed {
-    weight: PackedWeight,
+    weight: PackedWeights,
     bias: Option<Vec<f32>>,
 }
 
@@ -61,13 +120,14 @@ impl Linear {
         if self.inner.bias().is_some_and(|b| b.track_op()) {
             return None;
         }
-        self.packed
-            .get_or_init(|| pack(weight, self.inner.bias()))
+        let precision = precision();
+        self.packed[precision as usize]
+            .get_or_init(|| pack(weight, self.inner.bias(), precision))
             .as_ref()
     }
 }
 
-fn pack(weight: &Tensor, bias: Option<&Tensor>) -> Option<Packed> {
+fn pack(weight: &Tensor, bias: Option<&Tensor>, precision: Precision) -> Option<Packed> {
     if weight.dtype() != DType::F32 || !weight.device().is_cpu() {
         return None;
     }
@@ -78,10 +138,11 @@ fn pack(weight: &Tensor, bias: Option<&Tensor>) -> Option<Packed> {
         Some(_) => return None,
         None => None,
     };
-    Some(Packed {
-        weight: PackedWeight::pack(&values, n, k),
-        bias,
-    })
+    let weight = match precision {
+        Precision::Fp32 => PackedWeights::F32(PackedWeight::pack(&values, n, k)),
+        Precision::Int8 => PackedWeights::Int8(PackedInt8Weight::pack(&values, n, k)),
+    };
+    Some(Packed { weight, bias })
 }
 
 impl Module for Linear {
@@ -106,18 +167,24 @@ impl CustomOp1 for PackedLinear<'_> {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let xs = super::fast::contiguous_f32(storage, layout)?;
-        let w = &self.packed.weight;
+        let (k, n) = match &self.packed.weight {
+            PackedWeights::F32(w) => (w.in_features(), w.out_features()),
+            PackedWeights::Int8(w) => (w.in_features(), w.out_features()),
+        };
         let mut dims = layout.shape().dims().to_vec();
         match dims.last_mut() {
-            Some(last) if *last == w.in_features() => *last = w.out_features(),
+            Some(last) if *last == k => *last = n,
             _ => candle_core::bail!(
-                "linear layer of {} inputs applied to a tensor of shape {:?}",
-                w.in_features(),
+                "linear layer of {k} inputs applied to a tensor of shape {:?}",
                 layout.shape()
             ),
         }
-        let m = xs.len() / w.in_features().max(1);
-        let out = gemm::linear(xs, m, w, self.packed.bias.as_deref(), self.epilogue);
+        let m = xs.len() / k.max(1);
+        let bias = self.packed.bias.as_deref();
+        let out = match &self.packed.weight {
+            PackedWeights::F32(w) => gemm::linear(xs, m, w, bias, self.epilogue),
+            PackedWeights::Int8(w) => gemm_int8::linear(xs, m, w, bias, self.epilogue),
+        };
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }

@@ -13,6 +13,7 @@ pub mod fast;
 mod feed_forward;
 mod fused;
 pub mod gemm;
+pub mod gemm_int8;
 mod linear;
 mod norm;
 mod transformer;
@@ -26,7 +27,7 @@ pub use norm::LayerNorm;
 pub use transformer::{LayerNames, LayerShape, TransformerLayer};
 
 pub use candle_nn::Embedding;
-pub use linear::Linear;
+pub use linear::{precision, set_precision, Linear, Precision};
 
 /// transformers' initialization of new weights: normal(0, initializer_range).
 pub const INIT_STD: f64 = 0.02;
