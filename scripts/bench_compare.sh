@@ -16,6 +16,8 @@ cargo build --release -p slimformer-cli
 mkdir -p "$OUT"
 for r in $(seq 1 "$REPEATS"); do
   target/release/slimformer --threads "$THREADS" bench "$MODEL" --runs "$RUNS" --json > "$OUT/slimformer-$r.json"
+  target/release/slimformer --threads "$THREADS" --precision int8 bench "$MODEL" --runs "$RUNS" --json \
+    > "$OUT/slimformer-int8-$r.json"
   SLIMFORMER_PORTABLE_KERNELS=1 target/release/slimformer --threads "$THREADS" bench "$MODEL" --runs "$RUNS" --json \
     > "$OUT/slimformer-portable-$r.json"
   .venv-ref/bin/python scripts/bench_reference.py "$MODEL" --threads "$THREADS" --runs "$RUNS" --json \
@@ -26,7 +28,7 @@ done
 python3 - "$OUT" "$REPEATS" "$THREADS" > docs/PERFORMANCE.md.part <<'PY'
 import json, sys, platform, subprocess
 out, repeats, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-engines = [("slimformer", "slimformer"), ("slimformer-portable", "slimformer, candle's kernels"),
+engines = [("slimformer", "slimformer"), ("slimformer-int8", "slimformer int8"), ("slimformer-portable", "slimformer, candle's kernels"),
            ("pytorch", "PyTorch + transformers"), ("onnxruntime", "ONNX Runtime")]
 def load(name, r):
     try:

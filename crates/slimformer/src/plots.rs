@@ -152,7 +152,7 @@ fn params_bars<DB: DrawingBackend>(
 enum Chart<'a> {
     Scatter {
         title: &'static str,
-        x_label: &'static str,
+        x_label: String,
         points: Vec<(String, f64, f64)>,
     },
     Params(Vec<&'a Measurement>),
@@ -178,11 +178,19 @@ impl Chart<'_> {
 pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
     register_font();
     let acc = |m: &Measurement| m.metrics.as_ref().and_then(|v| v.get("accuracy").copied());
+    // One shape for every point: the longest single sequence all models were timed at.
+    let shapes = crate::report::measured_shapes(models);
+    let shape = shapes
+        .iter()
+        .filter(|s| s.starts_with("1x") && models.iter().all(|m| m.latency.iter().any(|b| &b.shape == *s)))
+        .max_by_key(|s| s[2..].parse::<usize>().unwrap_or(0))
+        .or(shapes.first())
+        .cloned()
+        .unwrap_or_default();
     let lat = |m: &Measurement| {
         m.latency
             .iter()
-            .find(|b| b.shape == "1x128")
-            .or(m.latency.first())
+            .find(|b| b.shape == shape)
             .map(|b| b.median_ms)
     };
     let charts = [
@@ -190,7 +198,7 @@ pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
             "accuracy_vs_latency",
             Chart::Scatter {
                 title: "accuracy vs latency",
-                x_label: "median ms at 1x128",
+                x_label: format!("median ms at {shape}"),
                 points: models
                     .iter()
                     .filter_map(|m| Some((m.model.clone(), lat(m)?, acc(m)?)))
@@ -201,7 +209,7 @@ pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
             "accuracy_vs_size",
             Chart::Scatter {
                 title: "accuracy vs size",
-                x_label: "MB on disk",
+                x_label: "MB on disk".into(),
                 points: models
                     .iter()
                     .filter_map(|m| Some((m.model.clone(), m.size_bytes as f64 / 1e6, acc(m)?)))

@@ -15,7 +15,19 @@ pub struct ModelOutcome {
     pub error: Option<String>,
 }
 
-const SHAPES: [&str; 3] = ["1x16", "1x128", "32x128"];
+/// The shapes measured, in the order the measurements list them (a study's small
+/// models are timed only at lengths their position tables allow).
+pub fn measured_shapes<'a>(models: impl IntoIterator<Item = &'a Measurement>) -> Vec<String> {
+    let mut shapes: Vec<String> = Vec::new();
+    for m in models {
+        for b in &m.latency {
+            if !shapes.contains(&b.shape) {
+                shapes.push(b.shape.clone());
+            }
+        }
+    }
+    shapes
+}
 
 fn latency(m: &Measurement, shape: &str) -> Option<(f64, f64)> {
     m.latency
@@ -41,6 +53,7 @@ fn csv_field(s: &str) -> String {
 }
 
 fn csv(outcomes: &[ModelOutcome]) -> String {
+    let shapes = measured_shapes(outcomes.iter().filter_map(|o| o.measurement.as_ref()));
     let mut header = vec![
         "model",
         "path",
@@ -59,7 +72,7 @@ fn csv(outcomes: &[ModelOutcome]) -> String {
     .into_iter()
     .map(String::from)
     .collect::<Vec<_>>();
-    for s in SHAPES {
+    for s in &shapes {
         header.push(format!("p50_ms_{s}"));
         header.push(format!("p95_ms_{s}"));
     }
@@ -92,7 +105,7 @@ fn csv(outcomes: &[ModelOutcome]) -> String {
                     format!("{:.1}", m.load_ms),
                     m.peak_rss_mib.map_or(String::new(), |v| format!("{v:.1}")),
                 ];
-                for s in SHAPES {
+                for s in &shapes {
                     let l = latency(m, s);
                     r.push(l.map_or(String::new(), |v| format!("{:.3}", v.0)));
                     r.push(l.map_or(String::new(), |v| format!("{:.3}", v.1)));
@@ -134,8 +147,14 @@ fn markdown(outcomes: &[ModelOutcome], eval: &Path) -> String {
          in a process of its own (peak memory is its own).\n\n",
         eval.display()
     );
-    md += "| model | family | params (emb / enc / heads) | MB | load ms | peak MiB | 1x16 ms | 1x128 ms | 32x128 ms | texts/s | accuracy | macro-F1 | MCC |\n";
-    md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    let shapes = measured_shapes(outcomes.iter().filter_map(|o| o.measurement.as_ref()));
+    let shape_columns: String = shapes.iter().map(|s| format!(" {s} ms |")).collect();
+    md += &format!(
+        "| model | family | params (emb / enc / heads) | MB | load ms | peak MiB |{shape_columns} \
+         texts/s | accuracy | macro-F1 | MCC |\n"
+    );
+    md += &"|---".repeat(10 + shapes.len());
+    md += "|\n";
     for o in outcomes {
         match &o.measurement {
             Some(m) => {
@@ -145,22 +164,24 @@ fn markdown(outcomes: &[ModelOutcome], eval: &Path) -> String {
                     .as_deref()
                     .map(|q| format!(", {q}"))
                     .unwrap_or_default();
+                let latencies: String = shapes.iter().map(|s| format!(" {} |", lat(s))).collect();
                 md += &format!(
-                    "| {} | {}{q} | {} ({} / {} / {}) | {:.1} | {:.0} | {} | {} | {} | {} | {:.1} | {} | {} | {} |\n",
+                    "| {} | {}{q} | {} ({} / {} / {}) | {:.1} | {:.0} | {} |{latencies} {:.1} | {} | {} | {} |\n",
                     m.model, m.family, m.params.total, m.params.embeddings, m.params.encoder, m.params.heads,
                     m.size_bytes as f64 / 1e6, m.load_ms, opt(m.peak_rss_mib, 0),
-                    lat("1x16"), lat("1x128"), lat("32x128"), m.throughput_texts_per_s,
+                    m.throughput_texts_per_s,
                     opt(metric(m, "accuracy"), 4), opt(metric(m, "macro_f1"), 4), opt(metric(m, "mcc"), 4),
                 );
             }
             None => {
                 md += &format!(
-                    "| {} | failed: {} |||||||||||| \n",
+                    "| {} | failed: {} |{}\n",
                     o.path.display(),
                     o.error
                         .as_deref()
                         .unwrap_or("unknown error")
-                        .replace('|', "/")
+                        .replace('|', "/"),
+                    "|".repeat(8 + shapes.len())
                 );
             }
         }
