@@ -14,7 +14,9 @@ OUT=${OUT:-runs/bench-compare}
 [ -x .venv-ref/bin/python ] || scripts/setup-reference.sh
 cargo build --release -p slimformer-cli
 mkdir -p "$OUT"
+#   RENDER_ONLY=1 scripts/bench_compare.sh  # rewrite docs/PERFORMANCE.md from the saved runs
 for r in $(seq 1 "$REPEATS"); do
+  [ -n "${RENDER_ONLY:-}" ] && break
   target/release/slimformer --threads "$THREADS" bench "$MODEL" --runs "$RUNS" --json > "$OUT/slimformer-$r.json"
   target/release/slimformer --threads "$THREADS" --precision int8 bench "$MODEL" --runs "$RUNS" --json \
     > "$OUT/slimformer-int8-$r.json"

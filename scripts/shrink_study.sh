@@ -82,7 +82,10 @@ stage_bench() {
            teacher-int8:"$OUT/teacher-int8" distil3-int8:"$OUT/distil3-int8"; do
     name=${m%%:*}; dir=${m#*:}
     [ -f "$dir/model.safetensors" ] || continue
-    result "$name-bench" "${SF[@]}" bench "$dir" --shapes 1x128,32x128 --runs 20 --warmup 3 --json
+    # The int8 checkpoints run the int8 kernels (`--precision int8`), the rest fp32.
+    precision=fp32; case $name in *-int8) precision=int8 ;; esac
+    result "$name-bench" "${SF[@]}" --precision "$precision" bench "$dir" --shapes 1x128,32x128 \
+      --runs 20 --warmup 3 --json
     result "$name-inspect" sh -c "'$BIN' inspect '$dir' --json | tr -d '\n'; echo"
   done
 }
