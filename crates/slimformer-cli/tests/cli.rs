@@ -531,7 +531,10 @@ fn missing_shard() {
 #[test]
 fn int8_precision_stays_close_to_fp32_and_bf16_is_a_clear_error() {
     let model = fixture("bert-base");
-    let texts = ["hello world", "a longer sentence, with several words and a comma"];
+    let texts = [
+        "hello world",
+        "a longer sentence, with several words and a comma",
+    ];
     let states = |precision: &str| -> Vec<Vec<f64>> {
         let out = slimformer(&[
             "--precision",
@@ -561,10 +564,27 @@ fn int8_precision_stays_close_to_fp32_and_bf16_is_a_clear_error() {
         let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
         let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
         let cosine = dot / (norm(a) * norm(b));
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max);
-        assert!(cosine > 0.999, "int8 hidden states: cosine {cosine} to fp32");
-        assert!(worst > 0.0, "int8 gave exactly the fp32 states: the int8 path did not run");
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f64, f64::max);
+        assert!(
+            cosine > 0.999,
+            "int8 hidden states: cosine {cosine} to fp32"
+        );
+        assert!(
+            worst > 0.0,
+            "int8 gave exactly the fp32 states: the int8 path did not run"
+        );
     }
-    let out = slimformer(&["--precision", "bf16", "encode", dir_str(&model), "--text", "a"]);
+    let out = slimformer(&[
+        "--precision",
+        "bf16",
+        "encode",
+        dir_str(&model),
+        "--text",
+        "a",
+    ]);
     assert_fails_naming(&out, &["bf16", "fp32 or int8"]);
 }

@@ -182,7 +182,12 @@ pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
     let shapes = crate::report::measured_shapes(models);
     let shape = shapes
         .iter()
-        .filter(|s| s.starts_with("1x") && models.iter().all(|m| m.latency.iter().any(|b| &b.shape == *s)))
+        .filter(|s| {
+            s.starts_with("1x")
+                && models
+                    .iter()
+                    .all(|m| m.latency.iter().any(|b| &b.shape == *s))
+        })
         .max_by_key(|s| s[2..].parse::<usize>().unwrap_or(0))
         .or(shapes.first())
         .cloned()

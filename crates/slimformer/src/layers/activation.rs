@@ -48,7 +48,7 @@ impl Activation {
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Activation::Gelu => super::fast::gelu_erf(xs),
-            Activation::GeluTanh => xs.gelu(),
+            Activation::GeluTanh => super::fast::gelu_tanh(xs),
             Activation::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?,
             Activation::Relu => xs.relu(),
             Activation::Silu => xs.silu(),

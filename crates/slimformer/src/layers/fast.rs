@@ -4,6 +4,7 @@
 //! that the compiler vectorizes, run in parallel chunks. Used only where no gradient
 //! flows (training keeps candle's differentiable ops).
 
+use super::gemm::Epilogue;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -108,30 +109,42 @@ pub fn lane_max(xs: &[f32]) -> f32 {
 
 const CHUNK: usize = 4096;
 
-dispatch!(gelu_slice, (o: &mut [f32], x: &[f32]), {
-    for (o, &x) in o.iter_mut().zip(x) {
-        *o = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    }
-});
+/// tanh(x) = 1 − 2 / (e^{2x} + 1); `exp` clamps, so ±1 at the extremes, no NaN.
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    1.0 - 2.0 / (exp(2.0 * x) + 1.0)
+}
 
-dispatch!(bias_then_gelu_slice, (row: &mut [f32], bias: &[f32], gelu: bool), {
+dispatch!(bias_then_act_slice, (row: &mut [f32], bias: &[f32], epilogue: Epilogue), {
     if !bias.is_empty() {
         for (v, &b) in row.iter_mut().zip(bias) {
             *v += b;
         }
     }
-    if gelu {
-        for v in row.iter_mut() {
-            let x = *v;
-            let half_x = 0.5 * x;
-            *v = half_x.mul_add(erf(x * std::f32::consts::FRAC_1_SQRT_2), half_x);
+    match epilogue {
+        Epilogue::None => {}
+        Epilogue::GeluErf => {
+            for v in row.iter_mut() {
+                let x = *v;
+                let half_x = 0.5 * x;
+                *v = half_x.mul_add(erf(x * std::f32::consts::FRAC_1_SQRT_2), half_x);
+            }
+        }
+        Epilogue::GeluTanh => {
+            // transformers' gelu_new: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+            for v in row.iter_mut() {
+                let x = *v;
+                let half_x = 0.5 * x;
+                let inner = 0.797_884_6 * (0.044_715 * x * x).mul_add(x, x);
+                *v = half_x.mul_add(tanh(inner), half_x);
+            }
         }
     }
 });
 
-/// `row += bias`, then exact GELU when asked: the epilogue of the packed linear layers.
-pub(crate) fn add_bias_then_gelu(row: &mut [f32], bias: Option<&[f32]>, gelu: bool) {
-    bias_then_gelu_slice(row, bias.unwrap_or(&[]), gelu)
+/// `row += bias`, then the activation: the epilogue of the packed linear layers.
+pub(crate) fn add_bias_then(row: &mut [f32], bias: Option<&[f32]>, epilogue: Epilogue) {
+    bias_then_act_slice(row, bias.unwrap_or(&[]), epilogue)
 }
 
 dispatch!(softmax_rows, (o: &mut [f32], x: &[f32], dim: usize), {
@@ -159,11 +172,12 @@ pub(crate) fn contiguous_f32<'a>(
     Ok(&data[start..end])
 }
 
-struct GeluErf;
+/// An element-wise activation (the epilogue without a bias).
+struct Activate(Epilogue);
 
-impl CustomOp1 for GeluErf {
+impl CustomOp1 for Activate {
     fn name(&self) -> &'static str {
-        "fast-gelu-erf"
+        "fast-activation"
     }
 
     fn cpu_fwd(
@@ -172,10 +186,9 @@ impl CustomOp1 for GeluErf {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let xs = contiguous_f32(storage, layout)?;
-        let mut out = vec![0f32; xs.len()];
+        let mut out = xs.to_vec();
         out.par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK))
-            .for_each(|(o, x)| gelu_slice(o, x));
+            .for_each(|o| add_bias_then(o, None, self.0));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
@@ -216,9 +229,21 @@ pub(crate) fn usable(xs: &Tensor) -> bool {
 /// Exact GELU, x·Φ(x): the fast kernel when nothing is trained through `xs`.
 pub fn gelu_erf(xs: &Tensor) -> candle_core::Result<Tensor> {
     if usable(xs) {
-        xs.contiguous()?.apply_op1_no_bwd(&GeluErf)
+        xs.contiguous()?
+            .apply_op1_no_bwd(&Activate(Epilogue::GeluErf))
     } else {
         xs.gelu_erf()
+    }
+}
+
+/// GELU's tanh approximation (`gelu_new`): the fast kernel when nothing is trained
+/// through `xs`.
+pub fn gelu_tanh(xs: &Tensor) -> candle_core::Result<Tensor> {
+    if usable(xs) {
+        xs.contiguous()?
+            .apply_op1_no_bwd(&Activate(Epilogue::GeluTanh))
+    } else {
+        xs.gelu()
     }
 }
 
@@ -298,6 +323,7 @@ mod tests {
                 .unwrap()
         };
         assert!(diff(gelu_erf(&xs).unwrap(), xs.gelu_erf().unwrap()) < 1e-6);
+        assert!(diff(gelu_tanh(&xs).unwrap(), xs.gelu().unwrap()) < 1e-5);
         let fast = softmax_last_dim(&xs).unwrap();
         assert!(diff(fast, candle_nn::ops::softmax_last_dim(&xs).unwrap()) < 1e-6);
     }

@@ -33,9 +33,10 @@ impl FeedForward {
     }
 
     pub fn forward(&self, xs: &Tensor, train: Option<&TrainRng>) -> candle_core::Result<Tensor> {
-        // Exact GELU (most checkpoints) runs inside the product's epilogue.
+        // GELU (exact in most checkpoints, tanh in ALBERT's) runs in the product's epilogue.
         let h = match self.activation {
             Activation::Gelu => self.up.forward_with(xs, Epilogue::GeluErf)?,
+            Activation::GeluTanh => self.up.forward_with(xs, Epilogue::GeluTanh)?,
             other => other.forward(&self.up.forward(xs)?)?,
         };
         self.down.forward(&self.inner_dropout.forward(&h, train)?)

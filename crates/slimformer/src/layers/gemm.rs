@@ -27,6 +27,7 @@ const MC: usize = 8 * MR;
 pub enum Epilogue {
     None,
     GeluErf,
+    GeluTanh,
 }
 
 /// W (out × in, PyTorch's layout) as Wᵀ in KC×NR panels: block `p` of depth
@@ -320,7 +321,7 @@ mod avx512 {
 
 /// Bias, then the epilogue, on one row (or a column range of one).
 fn finish_row(row: &mut [f32], bias: Option<&[f32]>, epilogue: Epilogue) {
-    super::fast::add_bias_then_gelu(row, bias, epilogue == Epilogue::GeluErf);
+    super::fast::add_bias_then(row, bias, epilogue);
 }
 
 #[cfg(test)]
@@ -384,7 +385,7 @@ mod tests {
         let packed = PackedWeight::pack(&w, n, k);
         let fused = linear(&a, m, &packed, Some(&bias), Epilogue::GeluErf);
         let mut plain = linear(&a, m, &packed, Some(&bias), Epilogue::None);
-        super::super::fast::add_bias_then_gelu(&mut plain, None, true);
+        super::super::fast::add_bias_then(&mut plain, None, Epilogue::GeluErf);
         assert_eq!(fused, plain);
     }
 }

@@ -201,11 +201,7 @@ pub fn linear(
                 // SAFETY: as above.
                 let row =
                     unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0) };
-                super::fast::add_bias_then_gelu(
-                    row,
-                    bias.map(|b| &b[c0..c1]),
-                    epilogue == Epilogue::GeluErf,
-                );
+                super::fast::add_bias_then(row, bias.map(|b| &b[c0..c1]), epilogue);
             }
         });
     out

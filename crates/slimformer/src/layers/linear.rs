@@ -107,6 +107,7 @@ impl Linear {
         match epilogue {
             Epilogue::None => Ok(out),
             Epilogue::GeluErf => super::fast::gelu_erf(&out),
+            Epilogue::GeluTanh => super::fast::gelu_tanh(&out),
         }
     }
 
