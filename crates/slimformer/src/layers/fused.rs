@@ -5,22 +5,10 @@
 //! LayerNorm. Used only where no gradient flows.
 
 use super::fast::{contiguous_f32, exp, lane_max, lane_sum, lane_sum_squares};
+use super::gemm::OutPtr;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each task writes only its own sequence × head slice of the context.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so closures capture the whole (Send) wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };

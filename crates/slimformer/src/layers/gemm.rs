@@ -78,18 +78,41 @@ impl PackedWeight {
     }
 }
 
-/// The output pointer, shared by tasks that write disjoint tiles.
+/// The output pointer, shared by parallel tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only its own rows × columns of the output.
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: every user hands each task a part of the output no other task writes.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// Through a method, so closures capture the whole (Send) wrapper.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
+}
+
+/// Runs `task(rows, panels)` in parallel over the output split into blocks of `mc`
+/// rows and, where that gives too few tasks to keep every thread busy (one short
+/// sentence), into column ranges of whole panels too.
+pub(super) fn for_each_tile(
+    m: usize,
+    mc: usize,
+    panels: usize,
+    task: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Send + Sync,
+) {
+    let row_blocks = m.div_ceil(mc);
+    let threads = rayon::current_num_threads().max(1);
+    let col_splits = (2 * threads).div_ceil(row_blocks).clamp(1, panels.max(1));
+    let panels_per_split = panels.div_ceil(col_splits).max(1);
+    let col_splits = panels.div_ceil(panels_per_split);
+    (0..row_blocks * col_splits).into_par_iter().for_each(|t| {
+        let (rb, cs) = (t / col_splits, t % col_splits);
+        task(
+            rb * mc..(rb * mc + mc).min(m),
+            cs * panels_per_split..((cs + 1) * panels_per_split).min(panels),
+        )
+    });
 }
 
 thread_local! {
@@ -119,25 +142,13 @@ pub fn linear(
     }
     // Not zeroed: the first depth block stores every output before any is read.
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let row_blocks = m.div_ceil(MC);
-    // Short inputs (one sentence) give too few row blocks to keep every thread busy:
-    // split the columns too, in whole panels.
-    let threads = rayon::current_num_threads().max(1);
-    let col_splits = (2 * threads).div_ceil(row_blocks).clamp(1, w.panels);
-    let panels_per_split = w.panels.div_ceil(col_splits);
-    let col_splits = w.panels.div_ceil(panels_per_split);
     let ptr = OutPtr(out.as_mut_ptr());
-    (0..row_blocks * col_splits)
-        .into_par_iter()
-        .for_each(|task| {
-            let (rb, cs) = (task / col_splits, task % col_splits);
-            let rows = rb * MC..(rb * MC + MC).min(m);
-            let panels = cs * panels_per_split..((cs + 1) * panels_per_split).min(w.panels);
-            A_PACK.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                tile(a, k, w, rows, panels, &mut buf, ptr, bias, epilogue);
-            });
+    for_each_tile(m, MC, w.panels, |rows, panels| {
+        A_PACK.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            tile(a, k, w, rows, panels, &mut buf, ptr, bias, epilogue);
         });
+    });
     // SAFETY: the tasks above wrote all m·n values (every row block × column split,
     // the first depth block storing, not adding).
     unsafe { out.set_len(m * n) };

@@ -7,7 +7,7 @@
 //! shifted by 128 (`u = q + 128`) and the shift is taken back out with the
 //! weights' column sums: Σ u·w = Σ q·w + 128·Σ w.
 
-use super::gemm::{Epilogue, MR, NR};
+use super::gemm::{for_each_tile, Epilogue, OutPtr, MR, NR};
 use rayon::prelude::*;
 
 /// Depth of one block, in values (a multiple of 4); also the group of values that
@@ -95,19 +95,6 @@ impl PackedInt8Weight {
     }
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only its own rows × columns of the output.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so closures capture the whole (Send) wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Rows quantized to u8 (q + 128), one scale per row and depth block (row-major);
 /// rows padded to k4 with 128 (zero).
 fn quantize_rows(a: &[f32], m: usize, k: usize, k4: usize) -> (Vec<u8>, Vec<f32>) {
@@ -153,57 +140,46 @@ pub fn linear(
     }
     let (qa, group_scales) = quantize_rows(a, m, k, k4);
     let blocks = k4.div_ceil(KC);
-    let row_blocks = m.div_ceil(MC);
-    let threads = rayon::current_num_threads().max(1);
-    let col_splits = (2 * threads).div_ceil(row_blocks).clamp(1, w.panels);
-    let panels_per_split = w.panels.div_ceil(col_splits);
-    let col_splits = w.panels.div_ceil(panels_per_split);
     let ptr = OutPtr(out.as_mut_ptr());
-    (0..row_blocks * col_splits)
-        .into_par_iter()
-        .for_each(|task| {
-            let (rb, cs) = (task / col_splits, task % col_splits);
-            let rows = rb * MC..(rb * MC + MC).min(m);
-            let panels = cs * panels_per_split..((cs + 1) * panels_per_split).min(w.panels);
-            for (b, p0) in (0..k4).step_by(KC).enumerate() {
-                let kc = KC.min(k4 - p0);
-                for j in panels.clone() {
-                    let panel = &w.data[p0 * w.panels * NR + j * kc * NR..][..kc * NR];
-                    let shift = &w.shifts[b * w.panels * NR + j * NR..][..NR];
-                    let cols = NR.min(n - j * NR);
-                    let mut scales = [0f32; NR];
-                    scales[..cols].copy_from_slice(&w.scales[j * NR..j * NR + cols]);
-                    for r0 in rows.clone().step_by(MR) {
-                        let mr = MR.min(rows.end - r0);
-                        let mut row_scales = [0f32; MR];
-                        for (i, s) in row_scales.iter_mut().take(mr).enumerate() {
-                            *s = group_scales[(r0 + i) * blocks + b];
-                        }
-                        let tile = Tile {
-                            a: &qa[r0 * k4 + p0..],
-                            lda: k4,
-                            kc,
-                            b: panel,
-                            shift,
-                            col_scales: &scales,
-                            row_scales: &row_scales[..mr],
-                            cols,
-                            accumulate: p0 > 0,
-                        };
-                        // SAFETY: rows r0..r0+mr, columns j·NR..j·NR+cols are this task's.
-                        unsafe { micro_tile(&tile, ptr.get().add(r0 * n + j * NR), n) };
+    for_each_tile(m, MC, w.panels, |rows, panels| {
+        for (b, p0) in (0..k4).step_by(KC).enumerate() {
+            let kc = KC.min(k4 - p0);
+            for j in panels.clone() {
+                let panel = &w.data[p0 * w.panels * NR + j * kc * NR..][..kc * NR];
+                let shift = &w.shifts[b * w.panels * NR + j * NR..][..NR];
+                let cols = NR.min(n - j * NR);
+                let mut scales = [0f32; NR];
+                scales[..cols].copy_from_slice(&w.scales[j * NR..j * NR + cols]);
+                for r0 in rows.clone().step_by(MR) {
+                    let mr = MR.min(rows.end - r0);
+                    let mut row_scales = [0f32; MR];
+                    for (i, s) in row_scales.iter_mut().take(mr).enumerate() {
+                        *s = group_scales[(r0 + i) * blocks + b];
                     }
+                    let tile = Tile {
+                        a: &qa[r0 * k4 + p0..],
+                        lda: k4,
+                        kc,
+                        b: panel,
+                        shift,
+                        col_scales: &scales,
+                        row_scales: &row_scales[..mr],
+                        cols,
+                        accumulate: p0 > 0,
+                    };
+                    // SAFETY: rows r0..r0+mr, columns j·NR..j·NR+cols are this task's.
+                    unsafe { micro_tile(&tile, ptr.get().add(r0 * n + j * NR), n) };
                 }
             }
-            let c0 = panels.start * NR;
-            let c1 = (panels.end * NR).min(n);
-            for r in rows {
-                // SAFETY: as above.
-                let row =
-                    unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0) };
-                super::fast::add_bias_then(row, bias.map(|b| &b[c0..c1]), epilogue);
-            }
-        });
+        }
+        let c0 = panels.start * NR;
+        let c1 = (panels.end * NR).min(n);
+        for r in rows {
+            // SAFETY: as above.
+            let row = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0) };
+            super::fast::add_bias_then(row, bias.map(|b| &b[c0..c1]), epilogue);
+        }
+    });
     out
 }
 
