@@ -83,7 +83,7 @@ def accepted_inputs(model) -> list[str]:
 
 def bench_pytorch(model, names, vocab, args) -> list[dict]:
     rows = []
-    for b, l in SHAPES:
+    for b, l in args.shapes:
         feed = {k: torch.from_numpy(v) for k, v in synthetic_inputs(vocab, b, l).items() if k in names}
 
         def fn():
@@ -156,7 +156,7 @@ def bench_onnxruntime(model, names, vocab, args) -> list[dict]:
         if diff > 1e-3:
             print(f"warning: onnxruntime output differs from PyTorch by {diff:.2e}", file=sys.stderr)
         rows = []
-        for b, l in SHAPES:
+        for b, l in args.shapes:
             inputs = synthetic_inputs(vocab, b, l)
             feed = {k: inputs[k] for k in onnx_names}
             rows.append(row("onnxruntime", b, l, args, time_fn(lambda: sess.run(None, feed), args.runs, args.warmup)))
@@ -183,7 +183,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--engine", choices=["pytorch", "onnxruntime"], default="pytorch")
+    ap.add_argument("--shapes", default=",".join(f"{b}x{l}" for b, l in SHAPES),
+                    help="batch x length, comma-separated (default: %(default)s)")
     args = ap.parse_args()
+    try:
+        args.shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    except ValueError:
+        ap.error(f"--shapes {args.shapes!r}: expected e.g. 1x16,1x128,32x128")
     if args.runs < 20:
         ap.error("--runs must be at least 20")
     if not (Path(args.model_dir) / "config.json").exists():

@@ -48,6 +48,53 @@ print(f"`slimformer study --out {OUT}` (the default configuration; `--threads 2`
       "The real-checkpoint rows reuse the outputs of `scripts/shrink_study.sh` (docs/SHRINK.md).")
 print()
 print(study.rstrip())
+
+def reference_tables():
+    """slimformer's medians (the study's reports) beside PyTorch's (study_reference.sh)."""
+    ref_root = os.path.join(OUT, "reference")
+    if not os.path.isdir(ref_root):
+        return
+    import json
+    print()
+    print("## slimformer / PyTorch on the same checkpoints (measured)")
+    print()
+    print("`scripts/study_reference.sh` timed each checkpoint with PyTorch "
+          "(`scripts/bench_reference.py`: transformers' AutoModel, eval, no_grad, the same "
+          "synthetic shapes and threads) after the study; the slimformer times are the study's. "
+          "Cells: slimformer ms / PyTorch ms (ratio; below 1 is faster). int8 checkpoints are "
+          "left out (transformers cannot load that layout).")
+    for name in sorted(os.listdir(ref_root)):
+        report = os.path.join(OUT, "compare", name, "report.json")
+        if not os.path.exists(report):
+            continue
+        rows = []
+        shapes = []
+        for m in json.load(open(report))["models"]:
+            x = m.get("measurement")
+            path = os.path.join(ref_root, name, f"{x['model']}.json") if x else None
+            if not path or not os.path.exists(path):
+                continue
+            ours = {b["shape"]: b["median_ms"] for b in x["latency"]}
+            theirs = {b["shape"]: b["median_ms"] for b in json.load(open(path))}
+            shapes = shapes or [b["shape"] for b in x["latency"]]
+            cells = []
+            for sh in shapes:
+                if sh in ours and sh in theirs:
+                    cells.append(f"{ours[sh]:.1f} / {theirs[sh]:.1f} ({ours[sh] / theirs[sh]:.2f})")
+                else:
+                    cells.append("-")
+            rows.append(f"| {x['model']} | " + " | ".join(cells) + " |")
+        if not rows:
+            continue
+        print()
+        print(f"**{name}**")
+        print()
+        print("| model | " + " | ".join(shapes) + " |")
+        print("|---" * (len(shapes) + 1) + "|")
+        print("\n".join(rows))
+
+
+reference_tables()
 try:
     print()
     print(open(os.path.join(DOCS, "STUDY-notes.md"), encoding="utf-8").read().rstrip())
