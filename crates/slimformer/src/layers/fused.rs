@@ -60,10 +60,10 @@ impl CustomOp3 for Attention {
             SCRATCH.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 buf.resize(2 * l * d + l, 0.0);
-                // SAFETY: this task alone writes rows s·l.. of columns h·d..(h+1)·d.
-                let out = unsafe {
-                    std::slice::from_raw_parts_mut(ptr.get().add(offset), (l - 1) * hidden + d)
-                };
+                // The heads of one sequence interleave in memory: the task gets a
+                // pointer, and makes a slice of each head-row it alone writes.
+                // SAFETY: offset is inside the output; see `attend`.
+                let out = OutPtr(unsafe { ptr.get().add(offset) });
                 attend(
                     &q[offset..],
                     &k[offset..],
@@ -89,7 +89,9 @@ struct Head {
 
 // One sequence and head; q, k, v and out start at the head's first value, rows
 // `hidden` apart. One row of scores at a time: K transposed and V gathered once.
-dispatch!(attend, (q: &[f32], k: &[f32], v: &[f32], bias: &[f32], out: &mut [f32], buf: &mut [f32], shape: Head), {
+// `out` points at the head's first output value; rows of `d` values, `hidden` apart,
+// belong to this sequence and head alone.
+dispatch!(attend, (q: &[f32], k: &[f32], v: &[f32], bias: &[f32], out: OutPtr, buf: &mut [f32], shape: Head), {
     let Head { l, hidden, d, scale } = shape;
     let (kt, rest) = buf.split_at_mut(l * d);
     let (vh, scores) = rest.split_at_mut(l * d);
@@ -107,7 +109,8 @@ dispatch!(attend, (q: &[f32], k: &[f32], v: &[f32], bias: &[f32], out: &mut [f32
             *s = exp(*s - max);
         }
         let inv = 1.0 / lane_sum(scores);
-        let o = &mut out[i * hidden..i * hidden + d];
+        // SAFETY: row i of this head: in bounds, written by this task only.
+        let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * hidden), d) };
         match d {
             32 => weighted_values::<32>(scores, vh, inv, o),
             64 => weighted_values::<64>(scores, vh, inv, o),
