@@ -212,6 +212,8 @@ impl ChildRunner {
             .map(|(i, model)| {
                 progress(i, model);
                 let mut cmd = std::process::Command::new(&self.exe);
+                // The child measures in this process's precision (`slimformer --precision`).
+                cmd.args(["--precision", &crate::layers::precision().to_string()]);
                 if let Some(t) = self.threads {
                     cmd.args(["--threads", &t.to_string()]);
                 }
