@@ -216,6 +216,8 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
     let (production, production_dir) = registry::production(&reg.dir)?;
     record.production_before = Some(production.clone());
     let columns = config.columns();
+    let score =
+        |dir: &Path| evaluate_checkpoint(dir, &config.holdout, &columns, config.max_len, 32);
 
     // A candidate recorded by a run that stopped before its gate is gated now.
     if let Some(pending) = reg
@@ -226,14 +228,7 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
     {
         let dir = registry::version_dir(&reg.dir, &pending.name);
         record.candidate = Some(pending.name.clone());
-        let c = evaluate_checkpoint(&dir, &config.holdout, &columns, config.max_len, 32)?;
-        let p = evaluate_checkpoint(
-            &production_dir,
-            &config.holdout,
-            &columns,
-            config.max_len,
-            32,
-        )?;
+        let (c, p) = (score(&dir)?, score(&production_dir)?);
         return gate(
             config,
             reg,
@@ -369,14 +364,7 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
     }
 
     // Both on the same holdout.
-    let candidate_m = evaluate_checkpoint(&staging, &config.holdout, &columns, config.max_len, 32)?;
-    let production_m = evaluate_checkpoint(
-        &production_dir,
-        &config.holdout,
-        &columns,
-        config.max_len,
-        32,
-    )?;
+    let (candidate_m, production_m) = (score(&staging)?, score(&production_dir)?);
     let (c, p) = (candidate_m.primary_value(), production_m.primary_value());
     record.candidate_score = Some(c);
     record.production_score = Some(p);

@@ -46,65 +46,49 @@ pub fn erf(x: f32) -> f32 {
     y.copysign(x)
 }
 
-/// Sum in 16 independent lanes: a plain `sum()` is one serial chain of additions
-/// (floating-point order is kept), which the compiler cannot vectorize.
+/// Folds `step(acc, x)` over 16 independent lanes, then joins the lanes with
+/// `join`: a plain fold is one serial chain (floating-point order is kept), which
+/// the compiler cannot vectorize.
+#[inline(always)]
+fn lane_fold(
+    xs: &[f32],
+    init: f32,
+    step: impl Fn(f32, f32) -> f32,
+    join: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(init, |a, &v| step(a, v));
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = step(*a, v);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| join(a, b))
+}
+
+/// Σ x, vectorizable.
 #[inline(always)]
 pub fn lane_sum(xs: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a += v;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    lane_fold(xs, 0.0, |a, v| a + v, |a, b| a + b)
 }
 
-/// Σ x² in 16 independent lanes (see [`lane_sum`]).
+/// Σ x², vectorizable.
 #[inline(always)]
 pub fn lane_sum_squares(xs: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a += v * v;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    lane_fold(xs, 0.0, |a, v| a + v * v, |a, b| a + b)
 }
 
-/// max |x| in 16 independent lanes (see [`lane_sum`]); 0 for an empty slice.
+/// max |x|, vectorizable; 0 for an empty slice.
 #[inline(always)]
 pub fn lane_max_abs(xs: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let chunks = xs.chunks_exact(16);
-    let tail = chunks.remainder().iter().fold(0f32, |m, v| m.max(v.abs()));
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a = a.max(v.abs());
-        }
-    }
-    acc.iter().copied().fold(tail, f32::max)
+    lane_fold(xs, 0.0, |a, v| a.max(v.abs()), f32::max)
 }
 
-/// Maximum in 16 independent lanes (see [`lane_sum`]).
+/// max x, vectorizable; −∞ for an empty slice.
 #[inline(always)]
 pub fn lane_max(xs: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 16];
-    let chunks = xs.chunks_exact(16);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    for chunk in chunks {
-        for (a, &v) in acc.iter_mut().zip(chunk) {
-            *a = a.max(v);
-        }
-    }
-    acc.iter().copied().fold(tail, f32::max)
+    lane_fold(xs, f32::NEG_INFINITY, f32::max, f32::max)
 }
 
 const CHUNK: usize = 4096;

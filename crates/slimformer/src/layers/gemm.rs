@@ -336,7 +336,7 @@ fn finish_row(row: &mut [f32], bias: Option<&[f32]>, epilogue: Epilogue) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn reference(a: &[f32], m: usize, w: &[f32], n: usize, k: usize, bias: &[f32]) -> Vec<f32> {
@@ -352,7 +352,8 @@ mod tests {
         out
     }
 
-    fn values(len: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-0.5, 0.5) (xorshift), for the kernels' tests.
+    pub(in crate::layers) fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut x = seed.wrapping_mul(2_654_435_761).max(1);
         (0..len)
             .map(|_| {

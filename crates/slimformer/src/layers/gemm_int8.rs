@@ -285,19 +285,8 @@ mod vnni {
 
 #[cfg(test)]
 mod tests {
+    use super::super::gemm::tests::values;
     use super::*;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x as f32 / u32::MAX as f32) - 0.5
-            })
-            .collect()
-    }
 
     #[test]
     fn int8_product_is_close_to_f32() {
