@@ -25,7 +25,8 @@ DATA_FLAGS=(--train "$DATA/train.csv" --dev "$DATA/dev.csv" --test "$DATA/test.c
 
 [ -f "$TEACHER/model.safetensors" ] || { echo "no teacher at $TEACHER: run scripts/finetune_compare.sh first" >&2; exit 1; }
 scripts/fetch-assets.sh data
-cargo build --release -p slimformer-cli
+# A BIN given from outside is used as is (a copy keeps long runs off the tree being edited).
+[ "$BIN" != target/release/slimformer ] || cargo build --release -p slimformer-cli
 mkdir -p "$OUT/results"
 log() { echo "[shrink $(date +%H:%M:%S)] $*"; }
 

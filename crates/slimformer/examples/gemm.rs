@@ -1,6 +1,7 @@
-//! GFLOP/s of the packed linear kernel against candle's matmul on MiniLM's shapes:
+//! GFLOP/s of the packed linear kernels (f32 and int8) against candle's matmul on MiniLM's shapes:
 //! `cargo run --release -p slimformer --example gemm [THREADS]`.
 use slimformer::layers::gemm::{self, Epilogue, PackedWeight};
+use slimformer::layers::gemm_int8::{self, PackedInt8Weight};
 use std::time::Instant;
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -28,7 +29,9 @@ fn main() -> candle_core::Result<()> {
         let a = candle_core::Tensor::randn(0f32, 1.0, (m, k), &dev)?;
         let w = candle_core::Tensor::randn(0f32, 1.0, (n, k), &dev)?;
         let av = a.flatten_all()?.to_vec1::<f32>()?;
-        let packed = PackedWeight::pack(&w.flatten_all()?.to_vec1::<f32>()?, n, k);
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let packed = PackedWeight::pack(&wv, n, k);
+        let packed_int8 = PackedInt8Weight::pack(&wv, n, k);
         let flops = 2.0 * (m * n * k) as f64;
         let runs = (2e10 / flops).clamp(5.0, 200.0) as usize;
         let time = |f: &mut dyn FnMut()| {
@@ -46,14 +49,25 @@ fn main() -> candle_core::Result<()> {
         let ours = time(&mut || {
             std::hint::black_box(gemm::linear(&av, m, &packed, None, Epilogue::None));
         });
+        let int8 = time(&mut || {
+            std::hint::black_box(gemm_int8::linear(
+                &av,
+                m,
+                &packed_int8,
+                None,
+                Epilogue::None,
+            ));
+        });
         let wt = w.t()?;
         let theirs = time(&mut || {
             std::hint::black_box(a.matmul(&wt).unwrap());
         });
         println!(
-            "{m}x{n}x{k}: packed {:.1} GFLOP/s ({:.2} ms), candle {:.1} GFLOP/s ({:.2} ms)",
+            "{m}x{n}x{k}: packed {:.1} GFLOP/s ({:.2} ms), int8 {:.1} GOP/s ({:.2} ms), candle {:.1} GFLOP/s ({:.2} ms)",
             flops / ours / 1e9,
             ours * 1e3,
+            flops / int8 / 1e9,
+            int8 * 1e3,
             flops / theirs / 1e9,
             theirs * 1e3
         );

@@ -16,7 +16,8 @@ pub fn exp(x: f32) -> f32 {
     // Round to nearest by the 1.5·2²³ trick: `round()` is a libm call on baseline
     // x86-64 and would stop the loop from vectorizing.
     const SHIFTER: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + SHIFTER) - SHIFTER;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFTER;
+    let n = shifted - SHIFTER;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let r2 = r * r;
     // Minimax polynomial for e^r on [-ln2/2, ln2/2] (Cephes expf).
@@ -28,8 +29,10 @@ pub fn exp(x: f32) -> f32 {
     let p = p.mul_add(r, 1.666_666_5e-1);
     let p = p.mul_add(r, 0.5);
     let e = r2.mul_add(p, r) + 1.0;
-    // 2^n by building the float's exponent bits.
-    let bits = ((n as i32 + 127) << 23) as u32;
+    // 2^n by building the float's exponent bits. n as an integer is in the low bits
+    // of `shifted` (`n as i32` would be a saturating cast, which is not vectorized).
+    let n_bits = shifted.to_bits().wrapping_sub(SHIFTER.to_bits());
+    let bits = n_bits.wrapping_add(127) << 23;
     e * f32::from_bits(bits)
 }
 

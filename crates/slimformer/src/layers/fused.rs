@@ -59,7 +59,7 @@ impl CustomOp3 for Attention {
             let offset = s * l * hidden + h * d;
             SCRATCH.with(|buf| {
                 let mut buf = buf.borrow_mut();
-                buf.resize(2 * l * d + l, 0.0);
+                buf.resize(scratch_len(l, d), 0.0);
                 // The heads of one sequence interleave in memory: the task gets a
                 // pointer, and makes a slice of each head-row it alone writes.
                 // SAFETY: offset is inside the output; see `attend`.
@@ -88,88 +88,168 @@ struct Head {
 }
 
 // One sequence and head; q, k, v and out start at the head's first value, rows
-// `hidden` apart. One row of scores at a time: K transposed and V gathered once.
+// `hidden` apart. K transposed and V gathered once; then QUERIES rows of queries at
+// a time (each load of K or V feeds that many FMAs), the rest one by one.
 // `out` points at the head's first output value; rows of `d` values, `hidden` apart,
 // belong to this sequence and head alone.
 dispatch!(attend, (q: &[f32], k: &[f32], v: &[f32], bias: &[f32], out: OutPtr, buf: &mut [f32], shape: Head), {
-    let Head { l, hidden, d, scale } = shape;
+    let Head { l, hidden, d, .. } = shape;
     let (kt, rest) = buf.split_at_mut(l * d);
-    let (vh, scores) = rest.split_at_mut(l * d);
+    let (vh, rest) = rest.split_at_mut(l * d);
     for j in 0..l {
         for p in 0..d {
             kt[p * l + j] = k[j * hidden + p];
         }
         vh[j * d..(j + 1) * d].copy_from_slice(&v[j * hidden..j * hidden + d]);
     }
-    for i in 0..l {
-        let qi = &q[i * hidden..i * hidden + d];
-        scores_row(qi, kt, bias, scale, scores);
-        let max = lane_max(scores);
-        for s in scores.iter_mut() {
-            *s = exp(*s - max);
-        }
-        let inv = 1.0 / lane_sum(scores);
-        // SAFETY: row i of this head: in bounds, written by this task only.
-        let o = unsafe { std::slice::from_raw_parts_mut(out.get().add(i * hidden), d) };
-        match d {
-            32 => weighted_values::<32>(scores, vh, inv, o),
-            64 => weighted_values::<64>(scores, vh, inv, o),
-            _ => weighted_values_any(scores, vh, inv, o),
-        }
+    let mut i = 0;
+    while i + QUERIES <= l {
+        attend_rows::<QUERIES>(i, q, kt, vh, bias, out, rest, shape);
+        i += QUERIES;
+    }
+    while i < l {
+        attend_rows::<1>(i, q, kt, vh, bias, out, rest, shape);
+        i += 1;
     }
 });
 
-/// One row of scores, `bias + scale·q·Kᵀ`, in blocks of keys whose partial sums
-/// stay in registers across the head dimension (128 keys: eight independent
-/// vector accumulators, enough to hide the FMA latency).
+/// Query rows per pass: 4 rows × 64 keys of scores are 16 vector accumulators.
+const QUERIES: usize = 4;
+
+/// Scratch floats `attend` needs: Kᵀ, V, and per query row its scaled query and scores.
+fn scratch_len(l: usize, d: usize) -> usize {
+    2 * l * d + QUERIES * (d + l)
+}
+
+/// Rows i..i+R of one head: scores, softmax, value sums.
 #[inline(always)]
-fn scores_row(q: &[f32], kt: &[f32], bias: &[f32], scale: f32, scores: &mut [f32]) {
-    let l = scores.len();
+#[allow(clippy::too_many_arguments)]
+fn attend_rows<const R: usize>(
+    i: usize,
+    q: &[f32],
+    kt: &[f32],
+    vh: &[f32],
+    bias: &[f32],
+    out: OutPtr,
+    buf: &mut [f32],
+    shape: Head,
+) {
+    let Head {
+        l,
+        hidden,
+        d,
+        scale,
+    } = shape;
+    let (qs, scores) = buf.split_at_mut(QUERIES * d);
+    // The scale goes into the query once, not into every score.
+    for (r, qs) in qs.chunks_exact_mut(d).take(R).enumerate() {
+        for (s, &x) in qs.iter_mut().zip(&q[(i + r) * hidden..][..d]) {
+            *s = x * scale;
+        }
+    }
+    let scores = &mut scores[..R * l];
     let mut j0 = 0;
-    while j0 + 128 <= l {
-        scores_block::<128>(q, kt, bias, scale, scores, j0);
-        j0 += 128;
+    while j0 + 64 <= l {
+        scores_block::<R, 64>(qs, d, kt, l, bias, scores, j0);
+        j0 += 64;
     }
-    while j0 + 32 <= l {
-        scores_block::<32>(q, kt, bias, scale, scores, j0);
-        j0 += 32;
+    while j0 + 16 <= l {
+        scores_block::<R, 16>(qs, d, kt, l, bias, scores, j0);
+        j0 += 16;
     }
-    let tail = &mut scores[j0..];
-    tail.copy_from_slice(&bias[j0..]);
-    for (p, &qp) in q.iter().enumerate() {
-        let a = qp * scale;
-        for (s, &kv) in tail.iter_mut().zip(&kt[p * l + j0..(p + 1) * l]) {
-            *s = a.mul_add(kv, *s);
+    for j in j0..l {
+        for r in 0..R {
+            let mut s = bias[j];
+            for (p, &qp) in qs[r * d..(r + 1) * d].iter().enumerate() {
+                s = qp.mul_add(kt[p * l + j], s);
+            }
+            scores[r * l + j] = s;
+        }
+    }
+    let mut inv = [0f32; R];
+    for (row, inv) in scores.chunks_exact_mut(l).zip(&mut inv) {
+        let max = lane_max(row);
+        for s in row.iter_mut() {
+            *s = exp(*s - max);
+        }
+        *inv = 1.0 / lane_sum(row);
+    }
+    // SAFETY: rows i..i+R of this head: in bounds, written by this task only.
+    let mut o: [&mut [f32]; R] = std::array::from_fn(|r| unsafe {
+        std::slice::from_raw_parts_mut(out.get().add((i + r) * hidden), d)
+    });
+    match d {
+        32 => weighted_values::<R, 32>(scores, l, vh, &inv, &mut o),
+        64 => weighted_values::<R, 64>(scores, l, vh, &inv, &mut o),
+        _ => {
+            for (r, o) in o.iter_mut().enumerate() {
+                weighted_values_any(&scores[r * l..(r + 1) * l], vh, inv[r], o);
+            }
         }
     }
 }
 
+/// R rows of scores over keys j0..j0+B, `bias + q·Kᵀ`, the R×B sums in registers
+/// across the head dimension.
 #[inline(always)]
-fn scores_block<const B: usize>(
-    q: &[f32],
+fn scores_block<const R: usize, const B: usize>(
+    qs: &[f32],
+    d: usize,
     kt: &[f32],
+    l: usize,
     bias: &[f32],
-    scale: f32,
     scores: &mut [f32],
     j0: usize,
 ) {
-    let l = scores.len();
-    let mut acc: [f32; B] = bias[j0..j0 + B].try_into().expect("block");
-    for (p, &qp) in q.iter().enumerate() {
-        let a = qp * scale;
+    let init: [f32; B] = bias[j0..j0 + B].try_into().expect("block");
+    let mut acc = [init; R];
+    for p in 0..d {
         let k: &[f32; B] = kt[p * l + j0..p * l + j0 + B].try_into().expect("block");
-        for (s, &kv) in acc.iter_mut().zip(k) {
-            *s = a.mul_add(kv, *s);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let a = qs[r * d + p];
+            for (s, &kv) in acc.iter_mut().zip(k) {
+                *s = a.mul_add(kv, *s);
+            }
         }
     }
-    scores[j0..j0 + B].copy_from_slice(&acc);
+    for (r, acc) in acc.iter().enumerate() {
+        scores[r * l + j0..r * l + j0 + B].copy_from_slice(acc);
+    }
 }
 
-/// `o = inv · Σ_j p_j · v_j` with the head dimension known at compile time, so the
-/// sums live in registers over the keys: four of them, interleaved over the keys,
-/// so consecutive FMAs do not wait on each other.
+/// `o_r = inv_r · Σ_j p_rj · v_j` for R rows, the head dimension known at compile
+/// time so the sums live in registers over the keys; with one row, four sums
+/// interleaved over the keys, so consecutive FMAs do not wait on each other.
 #[inline(always)]
-fn weighted_values<const D: usize>(p: &[f32], vh: &[f32], inv: f32, o: &mut [f32]) {
+fn weighted_values<const R: usize, const D: usize>(
+    p: &[f32],
+    l: usize,
+    vh: &[f32],
+    inv: &[f32; R],
+    o: &mut [&mut [f32]; R],
+) {
+    if R == 1 {
+        return weighted_values_one::<D>(&p[..l], vh, inv[0], &mut *o[0]);
+    }
+    let mut acc = [[0f32; D]; R];
+    for (j, v) in vh.chunks_exact(D).take(l).enumerate() {
+        let v: &[f32; D] = v.try_into().expect("head row");
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let pj = p[r * l + j];
+            for (a, &vv) in acc.iter_mut().zip(v) {
+                *a = pj.mul_add(vv, *a);
+            }
+        }
+    }
+    for ((o, acc), &inv) in o.iter_mut().zip(&acc).zip(inv) {
+        for (o, &a) in o.iter_mut().zip(acc) {
+            *o = a * inv;
+        }
+    }
+}
+
+#[inline(always)]
+fn weighted_values_one<const D: usize>(p: &[f32], vh: &[f32], inv: f32, o: &mut [f32]) {
     let mut acc = [[0f32; D]; 4];
     let rows = vh.chunks_exact(D);
     let mut quads = p.chunks_exact(4).zip(vh.chunks_exact(4 * D));

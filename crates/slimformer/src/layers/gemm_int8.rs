@@ -1,23 +1,27 @@
 //! The int8 linear layer: weights quantized symmetrically per output channel (as
-//! `slimformer quantize` stores them), activations quantized per row at each call
-//! (dynamic quantization), products summed in i32 by AVX512-VNNI's `vpdpbusd`
+//! `slimformer quantize` stores them), activations quantized per row and group of
+//! 64 values at each call (dynamic quantization), products summed in i32 by AVX512-VNNI's `vpdpbusd`
 //! (64 multiply-adds per instruction against 16 for f32 FMA).
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, so activations are stored
 //! shifted by 128 (`u = q + 128`) and the shift is taken back out with the
 //! weights' column sums: Σ u·w = Σ q·w + 128·Σ w.
 
-use super::gemm::{for_each_tile, Epilogue, OutPtr, MR, NR};
+use super::gemm::{for_each_tile, Epilogue, OutPtr, NR};
 use rayon::prelude::*;
 
-/// Depth of one block, in values (a multiple of 4); also the group of values that
-/// share one activation scale: per-row scales alone let a few outlier features
-/// (BERT-style models have them) coarsen every other value of the row.
-const KC: usize = 64;
+/// Values that share one activation scale (a multiple of 4): per-row scales alone
+/// let a few outlier features (BERT-style models have them) coarsen every other
+/// value of the row; groups of 64 keep the embeddings' cosine to fp32 ≥ 0.999.
+const GROUP: usize = 64;
+/// Rows of the register tile: 6 rows × 2 vectors of i32 sums for the current group
+/// and as many f32 sums over all groups stay in 24 of the 32 registers, so a
+/// group's rescaling never goes through memory.
+const MR: usize = 6;
 /// Rows per task.
 const MC: usize = 8 * MR;
 
-/// W (out × in) as int8 in KC-deep blocks of NR-column panels; within a panel,
+/// W (out × in) as int8 in NR-column panels over the whole depth; within a panel,
 /// for each group of 4 depths, NR columns × 4 bytes (what `vpdpbusd` reads).
 #[derive(Debug)]
 pub struct PackedInt8Weight {
@@ -26,10 +30,12 @@ pub struct PackedInt8Weight {
     k4: usize,
     n: usize,
     panels: usize,
+    /// Activation groups per row: k4 / GROUP rounded up.
+    groups: usize,
     data: Vec<i8>,
-    /// Per output channel: w ≈ q · scale.
+    /// Per output channel (padded to panels·NR): w ≈ q · scale.
     scales: Vec<f32>,
-    /// 128 · Σ q over each depth block, per block and column (padded to panels·NR).
+    /// 128 · Σ q over each group, per panel, group and column.
     shifts: Vec<i32>,
 }
 
@@ -39,17 +45,14 @@ impl PackedInt8Weight {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
         let k4 = k.div_ceil(4) * 4;
         let panels = n.div_ceil(NR);
-        let scales: Vec<f32> = w
-            .chunks(k.max(1))
-            .map(|row| {
-                let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                if max > 0.0 {
-                    max / 127.0
-                } else {
-                    1.0
-                }
-            })
-            .collect();
+        let groups = k4.div_ceil(GROUP);
+        let mut scales = vec![1f32; panels * NR];
+        for (scale, row) in scales.iter_mut().zip(w.chunks(k.max(1))) {
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if max > 0.0 {
+                *scale = max / 127.0;
+            }
+        }
         let q = |col: usize, p: usize| -> i8 {
             if col < n && p < k {
                 (w[col * k + p] / scales[col]).round().clamp(-127.0, 127.0) as i8
@@ -57,20 +60,16 @@ impl PackedInt8Weight {
                 0
             }
         };
-        let blocks = k4.div_ceil(KC);
         let mut data = vec![0i8; panels * NR * k4];
-        let mut shifts = vec![0i32; blocks * panels * NR];
-        for (b, p0) in (0..k4).step_by(KC).enumerate() {
-            let kc = KC.min(k4 - p0);
-            for j in 0..panels {
-                let panel = &mut data[p0 * panels * NR + j * kc * NR..][..kc * NR];
-                for t in 0..kc / 4 {
-                    for c in 0..NR {
-                        for u in 0..4 {
-                            let v = q(j * NR + c, p0 + 4 * t + u);
-                            panel[(t * NR + c) * 4 + u] = v;
-                            shifts[b * panels * NR + j * NR + c] += 128 * v as i32;
-                        }
+        let mut shifts = vec![0i32; panels * groups * NR];
+        for (j, panel) in data.chunks_mut(k4 * NR).enumerate() {
+            for (t, quad) in panel.chunks_mut(NR * 4).enumerate() {
+                let g = 4 * t / GROUP;
+                for c in 0..NR {
+                    for u in 0..4 {
+                        let v = q(j * NR + c, 4 * t + u);
+                        quad[c * 4 + u] = v;
+                        shifts[(j * groups + g) * NR + c] += 128 * v as i32;
                     }
                 }
             }
@@ -80,6 +79,7 @@ impl PackedInt8Weight {
             k4,
             n,
             panels,
+            groups,
             data,
             scales,
             shifts,
@@ -95,21 +95,29 @@ impl PackedInt8Weight {
     }
 }
 
-/// Rows quantized to u8 (q + 128), one scale per row and depth block (row-major);
-/// rows padded to k4 with 128 (zero).
-fn quantize_rows(a: &[f32], m: usize, k: usize, k4: usize) -> (Vec<u8>, Vec<f32>) {
-    let blocks = k4.div_ceil(KC);
+/// Rows quantized to u8 (q + 128), one scale per row and group (row-major); rows
+/// padded to k4 with 128 (zero).
+fn quantize_rows(a: &[f32], m: usize, k: usize, k4: usize, vnni: bool) -> (Vec<u8>, Vec<f32>) {
+    let groups = k4.div_ceil(GROUP);
     let mut q = vec![128u8; m * k4];
-    let mut scales = vec![1f32; m * blocks];
+    let mut scales = vec![1f32; m * groups];
     q.par_chunks_mut(k4)
-        .zip(scales.par_chunks_mut(blocks))
+        .zip(scales.par_chunks_mut(groups))
         .zip(a.par_chunks(k.max(1)))
-        .for_each(|((q, scales), row)| {
-            for ((q, scale), values) in q.chunks_mut(KC).zip(scales).zip(row.chunks(KC)) {
-                quantize_group(q, scale, values);
-            }
-        });
+        .for_each(|((q, scales), row)| quantize_row(q, scales, row, vnni));
     (q, scales)
+}
+
+fn quantize_row(q: &mut [u8], scales: &mut [f32], row: &[f32], vnni: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if vnni {
+        // SAFETY: `vnni` is only true where the CPU has the features (`has_vnni`);
+        // the slices' lengths are what `quantize_rows` made.
+        return unsafe { vnni::quantize_row(q, scales, row) };
+    }
+    for ((q, scale), values) in q.chunks_mut(GROUP).zip(scales).zip(row.chunks(GROUP)) {
+        quantize_group(q, scale, values);
+    }
 }
 
 dispatch!(quantize_group, (q: &mut [u8], scale: &mut f32, row: &[f32]), {
@@ -132,44 +140,54 @@ pub fn linear(
     bias: Option<&[f32]>,
     epilogue: Epilogue,
 ) -> Vec<f32> {
+    linear_on(a, m, w, bias, epilogue, has_vnni())
+}
+
+/// Whether this CPU runs the AVX512-VNNI kernels (else the portable ones).
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn linear_on(
+    a: &[f32],
+    m: usize,
+    w: &PackedInt8Weight,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    vnni: bool,
+) -> Vec<f32> {
     let (k, k4, n) = (w.k, w.k4, w.n);
     assert_eq!(a.len(), m * k, "input of {m}×{k} has {} values", a.len());
-    let mut out = vec![0f32; m * n];
     if m == 0 || n == 0 {
-        return out;
+        return vec![0f32; m * n];
     }
-    let (qa, group_scales) = quantize_rows(a, m, k, k4);
-    let blocks = k4.div_ceil(KC);
+    // Not zeroed: every tile stores all of its outputs.
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let (qa, row_scales) = quantize_rows(a, m, k, k4, vnni);
+    let groups = w.groups;
     let ptr = OutPtr(out.as_mut_ptr());
     for_each_tile(m, MC, w.panels, |rows, panels| {
-        for (b, p0) in (0..k4).step_by(KC).enumerate() {
-            let kc = KC.min(k4 - p0);
-            for j in panels.clone() {
-                let panel = &w.data[p0 * w.panels * NR + j * kc * NR..][..kc * NR];
-                let shift = &w.shifts[b * w.panels * NR + j * NR..][..NR];
-                let cols = NR.min(n - j * NR);
-                let mut scales = [0f32; NR];
-                scales[..cols].copy_from_slice(&w.scales[j * NR..j * NR + cols]);
-                for r0 in rows.clone().step_by(MR) {
-                    let mr = MR.min(rows.end - r0);
-                    let mut row_scales = [0f32; MR];
-                    for (i, s) in row_scales.iter_mut().take(mr).enumerate() {
-                        *s = group_scales[(r0 + i) * blocks + b];
-                    }
-                    let tile = Tile {
-                        a: &qa[r0 * k4 + p0..],
-                        lda: k4,
-                        kc,
-                        b: panel,
-                        shift,
-                        col_scales: &scales,
-                        row_scales: &row_scales[..mr],
-                        cols,
-                        accumulate: p0 > 0,
-                    };
-                    // SAFETY: rows r0..r0+mr, columns j·NR..j·NR+cols are this task's.
-                    unsafe { micro_tile(&tile, ptr.get().add(r0 * n + j * NR), n) };
-                }
+        for j in panels.clone() {
+            for r0 in rows.clone().step_by(MR) {
+                let tile = Tile {
+                    a: &qa[r0 * k4..],
+                    lda: k4,
+                    row_scales: &row_scales[r0 * groups..],
+                    rows: MR.min(rows.end - r0),
+                    groups,
+                    b: &w.data[j * k4 * NR..][..k4 * NR],
+                    shifts: &w.shifts[j * groups * NR..][..groups * NR],
+                    col_scales: &w.scales[j * NR..][..NR],
+                    cols: NR.min(n - j * NR),
+                };
+                // SAFETY: rows r0..r0+rows, columns j·NR..j·NR+cols are this task's.
+                unsafe { micro_tile(&tile, ptr.get().add(r0 * n + j * NR), n, vnni) };
             }
         }
         let c0 = panels.start * NR;
@@ -180,105 +198,163 @@ pub fn linear(
             super::fast::add_bias_then(row, bias.map(|b| &b[c0..c1]), epilogue);
         }
     });
+    // SAFETY: the tiles above wrote all m·n values (every row block × panel).
+    unsafe { out.set_len(m * n) };
     out
 }
 
-/// One MR×NR register tile's inputs: u8 rows of A (stride `lda`), one kc-deep
-/// panel of W, and what turns the i32 sums back into f32.
+/// One register tile's inputs: `rows` (≤ MR) u8 rows of A (stride `lda`, all of
+/// the depth), their scales (stride `groups`), one panel of W with its shifts and
+/// column scales.
 struct Tile<'a> {
     a: &'a [u8],
     lda: usize,
-    kc: usize,
-    b: &'a [i8],
-    shift: &'a [i32],
-    col_scales: &'a [f32; NR],
     row_scales: &'a [f32],
+    rows: usize,
+    groups: usize,
+    b: &'a [i8],
+    shifts: &'a [i32],
+    col_scales: &'a [f32],
     cols: usize,
-    accumulate: bool,
 }
 
-/// C[rows × cols] (+)= dequantized A·W over one depth block.
+impl Tile<'_> {
+    /// Depths of group `g` (the last may be short).
+    fn depth(&self, g: usize) -> usize {
+        GROUP.min(self.lda - g * GROUP)
+    }
+}
+
+/// C[rows × cols] = dequantized A·W over the whole depth.
 ///
 /// # Safety
-/// `c` points at a block of row_scales.len() × cols values with row stride `ldc`.
-unsafe fn micro_tile(t: &Tile, c: *mut f32, ldc: usize) {
+/// `c` points at a block of rows × cols values with row stride `ldc`; `vnni` only
+/// where `has_vnni()`.
+unsafe fn micro_tile(t: &Tile, c: *mut f32, ldc: usize, vnni: bool) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512vnni")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-    {
-        // SAFETY: the CPU has the features; the caller's contract covers c.
+    if vnni {
+        // SAFETY: only true where the CPU has the features; the caller's contract covers c.
         return vnni::kernel(t, c, ldc);
     }
-    let mut acc = [0i32; MR * NR];
-    for (i, acc) in acc.chunks_mut(NR).enumerate().take(t.row_scales.len()) {
-        let row = &t.a[i * t.lda..][..t.kc];
-        for (q, group) in row.chunks_exact(4).enumerate() {
-            let w = &t.b[q * NR * 4..(q + 1) * NR * 4];
-            for (c, acc) in acc.iter_mut().enumerate() {
-                for u in 0..4 {
-                    *acc += group[u] as i32 * w[c * 4 + u] as i32;
+    let mut sums = [0f32; MR * NR];
+    for (i, sums) in sums.chunks_mut(NR).enumerate().take(t.rows) {
+        for g in 0..t.groups {
+            let d0 = g * GROUP;
+            let row = &t.a[i * t.lda + d0..][..t.depth(g)];
+            let mut acc = [0i32; NR];
+            for (q, quad) in row.chunks_exact(4).enumerate() {
+                let w = &t.b[(d0 / 4 + q) * NR * 4..][..NR * 4];
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    for u in 0..4 {
+                        *acc += quad[u] as i32 * w[c * 4 + u] as i32;
+                    }
                 }
+            }
+            let rs = t.row_scales[i * t.groups + g];
+            for ((s, a), shift) in sums.iter_mut().zip(acc).zip(&t.shifts[g * NR..]) {
+                *s += (a - shift) as f32 * rs;
             }
         }
     }
-    for (i, &rs) in t.row_scales.iter().enumerate() {
-        let row = c.add(i * ldc);
+    for i in 0..t.rows {
         for j in 0..t.cols {
-            let v = (acc[i * NR + j] - t.shift[j]) as f32 * rs * t.col_scales[j];
-            let v = if t.accumulate { *row.add(j) + v } else { v };
-            row.add(j).write(v);
+            c.add(i * ldc + j).write(sums[i * NR + j] * t.col_scales[j]);
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod vnni {
-    use super::{Tile, MR, NR};
+    use super::{Tile, GROUP, MR, NR};
     use std::arch::x86_64::*;
 
-    /// 24 i32 accumulators; per group of 4 depths, two 64-byte loads of W and MR
-    /// broadcasts of 4 activation bytes feed 24 `vpdpbusd`.
+    /// `quantize_group` over a row, a group (4 vectors) at a time in registers: the
+    /// generic version's `f32::max` and saturating casts cost as much as the product.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn quantize_row(q: &mut [u8], scales: &mut [f32], row: &[f32]) {
+        let offset = _mm512_set1_epi32(128);
+        for (g, scale) in scales.iter_mut().enumerate() {
+            let d0 = g * GROUP;
+            let len = GROUP.min(row.len().saturating_sub(d0));
+            let masks: [__mmask16; 4] = std::array::from_fn(|v| {
+                ((1u32 << len.saturating_sub(16 * v).min(16)) - 1) as __mmask16
+            });
+            let x: [__m512; 4] = std::array::from_fn(|v| {
+                _mm512_maskz_loadu_ps(masks[v], row.as_ptr().add((d0 + 16 * v).min(row.len())))
+            });
+            let max = _mm512_max_ps(
+                _mm512_max_ps(_mm512_abs_ps(x[0]), _mm512_abs_ps(x[1])),
+                _mm512_max_ps(_mm512_abs_ps(x[2]), _mm512_abs_ps(x[3])),
+            );
+            let max = _mm512_reduce_max_ps(max);
+            *scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+            let inv = _mm512_set1_ps(1.0 / *scale);
+            for (v, (&x, &mask)) in x.iter().zip(&masks).enumerate() {
+                // Round to nearest even (the default mode), as the generic version.
+                let i = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x, inv)), offset);
+                _mm512_mask_cvtepi32_storeu_epi8(
+                    q.as_mut_ptr().add(d0 + 16 * v) as *mut _,
+                    mask,
+                    i,
+                );
+            }
+        }
+    }
+
+    /// Per group of 4 depths, two 64-byte loads of W and MR broadcasts of 4
+    /// activation bytes feed 12 `vpdpbusd`; after each group of 64 depths the 12
+    /// i32 sums are shifted, converted and added into 12 f32 sums at the rows'
+    /// scales, all in registers.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn kernel(t: &Tile, out: *mut f32, ldc: usize) {
-        let mut c = [[_mm512_setzero_si512(); 2]; MR];
-        let rows = t.row_scales.len();
-        let mut pb = t.b.as_ptr();
+        let rows = t.rows;
         // Rows past `rows` read row 0 again (their sums are never stored).
         let row_ptr: [*const u8; MR] =
             std::array::from_fn(|i| t.a.as_ptr().add(if i < rows { i * t.lda } else { 0 }));
-        for q in 0..t.kc / 4 {
-            let b0 = _mm512_loadu_si512(pb as *const _);
-            let b1 = _mm512_loadu_si512(pb.add(64) as *const _);
-            for (ci, &ap) in c.iter_mut().zip(&row_ptr) {
-                let a = _mm512_set1_epi32((ap.add(4 * q) as *const i32).read_unaligned());
-                ci[0] = _mm512_dpbusd_epi32(ci[0], a, b0);
-                ci[1] = _mm512_dpbusd_epi32(ci[1], a, b1);
+        let scale_ptr: [*const f32; MR] = std::array::from_fn(|i| {
+            t.row_scales
+                .as_ptr()
+                .add(if i < rows { i * t.groups } else { 0 })
+        });
+        let mut f = [[_mm512_setzero_ps(); 2]; MR];
+        let mut pb = t.b.as_ptr();
+        for g in 0..t.groups {
+            let d0 = g * super::GROUP;
+            let mut c = [[_mm512_setzero_si512(); 2]; MR];
+            for q in 0..t.depth(g) / 4 {
+                let b0 = _mm512_loadu_si512(pb as *const _);
+                let b1 = _mm512_loadu_si512(pb.add(64) as *const _);
+                for (ci, &ap) in c.iter_mut().zip(&row_ptr) {
+                    let a = _mm512_set1_epi32((ap.add(d0 + 4 * q) as *const i32).read_unaligned());
+                    ci[0] = _mm512_dpbusd_epi32(ci[0], a, b0);
+                    ci[1] = _mm512_dpbusd_epi32(ci[1], a, b1);
+                }
+                pb = pb.add(NR * 4);
             }
-            pb = pb.add(NR * 4);
+            let shift0 = _mm512_loadu_si512(t.shifts.as_ptr().add(g * NR) as *const _);
+            let shift1 = _mm512_loadu_si512(t.shifts.as_ptr().add(g * NR + 16) as *const _);
+            for ((fi, ci), &sp) in f.iter_mut().zip(&c).zip(&scale_ptr) {
+                let rs = _mm512_set1_ps(*sp.add(g));
+                fi[0] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(ci[0], shift0)),
+                    rs,
+                    fi[0],
+                );
+                fi[1] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(ci[1], shift1)),
+                    rs,
+                    fi[1],
+                );
+            }
         }
         let mask = |lanes: usize| -> __mmask16 { ((1u32 << lanes.min(16)) - 1) as __mmask16 };
         let (m0, m1) = (mask(t.cols), mask(t.cols.saturating_sub(16)));
-        let shift0 = _mm512_loadu_si512(t.shift.as_ptr() as *const _);
-        let shift1 = _mm512_loadu_si512(t.shift.as_ptr().add(16) as *const _);
         let scale0 = _mm512_loadu_ps(t.col_scales.as_ptr());
         let scale1 = _mm512_loadu_ps(t.col_scales.as_ptr().add(16));
-        for (i, ci) in c.iter().enumerate().take(rows) {
-            let rs = _mm512_set1_ps(t.row_scales[i]);
+        for (i, fi) in f.iter().enumerate().take(rows) {
             let row = out.add(i * ldc);
-            let mut v0 = _mm512_mul_ps(
-                _mm512_cvtepi32_ps(_mm512_sub_epi32(ci[0], shift0)),
-                _mm512_mul_ps(scale0, rs),
-            );
-            let mut v1 = _mm512_mul_ps(
-                _mm512_cvtepi32_ps(_mm512_sub_epi32(ci[1], shift1)),
-                _mm512_mul_ps(scale1, rs),
-            );
-            if t.accumulate {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, row));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, row.add(16)));
-            }
-            _mm512_mask_storeu_ps(row, m0, v0);
-            _mm512_mask_storeu_ps(row.add(16), m1, v1);
+            _mm512_mask_storeu_ps(row, m0, _mm512_mul_ps(fi[0], scale0));
+            _mm512_mask_storeu_ps(row.add(16), m1, _mm512_mul_ps(fi[1], scale1));
         }
     }
 }
@@ -324,6 +400,34 @@ mod tests {
             let norms = got.iter().map(|g| g * g).sum::<f32>().sqrt()
                 * exact.iter().map(|e| e * e).sum::<f32>().sqrt();
             assert!(dot / norms > 0.999, "{m}×{n}×{k}: cosine {}", dot / norms);
+        }
+    }
+
+    #[test]
+    fn vnni_and_portable_kernels_agree() {
+        if !has_vnni() {
+            return; // nothing to compare against on this CPU
+        }
+        for &(m, n, k) in &[(1, 1, 1), (7, 45, 130), (13, 64, 300), (30, 70, 1030)] {
+            let a = values(m * k, 4);
+            let w = PackedInt8Weight::pack(&values(n * k, 5), n, k);
+            let bias = values(n, 6);
+            let k4 = k.div_ceil(4) * 4;
+            // Same bytes and scales from both quantizers.
+            assert_eq!(
+                quantize_rows(&a, m, k, k4, true),
+                quantize_rows(&a, m, k, k4, false),
+                "{m}×{k}: quantized activations differ"
+            );
+            let fast = linear_on(&a, m, &w, Some(&bias), Epilogue::GeluErf, true);
+            let portable = linear_on(&a, m, &w, Some(&bias), Epilogue::GeluErf, false);
+            for (i, (f, p)) in fast.iter().zip(&portable).enumerate() {
+                // The same integer sums; only the order of the f32 rescaling differs.
+                assert!(
+                    (f - p).abs() <= 1e-5 * (1.0 + p.abs()),
+                    "{m}×{n}×{k} [{i}]: {f} vs {p}"
+                );
+            }
         }
     }
 }

@@ -385,12 +385,24 @@ fn save_best<T: TrainTask>(task: &T, out: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
     task.save(&tmp)?;
-    for entry in std::fs::read_dir(&tmp).map_err(|e| Error::file(&tmp, e))? {
-        let entry = entry.map_err(|e| Error::file(&tmp, e))?;
-        let dest = out.join(entry.file_name());
-        std::fs::rename(entry.path(), &dest).map_err(|e| Error::file(&dest, e))?;
+    move_files_into(&tmp, out)
+}
+
+/// Moves every file under `from` to the same place under `to`, one rename per file
+/// (a folder cannot be renamed over a non-empty one, such as the previous best
+/// checkpoint's `1_Pooling/`), then removes `from`.
+fn move_files_into(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| Error::file(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| Error::file(from, e))? {
+        let entry = entry.map_err(|e| Error::file(from, e))?;
+        let dest = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            move_files_into(&entry.path(), &dest)?;
+        } else {
+            std::fs::rename(entry.path(), &dest).map_err(|e| Error::file(&dest, e))?;
+        }
     }
-    std::fs::remove_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))
+    std::fs::remove_dir(from).map_err(|e| Error::file(from, e))
 }
 
 /// Keeps the lines of `metrics.jsonl` up to `step` (a resumed run rewrites the rest).
@@ -660,6 +672,27 @@ fn progress_bar(enabled: bool, total: u64, pos: u64) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_best_checkpoint_replaces_the_files_of_the_first_in_subfolders_too() {
+        let root = std::env::temp_dir().join(format!("sf-move-{}", std::process::id()));
+        let out = root.join("run");
+        for (round, text) in [(0, "first"), (1, "second")] {
+            let tmp = root.join(format!("tmp{round}"));
+            std::fs::create_dir_all(tmp.join("1_Pooling")).unwrap();
+            std::fs::write(tmp.join("config.json"), text).unwrap();
+            std::fs::write(tmp.join("1_Pooling/config.json"), text).unwrap();
+            move_files_into(&tmp, &out).unwrap();
+            assert!(!tmp.exists());
+        }
+        assert_eq!(
+            std::fs::read_to_string(out.join("config.json")).unwrap(),
+            "second"
+        );
+        let pooling = std::fs::read_to_string(out.join("1_Pooling/config.json")).unwrap();
+        assert_eq!(pooling, "second");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn epoch_orders_are_seeded_permutations() {
