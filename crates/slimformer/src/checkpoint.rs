@@ -185,7 +185,14 @@ fn read_weights(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if is_pytorch {
         candle_core::pickle::read_all(path).in_file(path)
     } else {
-        let bytes = std::fs::read(path).in_file(path)?;
+        // Mapped, not read: the tensors are copied out once, straight from the page
+        // cache (reading first would copy all the weights twice); populated, so the
+        // kernel maps every page in one go instead of one fault per page.
+        let file = std::fs::File::open(path).in_file(path)?;
+        // SAFETY: the map lives until the tensors are copied out of it, below; a
+        // file changed by another process meanwhile is the only hazard, as for any
+        // reader of a file being rewritten (slimformer itself replaces files by rename).
+        let bytes = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.in_file(path)?;
         if crate::shrink::quantize::quantization_of(&bytes).is_some() {
             return crate::shrink::quantize::read_quantized(&bytes, path);
         }

@@ -47,19 +47,23 @@ impl PackedWeight {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
         let panels = n.div_ceil(NR);
         let mut data = vec![0f32; panels * NR * k];
+        // In parallel over panels: packing is most of the time a model takes to
+        // become ready (MiniLM's 42 MB of linear weights).
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
             let block = &mut data[p0 * panels * NR..(p0 + kc) * panels * NR];
-            for (j, panel) in block.chunks_mut(kc * NR).enumerate() {
-                for (p, row) in panel.chunks_mut(NR).enumerate() {
-                    for (c, v) in row.iter_mut().enumerate() {
-                        let col = j * NR + c;
-                        if col < n {
-                            *v = w[col * k + p0 + p];
+            block
+                .par_chunks_mut(kc * NR)
+                .enumerate()
+                .for_each(|(j, panel)| {
+                    // Column by column: each reads a contiguous run of its row of W.
+                    for c in 0..NR.min(n - j * NR) {
+                        let src = &w[(j * NR + c) * k + p0..][..kc];
+                        for (p, &v) in src.iter().enumerate() {
+                            panel[p * NR + c] = v;
                         }
                     }
-                }
-            }
+                });
         }
         Self { k, n, panels, data }
     }
@@ -101,8 +105,12 @@ pub(super) fn for_each_tile(
     panels: usize,
     task: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Send + Sync,
 ) {
-    let row_blocks = m.div_ceil(mc);
     let threads = rayon::current_num_threads().max(1);
+    // Up to a few blocks of rows (one or a few sentences), every task takes all the
+    // rows and a range of columns: each panel of W is then read once, not once per
+    // row block (W does not fit in L2; A does).
+    let mc = if m <= 4 * mc { m.max(1) } else { mc };
+    let row_blocks = m.div_ceil(mc);
     let col_splits = (2 * threads).div_ceil(row_blocks).clamp(1, panels.max(1));
     let panels_per_split = panels.div_ceil(col_splits).max(1);
     let col_splits = panels.div_ceil(panels_per_split);
@@ -266,6 +274,8 @@ mod avx512 {
     /// MR×NR accumulators in 24 of the 32 zmm registers; per step two loads of
     /// W and MR broadcasts of A feed 24 FMAs. Stores straight into C, masked at
     /// the right edge.
+    /// A short last slice (or a short input: one sentence of 16 tokens is 12 + 4
+    /// rows) runs a tile of 4 or 8 rows instead of computing 12.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn kernel(
         a: &ASlice,
@@ -275,11 +285,28 @@ mod avx512 {
         cols: usize,
         accumulate: bool,
     ) {
+        match a.rows {
+            0..=4 => kernel_rows::<4>(a, b, out, ldc, cols, accumulate),
+            5..=8 => kernel_rows::<8>(a, b, out, ldc, cols, accumulate),
+            _ => kernel_rows::<MR>(a, b, out, ldc, cols, accumulate),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn kernel_rows<const R: usize>(
+        a: &ASlice,
+        b: &[f32],
+        out: *mut f32,
+        ldc: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
         let (kc, mr) = (a.kc, a.rows);
-        debug_assert!(a.a.len() > (mr - 1) * a.lda + kc - 1 && b.len() >= kc * NR);
-        let mut c = [[_mm512_setzero_ps(); 2]; MR];
+        debug_assert!(mr <= R && a.a.len() > (mr - 1) * a.lda + kc - 1 && b.len() >= kc * NR);
+        let mut c = [[_mm512_setzero_ps(); 2]; R];
         // Rows past `mr` read row 0 again (their sums are never stored).
-        let rows: [*const f32; MR] =
+        let rows: [*const f32; R] =
             std::array::from_fn(|i| a.a.as_ptr().add(if i < mr { i * a.lda } else { 0 }));
         let mut pb = b.as_ptr();
         for p in 0..kc {
@@ -354,6 +381,7 @@ pub(super) mod tests {
             (13, 64, 300),
             (97, 70, 513),
             (200, 384, 384),
+            (400, 40, 20), // several row blocks
         ] {
             let a = values(m * k, 1);
             let w = values(n * k, 2);

@@ -62,18 +62,21 @@ impl PackedInt8Weight {
         };
         let mut data = vec![0i8; panels * NR * k4];
         let mut shifts = vec![0i32; panels * groups * NR];
-        for (j, panel) in data.chunks_mut(k4 * NR).enumerate() {
-            for (t, quad) in panel.chunks_mut(NR * 4).enumerate() {
-                let g = 4 * t / GROUP;
-                for c in 0..NR {
-                    for u in 0..4 {
-                        let v = q(j * NR + c, 4 * t + u);
-                        quad[c * 4 + u] = v;
-                        shifts[(j * groups + g) * NR + c] += 128 * v as i32;
+        data.par_chunks_mut((k4 * NR).max(1))
+            .zip(shifts.par_chunks_mut((groups * NR).max(1)))
+            .enumerate()
+            .for_each(|(j, (panel, shifts))| {
+                for (t, quad) in panel.chunks_mut(NR * 4).enumerate() {
+                    let g = 4 * t / GROUP;
+                    for c in 0..NR {
+                        for u in 0..4 {
+                            let v = q(j * NR + c, 4 * t + u);
+                            quad[c * 4 + u] = v;
+                            shifts[g * NR + c] += 128 * v as i32;
+                        }
                     }
                 }
-            }
-        }
+            });
         Self {
             k,
             k4,
@@ -408,7 +411,13 @@ mod tests {
         if !has_vnni() {
             return; // nothing to compare against on this CPU
         }
-        for &(m, n, k) in &[(1, 1, 1), (7, 45, 130), (13, 64, 300), (30, 70, 1030)] {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (7, 45, 130),
+            (13, 64, 300),
+            (30, 70, 1030),
+            (200, 40, 70),
+        ] {
             let a = values(m * k, 4);
             let w = PackedInt8Weight::pack(&values(n * k, 5), n, k);
             let bias = values(n, 6);

@@ -4,7 +4,7 @@
 
 use super::gemm::{self, Epilogue, PackedWeight};
 use super::gemm_int8::{self, PackedInt8Weight};
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Storage, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -133,15 +133,20 @@ fn pack(weight: &Tensor, bias: Option<&Tensor>, precision: Precision) -> Option<
         return None;
     }
     let (n, k) = weight.dims2().ok()?;
-    let values = weight.flatten_all().ok()?.to_vec1::<f32>().ok()?;
     let bias = match bias {
         Some(b) if b.dtype() == DType::F32 => Some(b.flatten_all().ok()?.to_vec1::<f32>().ok()?),
         Some(_) => return None,
         None => None,
     };
+    // Packed from candle's storage in place (no copy of the weights first).
+    let (storage, layout) = weight.storage_and_layout();
+    let values = match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) => &data[start..end],
+        _ => return None,
+    };
     let weight = match precision {
-        Precision::Fp32 => PackedWeights::F32(PackedWeight::pack(&values, n, k)),
-        Precision::Int8 => PackedWeights::Int8(PackedInt8Weight::pack(&values, n, k)),
+        Precision::Fp32 => PackedWeights::F32(PackedWeight::pack(values, n, k)),
+        Precision::Int8 => PackedWeights::Int8(PackedInt8Weight::pack(values, n, k)),
     };
     Some(Packed { weight, bias })
 }
