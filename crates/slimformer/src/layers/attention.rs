@@ -3,6 +3,7 @@ use super::{fast, linear, softmax_last_dim, Dropout, Linear};
 use crate::rng::TrainRng;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
+use std::sync::{Arc, OnceLock};
 
 /// Multi-head scaled dot-product self-attention with query/key/value/output projections.
 #[derive(Debug, Clone)]
@@ -14,6 +15,10 @@ pub struct SelfAttention {
     num_heads: usize,
     head_dim: usize,
     probs_dropout: Dropout,
+    /// At inference, the three projections as one (their weights stacked): one
+    /// product, one pass over the input (int8 quantizes it once, not three times).
+    /// Built at the first call; `None` where the weights cannot be stacked.
+    qkv: Arc<OnceLock<Option<Linear>>>,
 }
 
 /// Names of the four projections under the attention's `VarBuilder`.
@@ -45,6 +50,7 @@ impl SelfAttention {
             num_heads,
             head_dim: hidden / num_heads,
             probs_dropout: Dropout::new(probs_dropout),
+            qkv: Arc::default(),
         })
     }
 
@@ -90,10 +96,26 @@ impl SelfAttention {
         if !fast::usable(xs) || bias.dims() != [b, 1, 1, l] || !fast::usable(bias) {
             return Ok(None);
         }
-        let q = self.query.forward(xs)?;
-        let k = self.key.forward(xs)?;
-        let v = self.value.forward(xs)?;
-        if ![&q, &k, &v].iter().all(|t| fast::usable(t)) {
+        let projections = [&self.query, &self.key, &self.value];
+        // Weights being trained change at every step: never stack those.
+        if projections
+            .iter()
+            .any(|p| p.weight().track_op() || p.bias().is_some_and(|b| b.track_op()))
+        {
+            return Ok(None);
+        }
+        let qkv = match self.qkv.get_or_init(|| stack(projections).ok().flatten()) {
+            Some(qkv) => qkv.forward(xs)?,
+            None => Tensor::cat(
+                &[
+                    &self.query.forward(xs)?,
+                    &self.key.forward(xs)?,
+                    &self.value.forward(xs)?,
+                ],
+                2,
+            )?,
+        };
+        if !fast::usable(&qkv) {
             return Ok(None);
         }
         let op = Attention {
@@ -101,12 +123,21 @@ impl SelfAttention {
             heads: self.num_heads,
             scale: 1.0 / (self.head_dim as f32).sqrt(),
         };
-        Ok(Some(q.contiguous()?.apply_op3_no_bwd(
-            &k.contiguous()?,
-            &v.contiguous()?,
-            &op,
-        )?))
+        Ok(Some(qkv.contiguous()?.apply_op1_no_bwd(&op)?))
     }
+}
+
+/// One linear layer computing the three projections side by side; `None` unless all
+/// three have a bias or none has.
+fn stack(projections: [&Linear; 3]) -> candle_core::Result<Option<Linear>> {
+    let weight = Tensor::cat(&projections.map(Linear::weight), 0)?;
+    let biases: Vec<&Tensor> = projections.iter().filter_map(|p| p.bias()).collect();
+    let bias = match biases.len() {
+        0 => None,
+        3 => Some(Tensor::cat(&biases, 0)?),
+        _ => return Ok(None),
+    };
+    Ok(Some(Linear::new(weight, bias)))
 }
 
 /// Turns a [batch, len] attention mask (1 = token, 0 = padding) into the additive

@@ -6,7 +6,7 @@
 
 use super::fast::{contiguous_f32, exp, lane_max, lane_sum, lane_sum_squares};
 use super::gemm::OutPtr;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -14,39 +14,38 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// softmax(q·kᵀ·scale + bias)·v over [batch, len, heads·head_dim] projections;
-/// `bias`: [batch, len], added to every query's scores for each key.
+/// softmax(q·kᵀ·scale + bias)·v from the projections side by side in one tensor,
+/// [batch, len, 3·heads·head_dim] (queries, then keys, then values: what one fused
+/// product of the three weights gives); `bias`: [batch, len], added to every
+/// query's scores for each key. Returns [batch, len, heads·head_dim].
 pub struct Attention {
     pub bias: Vec<f32>,
     pub heads: usize,
     pub scale: f32,
 }
 
-impl CustomOp3 for Attention {
+impl CustomOp1 for Attention {
     fn name(&self) -> &'static str {
         "fused-attention"
     }
 
     fn cpu_fwd(
         &self,
-        q: &CpuStorage,
-        q_layout: &Layout,
-        k: &CpuStorage,
-        k_layout: &Layout,
-        v: &CpuStorage,
-        v_layout: &Layout,
+        qkv: &CpuStorage,
+        layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            contiguous_f32(q, q_layout)?,
-            contiguous_f32(k, k_layout)?,
-            contiguous_f32(v, v_layout)?,
-        );
-        let (b, l, hidden) = q_layout.shape().dims3()?;
-        if k.len() != q.len() || v.len() != q.len() || self.bias.len() != b * l {
-            candle_core::bail!("fused attention: q, k, v and the mask disagree in shape");
+        let qkv = contiguous_f32(qkv, layout)?;
+        let (b, l, width) = layout.shape().dims3()?;
+        let hidden = width / 3;
+        if width != 3 * hidden
+            || self.heads == 0
+            || !hidden.is_multiple_of(self.heads)
+            || self.bias.len() != b * l
+        {
+            candle_core::bail!("fused attention: the projections and the mask disagree in shape");
         }
         let d = hidden / self.heads;
-        let mut out = vec![0f32; q.len()];
+        let mut out = vec![0f32; b * l * hidden];
         let ptr = OutPtr(out.as_mut_ptr());
         let shape = Head {
             l,
@@ -56,18 +55,18 @@ impl CustomOp3 for Attention {
         };
         (0..b * self.heads).into_par_iter().for_each(|task| {
             let (s, h) = (task / self.heads, task % self.heads);
-            let offset = s * l * hidden + h * d;
+            let input = s * l * width + h * d;
             SCRATCH.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 buf.resize(scratch_len(l, d), 0.0);
                 // The heads of one sequence interleave in memory: the task gets a
                 // pointer, and makes a slice of each head-row it alone writes.
-                // SAFETY: offset is inside the output; see `attend`.
-                let out = OutPtr(unsafe { ptr.get().add(offset) });
+                // SAFETY: the offset is inside the output; see `attend`.
+                let out = OutPtr(unsafe { ptr.get().add(s * l * hidden + h * d) });
                 attend(
-                    &q[offset..],
-                    &k[offset..],
-                    &v[offset..],
+                    &qkv[input..],
+                    &qkv[input + hidden..],
+                    &qkv[input + 2 * hidden..],
                     &self.bias[s * l..(s + 1) * l],
                     out,
                     &mut buf,
@@ -75,20 +74,21 @@ impl CustomOp3 for Attention {
                 );
             });
         });
-        Ok((CpuStorage::F32(out), q_layout.shape().clone()))
+        Ok((CpuStorage::F32(out), Shape::from((b, l, hidden))))
     }
 }
 
 #[derive(Clone, Copy)]
 struct Head {
     l: usize,
+    /// Values per token of the output; the input rows are 3× that.
     hidden: usize,
     d: usize,
     scale: f32,
 }
 
-// One sequence and head; q, k, v and out start at the head's first value, rows
-// `hidden` apart. K transposed and V gathered once; then QUERIES rows of queries at
+// One sequence and head; q, k, v start at the head's first value, rows 3·`hidden`
+// apart. K transposed and V gathered once; then QUERIES rows of queries at
 // a time (each load of K or V feeds that many FMAs), the rest one by one.
 // `out` points at the head's first output value; rows of `d` values, `hidden` apart,
 // belong to this sequence and head alone.
@@ -98,9 +98,9 @@ dispatch!(attend, (q: &[f32], k: &[f32], v: &[f32], bias: &[f32], out: OutPtr, b
     let (vh, rest) = rest.split_at_mut(l * d);
     for j in 0..l {
         for p in 0..d {
-            kt[p * l + j] = k[j * hidden + p];
+            kt[p * l + j] = k[j * 3 * hidden + p];
         }
-        vh[j * d..(j + 1) * d].copy_from_slice(&v[j * hidden..j * hidden + d]);
+        vh[j * d..(j + 1) * d].copy_from_slice(&v[j * 3 * hidden..][..d]);
     }
     let mut i = 0;
     while i + QUERIES <= l {
@@ -143,7 +143,7 @@ fn attend_rows<const R: usize>(
     let (qs, scores) = buf.split_at_mut(QUERIES * d);
     // The scale goes into the query once, not into every score.
     for (r, qs) in qs.chunks_exact_mut(d).take(R).enumerate() {
-        for (s, &x) in qs.iter_mut().zip(&q[(i + r) * hidden..][..d]) {
+        for (s, &x) in qs.iter_mut().zip(&q[(i + r) * 3 * hidden..][..d]) {
             *s = x * scale;
         }
     }
