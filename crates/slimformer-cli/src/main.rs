@@ -25,8 +25,10 @@ struct Cli {
     /// Threads for inference (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// Arithmetic of the linear layers at inference: fp32, or int8 (weights per
-    /// channel and activations per row quantized at run time; VNNI where present).
+    /// Arithmetic of the linear layers at inference: fp32; int8 (weights per
+    /// channel, activations per row and 64 values, quantized at run time; VNNI
+    /// where present); or bf16 (weights and activations rounded to bf16, f32 sums;
+    /// AVX512-BF16 where present).
     #[arg(long, global = true, default_value = "fp32")]
     precision: slimformer::layers::Precision,
     #[command(subcommand)]

@@ -529,7 +529,7 @@ fn missing_shard() {
 }
 
 #[test]
-fn int8_precision_stays_close_to_fp32_and_bf16_is_a_clear_error() {
+fn int8_and_bf16_precisions_stay_close_to_fp32_and_others_are_a_clear_error() {
     let model = fixture("bert-base");
     let texts = [
         "hello world",
@@ -559,32 +559,34 @@ fn int8_precision_stays_close_to_fp32_and_bf16_is_a_clear_error() {
             })
             .collect()
     };
-    let (fp32, int8) = (states("fp32"), states("int8"));
-    for (a, b) in fp32.iter().zip(&int8) {
-        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        let cosine = dot / (norm(a) * norm(b));
-        let worst = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f64, f64::max);
-        assert!(
-            cosine > 0.999,
-            "int8 hidden states: cosine {cosine} to fp32"
-        );
-        assert!(
-            worst > 0.0,
-            "int8 gave exactly the fp32 states: the int8 path did not run"
-        );
+    let fp32 = states("fp32");
+    for (precision, low) in [("int8", states("int8")), ("bf16", states("bf16"))] {
+        for (a, b) in fp32.iter().zip(&low) {
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let cosine = dot / (norm(a) * norm(b));
+            let worst = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f64, f64::max);
+            assert!(
+                cosine > 0.999,
+                "{precision} hidden states: cosine {cosine} to fp32"
+            );
+            assert!(
+                worst > 0.0,
+                "{precision} gave exactly the fp32 states: its kernels did not run"
+            );
+        }
     }
     let out = slimformer(&[
         "--precision",
-        "bf16",
+        "fp16",
         "encode",
         dir_str(&model),
         "--text",
         "a",
     ]);
-    assert_fails_naming(&out, &["bf16", "fp32 or int8"]);
+    assert_fails_naming(&out, &["fp16", "fp32, int8 or bf16"]);
 }

@@ -3,6 +3,7 @@
 //! inference the packed kernel of [`super::gemm`], with bias and GELU fused in.
 
 use super::gemm::{self, Epilogue, PackedWeight};
+use super::gemm_bf16::{self, PackedBf16Weight};
 use super::gemm_int8::{self, PackedInt8Weight};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Storage, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -13,9 +14,11 @@ use std::sync::{Arc, OnceLock};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     Fp32,
-    /// Weights per output channel and activations per row as int8 (dynamic
-    /// quantization), i32 sums.
+    /// Weights per output channel and activations per row and group of 64 values
+    /// as int8 (dynamic quantization), i32 sums.
     Int8,
+    /// Weights and activations rounded to bf16, f32 sums.
+    Bf16,
 }
 
 impl std::str::FromStr for Precision {
@@ -24,13 +27,9 @@ impl std::str::FromStr for Precision {
         match name {
             "fp32" | "f32" => Ok(Precision::Fp32),
             "int8" => Ok(Precision::Int8),
-            "bf16" => Err(
-                "bf16 inference kernels are not built yet: use fp32 or int8 \
-                           (`slimformer quantize --mode bf16` stores bf16 weights, run in f32)"
-                    .into(),
-            ),
+            "bf16" => Ok(Precision::Bf16),
             other => Err(format!(
-                "unknown precision {other:?}: expected fp32 or int8"
+                "unknown precision {other:?}: expected fp32, int8 or bf16"
             )),
         }
     }
@@ -41,6 +40,7 @@ impl std::fmt::Display for Precision {
         f.write_str(match self {
             Precision::Fp32 => "fp32",
             Precision::Int8 => "int8",
+            Precision::Bf16 => "bf16",
         })
     }
 }
@@ -55,6 +55,7 @@ pub fn set_precision(precision: Precision) {
 pub fn precision() -> Precision {
     match PRECISION.load(Ordering::Relaxed) {
         1 => Precision::Int8,
+        2 => Precision::Bf16,
         _ => Precision::Fp32,
     }
 }
@@ -64,13 +65,14 @@ pub struct Linear {
     inner: candle_nn::Linear,
     /// Packed at the first inference call in each precision; `None` where the
     /// weights cannot be (not f32 on the CPU). Shared by clones, which share the weights.
-    packed: Arc<[OnceLock<Option<Packed>>; 2]>,
+    packed: Arc<[OnceLock<Option<Packed>>; 3]>,
 }
 
 #[derive(Debug)]
 enum PackedWeights {
     F32(PackedWeight),
     Int8(PackedInt8Weight),
+    Bf16(PackedBf16Weight),
 }
 
 #[derive(Debug)]
@@ -147,6 +149,7 @@ fn pack(weight: &Tensor, bias: Option<&Tensor>, precision: Precision) -> Option<
     let weight = match precision {
         Precision::Fp32 => PackedWeights::F32(PackedWeight::pack(values, n, k)),
         Precision::Int8 => PackedWeights::Int8(PackedInt8Weight::pack(values, n, k)),
+        Precision::Bf16 => PackedWeights::Bf16(PackedBf16Weight::pack(values, n, k)),
     };
     Some(Packed { weight, bias })
 }
@@ -176,6 +179,7 @@ impl CustomOp1 for PackedLinear<'_> {
         let (k, n) = match &self.packed.weight {
             PackedWeights::F32(w) => (w.in_features(), w.out_features()),
             PackedWeights::Int8(w) => (w.in_features(), w.out_features()),
+            PackedWeights::Bf16(w) => (w.in_features(), w.out_features()),
         };
         let mut dims = layout.shape().dims().to_vec();
         match dims.last_mut() {
@@ -190,6 +194,7 @@ impl CustomOp1 for PackedLinear<'_> {
         let out = match &self.packed.weight {
             PackedWeights::F32(w) => gemm::linear(xs, m, w, bias, self.epilogue),
             PackedWeights::Int8(w) => gemm_int8::linear(xs, m, w, bias, self.epilogue),
+            PackedWeights::Bf16(w) => gemm_bf16::linear(xs, m, w, bias, self.epilogue),
         };
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }

@@ -13,6 +13,7 @@ pub mod fast;
 mod feed_forward;
 mod fused;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod gemm_int8;
 mod linear;
 mod norm;

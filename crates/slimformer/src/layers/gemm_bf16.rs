@@ -1,0 +1,284 @@
+//! The bf16 linear layer: weights stored as bf16 (converted at the first call),
+//! activations rounded to bf16 at each call, products summed in f32 by
+//! AVX512-BF16's `vdpbf16ps` (two multiply-adds per lane and instruction, against
+//! one for f32 FMA). bf16 keeps f32's exponent range, so nothing is scaled; the
+//! cost is 8 bits of mantissa on each input.
+//!
+//! Same blocking as the f32 kernel ([`super::gemm`]): a 12×32 register tile, W in
+//! NR-column panels, but over pairs of depths (what one `vdpbf16ps` lane reads).
+
+use super::gemm::{for_each_tile, Epilogue, OutPtr, NR};
+use rayon::prelude::*;
+
+/// Rows of the register tile (24 of the 32 zmm registers hold its sums).
+const MR: usize = 12;
+/// Rows per task.
+const MC: usize = 8 * MR;
+
+/// f32 → bf16, rounding to nearest even (as `vcvtne2ps2bf16`); NaN stays NaN.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let round = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+#[inline(always)]
+fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// W (out × in) as bf16 in NR-column panels over the whole depth; within a panel,
+/// for each pair of depths, NR columns × 2 values.
+#[derive(Debug)]
+pub struct PackedBf16Weight {
+    k: usize,
+    /// k rounded up to even (zero padding).
+    k2: usize,
+    n: usize,
+    panels: usize,
+    data: Vec<u16>,
+}
+
+impl PackedBf16Weight {
+    /// `w`: out × in row-major (n = out, k = in).
+    pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
+        let k2 = k.div_ceil(2) * 2;
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0u16; panels * NR * k2];
+        data.par_chunks_mut((k2 * NR).max(1))
+            .enumerate()
+            .for_each(|(j, panel)| {
+                for c in 0..NR.min(n - j * NR) {
+                    for (p, &v) in w[(j * NR + c) * k..][..k].iter().enumerate() {
+                        panel[(p / 2 * NR + c) * 2 + p % 2] = to_bf16(v);
+                    }
+                }
+            });
+        Self {
+            k,
+            k2,
+            n,
+            panels,
+            data,
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+}
+
+/// `a`: m × k row-major. Returns m × n: `a·Wᵀ + bias` through bf16, then the epilogue.
+pub fn linear(
+    a: &[f32],
+    m: usize,
+    w: &PackedBf16Weight,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    linear_on(a, m, w, bias, epilogue, has_bf16())
+}
+
+/// Whether this CPU runs the AVX512-BF16 kernel (else the portable one).
+fn has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+fn linear_on(
+    a: &[f32],
+    m: usize,
+    w: &PackedBf16Weight,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    native: bool,
+) -> Vec<f32> {
+    let (k, k2, n) = (w.k, w.k2, w.n);
+    assert_eq!(a.len(), m * k, "input of {m}×{k} has {} values", a.len());
+    if m == 0 || n == 0 {
+        return vec![0f32; m * n];
+    }
+    // Rows as bf16, padded to k2 with zero.
+    let mut rows = vec![0u16; m * k2];
+    rows.par_chunks_mut(k2)
+        .zip(a.par_chunks(k.max(1)))
+        .for_each(|(q, row)| {
+            for (q, &v) in q.iter_mut().zip(row) {
+                *q = to_bf16(v);
+            }
+        });
+    // Not zeroed: every tile stores all of its outputs.
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let ptr = OutPtr(out.as_mut_ptr());
+    for_each_tile(m, MC, w.panels, |rs, panels| {
+        for j in panels.clone() {
+            for r0 in rs.clone().step_by(MR) {
+                let tile = Tile {
+                    a: &rows[r0 * k2..],
+                    lda: k2,
+                    rows: MR.min(rs.end - r0),
+                    b: &w.data[j * k2 * NR..][..k2 * NR],
+                    cols: NR.min(n - j * NR),
+                };
+                // SAFETY: rows r0..r0+rows, columns j·NR..j·NR+cols are this task's.
+                unsafe { micro_tile(&tile, ptr.get().add(r0 * n + j * NR), n, native) };
+            }
+        }
+        let c0 = panels.start * NR;
+        let c1 = (panels.end * NR).min(n);
+        for r in rs {
+            // SAFETY: as above.
+            let row = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0) };
+            super::fast::add_bias_then(row, bias.map(|b| &b[c0..c1]), epilogue);
+        }
+    });
+    // SAFETY: the tiles above wrote all m·n values (every row block × panel).
+    unsafe { out.set_len(m * n) };
+    out
+}
+
+/// One register tile's inputs: `rows` (≤ MR) bf16 rows of A (stride `lda`, all of
+/// the depth, even) and one panel of W.
+struct Tile<'a> {
+    a: &'a [u16],
+    lda: usize,
+    rows: usize,
+    b: &'a [u16],
+    cols: usize,
+}
+
+/// C[rows × cols] = A·W over the whole depth.
+///
+/// # Safety
+/// `c` points at a block of rows × cols values with row stride `ldc`; `native` only
+/// where `has_bf16()`.
+unsafe fn micro_tile(t: &Tile, c: *mut f32, ldc: usize, native: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if native {
+        // SAFETY: only true where the CPU has the features; the caller's contract covers c.
+        return avx512::kernel(t, c, ldc);
+    }
+    let mut sums = [0f32; MR * NR];
+    for (i, sums) in sums.chunks_mut(NR).enumerate().take(t.rows) {
+        let row = &t.a[i * t.lda..][..t.lda];
+        for (pair, a) in row.chunks_exact(2).enumerate() {
+            let w = &t.b[pair * NR * 2..][..NR * 2];
+            let (a0, a1) = (from_bf16(a[0]), from_bf16(a[1]));
+            for (c, s) in sums.iter_mut().enumerate() {
+                *s = a1.mul_add(from_bf16(w[2 * c + 1]), a0.mul_add(from_bf16(w[2 * c]), *s));
+            }
+        }
+    }
+    for i in 0..t.rows {
+        for j in 0..t.cols {
+            c.add(i * ldc + j).write(sums[i * NR + j]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Tile, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Per pair of depths, two 64-byte loads of W and MR broadcasts of a row's pair
+    /// of bf16 values feed 24 `vdpbf16ps`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn kernel(t: &Tile, out: *mut f32, ldc: usize) {
+        let rows = t.rows;
+        // Rows past `rows` read row 0 again (their sums are never stored).
+        let row_ptr: [*const u16; MR] =
+            std::array::from_fn(|i| t.a.as_ptr().add(if i < rows { i * t.lda } else { 0 }));
+        let mut c = [[_mm512_setzero_ps(); 2]; MR];
+        let mut pb = t.b.as_ptr();
+        for pair in 0..t.lda / 2 {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb as *const _));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb.add(32) as *const _));
+            for (ci, &ap) in c.iter_mut().zip(&row_ptr) {
+                let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                    (ap.add(2 * pair) as *const i32).read_unaligned(),
+                ));
+                ci[0] = _mm512_dpbf16_ps(ci[0], a, b0);
+                ci[1] = _mm512_dpbf16_ps(ci[1], a, b1);
+            }
+            pb = pb.add(NR * 2);
+        }
+        let mask = |lanes: usize| -> __mmask16 { ((1u32 << lanes.min(16)) - 1) as __mmask16 };
+        let (m0, m1) = (mask(t.cols), mask(t.cols.saturating_sub(16)));
+        for (i, ci) in c.iter().enumerate().take(rows) {
+            let row = out.add(i * ldc);
+            _mm512_mask_storeu_ps(row, m0, ci[0]);
+            _mm512_mask_storeu_ps(row.add(16), m1, ci[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::gemm::tests::values;
+    use super::*;
+
+    #[test]
+    fn rounding_to_bf16_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2⁻⁸ is halfway between two bf16 values: to the even one (1.0).
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        // 1 + 3·2⁻⁸ is halfway too: up, to the even 1 + 2⁻⁶.
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(to_bf16(-2.0), 0xc000);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+    }
+
+    #[test]
+    fn bf16_product_is_close_to_f32_and_both_kernels_agree() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (5, 33, 7),
+            (13, 64, 300),
+            (30, 70, 1031),
+            (200, 40, 70),
+        ] {
+            let a = values(m * k, 1);
+            let w = values(n * k, 2);
+            let bias = values(n, 3);
+            let exact = super::super::gemm::linear(
+                &a,
+                m,
+                &super::super::gemm::PackedWeight::pack(&w, n, k),
+                Some(&bias),
+                Epilogue::None,
+            );
+            let packed = PackedBf16Weight::pack(&w, n, k);
+            let portable = linear_on(&a, m, &packed, Some(&bias), Epilogue::None, false);
+            // Each input carries a relative error up to 2⁻⁹.
+            let bound = k as f32 * 0.25 * 2.0 * 2f32.powi(-9) + 1e-5;
+            for (i, (p, e)) in portable.iter().zip(&exact).enumerate() {
+                assert!((p - e).abs() < bound, "{m}×{n}×{k} [{i}]: {p} vs {e}");
+            }
+            if has_bf16() {
+                let native = linear_on(&a, m, &packed, Some(&bias), Epilogue::None, true);
+                for (i, (f, p)) in native.iter().zip(&portable).enumerate() {
+                    // The same bf16 products; only the order of the f32 sums differs.
+                    assert!(
+                        (f - p).abs() <= 1e-4 * (1.0 + p.abs()),
+                        "{m}×{n}×{k} [{i}]: {f} vs {p}"
+                    );
+                }
+            }
+        }
+    }
+}
