@@ -284,7 +284,7 @@ fn weighted_values_any(p: &[f32], vh: &[f32], inv: f32, o: &mut [f32]) {
     o.iter_mut().for_each(|o| *o *= inv);
 }
 
-/// LayerNorm(x + residual) over the last dimension.
+/// LayerNorm(x + residual) over the last dimension; as a one-input op, LayerNorm(x).
 pub struct ResidualLayerNorm {
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
@@ -319,11 +319,37 @@ impl CustomOp2 for ResidualLayerNorm {
     }
 }
 
+impl CustomOp1 for ResidualLayerNorm {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(x, layout)?;
+        let dim = self.weight.len();
+        if dim == 0 || !x.len().is_multiple_of(dim) {
+            candle_core::bail!("LayerNorm: shapes disagree");
+        }
+        let mut out = vec![0f32; x.len()];
+        let rows = (4096 / dim).max(1) * dim;
+        out.par_chunks_mut(rows)
+            .zip(x.par_chunks(rows))
+            .for_each(|(o, x)| residual_norm_rows(o, x, &[], &self.weight, &self.bias, self.eps));
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+// `r` empty: no residual.
 dispatch!(residual_norm_rows, (out: &mut [f32], x: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f32), {
     let dim = w.len();
-    for ((o, x), r) in out.chunks_mut(dim).zip(x.chunks(dim)).zip(r.chunks(dim)) {
-        for ((o, &x), &r) in o.iter_mut().zip(x).zip(r) {
-            *o = x + r;
+    for (row, (o, x)) in out.chunks_mut(dim).zip(x.chunks(dim)).enumerate() {
+        match r.get(row * dim..(row + 1) * dim) {
+            Some(r) => {
+                for ((o, &x), &r) in o.iter_mut().zip(x).zip(r) {
+                    *o = x + r;
+                }
+            }
+            None => o.copy_from_slice(x),
         }
         let mean = lane_sum(o) / dim as f32;
         o.iter_mut().for_each(|o| *o -= mean);

@@ -4,16 +4,24 @@
 //! one for f32 FMA). bf16 keeps f32's exponent range, so nothing is scaled; the
 //! cost is 8 bits of mantissa on each input.
 //!
-//! Same blocking as the f32 kernel ([`super::gemm`]): a 12×32 register tile, W in
-//! NR-column panels, but over pairs of depths (what one `vdpbf16ps` lane reads).
+//! Where the CPU has AMX (Sapphire Rapids and later), its tile unit does the
+//! products instead: `tdpbf16ps` multiplies a 16×32 tile of A by a 32×16 tile of W
+//! into 16×16 f32 sums, 16× the work of one AVX-512 instruction. Without AMX,
+//! the same blocking as the f32 kernel ([`super::gemm`]): a 12×32 register tile
+//! over pairs of depths (what one `vdpbf16ps` lane reads). Depths are padded to a
+//! multiple of 32 (one AMX tile) with zeros.
 
 use super::gemm::{for_each_tile, Epilogue, OutPtr, NR};
 use rayon::prelude::*;
 
 /// Rows of the register tile (24 of the 32 zmm registers hold its sums).
 const MR: usize = 12;
-/// Rows per task.
+/// Rows per task (a multiple of the AMX kernel's 32 rows too).
 const MC: usize = 8 * MR;
+/// Depths per AMX tile of A (32 bf16 = 64 bytes, a tile row).
+const DEPTH_STEP: usize = 32;
+/// Rows of the AMX kernel's block: two tiles of 16.
+const AMX_ROWS: usize = 32;
 
 /// f32 → bf16, rounding to nearest even (as `vcvtne2ps2bf16`); NaN stays NaN.
 #[inline(always)]
@@ -36,7 +44,7 @@ fn from_bf16(h: u16) -> f32 {
 #[derive(Debug)]
 pub struct PackedBf16Weight {
     k: usize,
-    /// k rounded up to even (zero padding).
+    /// k rounded up to a multiple of 32 (zero padding).
     k2: usize,
     n: usize,
     panels: usize,
@@ -47,7 +55,7 @@ impl PackedBf16Weight {
     /// `w`: out × in row-major (n = out, k = in).
     pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
-        let k2 = k.div_ceil(2) * 2;
+        let k2 = k.div_ceil(DEPTH_STEP) * DEPTH_STEP;
         let panels = n.div_ceil(NR);
         let mut data = vec![0u16; panels * NR * k2];
         data.par_chunks_mut((k2 * NR).max(1))
@@ -85,7 +93,21 @@ pub fn linear(
     bias: Option<&[f32]>,
     epilogue: Epilogue,
 ) -> Vec<f32> {
-    linear_on(a, m, w, bias, epilogue, has_bf16())
+    let kernel = if amx::usable() {
+        Kernel::Amx
+    } else if has_bf16() {
+        Kernel::Avx512
+    } else {
+        Kernel::Portable
+    };
+    linear_on(a, m, w, bias, epilogue, kernel)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Amx,
+    Avx512,
+    Portable,
 }
 
 /// Whether this CPU runs the AVX512-BF16 kernel (else the portable one).
@@ -104,27 +126,28 @@ fn linear_on(
     w: &PackedBf16Weight,
     bias: Option<&[f32]>,
     epilogue: Epilogue,
-    native: bool,
+    kernel: Kernel,
 ) -> Vec<f32> {
     let (k, k2, n) = (w.k, w.k2, w.n);
     assert_eq!(a.len(), m * k, "input of {m}×{k} has {} values", a.len());
     if m == 0 || n == 0 {
         return vec![0f32; m * n];
     }
-    // Rows as bf16, padded to k2 with zero.
-    let mut rows = vec![0u16; m * k2];
+    // Rows as bf16, padded to k2 with zero (and to whole AMX blocks of rows).
+    let mut rows = vec![0u16; m.div_ceil(AMX_ROWS) * AMX_ROWS * k2];
+    let native = kernel != Kernel::Portable;
     rows.par_chunks_mut(k2)
         .zip(a.par_chunks(k.max(1)))
-        .for_each(|(q, row)| {
-            for (q, &v) in q.iter_mut().zip(row) {
-                *q = to_bf16(v);
-            }
-        });
+        .for_each(|(q, row)| convert_row(q, row, native));
     // Not zeroed: every tile stores all of its outputs.
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let ptr = OutPtr(out.as_mut_ptr());
     for_each_tile(m, MC, w.panels, |rs, panels| {
-        for j in panels.clone() {
+        if kernel == Kernel::Amx {
+            // SAFETY: AMX is usable; the rows buffer holds whole 32-row blocks.
+            unsafe { amx::task(&rows, k2, rs.clone(), &w.data, panels.clone(), n, ptr) };
+        }
+        for j in panels.clone().filter(|_| kernel != Kernel::Amx) {
             for r0 in rs.clone().step_by(MR) {
                 let tile = Tile {
                     a: &rows[r0 * k2..],
@@ -134,7 +157,14 @@ fn linear_on(
                     cols: NR.min(n - j * NR),
                 };
                 // SAFETY: rows r0..r0+rows, columns j·NR..j·NR+cols are this task's.
-                unsafe { micro_tile(&tile, ptr.get().add(r0 * n + j * NR), n, native) };
+                unsafe {
+                    micro_tile(
+                        &tile,
+                        ptr.get().add(r0 * n + j * NR),
+                        n,
+                        kernel == Kernel::Avx512,
+                    )
+                };
             }
         }
         let c0 = panels.start * NR;
@@ -148,6 +178,18 @@ fn linear_on(
     // SAFETY: the tiles above wrote all m·n values (every row block × panel).
     unsafe { out.set_len(m * n) };
     out
+}
+
+/// `q[..row.len()]` = `row` as bf16.
+fn convert_row(q: &mut [u16], row: &[f32], native: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if native {
+        // SAFETY: `native` only where the CPU has AVX512-BF16.
+        return unsafe { avx512::convert_row(q, row) };
+    }
+    for (q, &v) in q.iter_mut().zip(row) {
+        *q = to_bf16(v);
+    }
 }
 
 /// One register tile's inputs: `rows` (≤ MR) bf16 rows of A (stride `lda`, all of
@@ -194,6 +236,21 @@ mod avx512 {
     use super::{Tile, MR, NR};
     use std::arch::x86_64::*;
 
+    /// 32 values at a time by `vcvtne2ps2bf16` (round to nearest even).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn convert_row(q: &mut [u16], row: &[f32]) {
+        let whole = row.len() / 32 * 32;
+        for p in (0..whole).step_by(32) {
+            let lo = _mm512_loadu_ps(row.as_ptr().add(p));
+            let hi = _mm512_loadu_ps(row.as_ptr().add(p + 16));
+            let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(q.as_mut_ptr().add(p) as *mut _, both);
+        }
+        for (q, &v) in q[whole..].iter_mut().zip(&row[whole..]) {
+            *q = super::to_bf16(v);
+        }
+    }
+
     /// Per pair of depths, two 64-byte loads of W and MR broadcasts of a row's pair
     /// of bf16 values feed 24 `vdpbf16ps`.
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -226,6 +283,173 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::super::gemm::OutPtr;
+    use super::{AMX_ROWS, DEPTH_STEP, NR};
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    /// Whether the CPU has AMX-BF16 and Linux lets this process use the tile data
+    /// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, asked once).
+    /// `SLIMFORMER_NO_AMX=1` says no (to time the AVX-512 kernel instead).
+    pub fn usable() -> bool {
+        static USABLE: OnceLock<bool> = OnceLock::new();
+        *USABLE.get_or_init(|| {
+            if std::env::var_os("SLIMFORMER_NO_AMX").is_some() {
+                return false;
+            }
+            // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+            let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+            if leaf.edx & (1 << 22) == 0 || leaf.edx & (1 << 24) == 0 {
+                return false;
+            }
+            const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+            const XFEATURE_XTILEDATA: u64 = 18;
+            let ret: i64;
+            // SAFETY: the arch_prctl system call (158) only changes this process's
+            // permission to use the AMX state; it reads no memory of ours.
+            unsafe {
+                asm!(
+                    "syscall",
+                    inlateout("rax") 158i64 => ret,
+                    in("rdi") ARCH_REQ_XCOMP_PERM,
+                    in("rsi") XFEATURE_XTILEDATA,
+                    lateout("rcx") _,
+                    lateout("r11") _,
+                    options(nostack),
+                );
+            }
+            ret == 0
+        })
+    }
+
+    /// Palette 1, all eight tiles 16 rows × 64 bytes.
+    #[repr(C, align(64))]
+    struct TileConfig([u8; 64]);
+
+    impl TileConfig {
+        fn new() -> Self {
+            let mut cfg = [0u8; 64];
+            cfg[0] = 1;
+            for t in 0..8 {
+                cfg[16 + 2 * t] = 64;
+                cfg[48 + t] = 16;
+            }
+            Self(cfg)
+        }
+    }
+
+    /// Rows `rows` × panels `panels` of the output, all of the depth. Tile
+    /// registers are per thread: configured at the start, released at the end.
+    ///
+    /// # Safety
+    /// `usable()`; `a` holds whole 32-row blocks of `lda` bf16 each (a multiple of
+    /// 32); rows and panels are this task's alone.
+    pub unsafe fn task(
+        a: &[u16],
+        lda: usize,
+        rows: std::ops::Range<usize>,
+        w: &[u16],
+        panels: std::ops::Range<usize>,
+        n: usize,
+        out: OutPtr,
+    ) {
+        let cfg = TileConfig::new();
+        asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        let mut sums = [0f32; AMX_ROWS * NR];
+        for j in panels {
+            let panel = w[j * lda * NR..][..lda * NR].as_ptr();
+            let cols = NR.min(n - j * NR);
+            for r0 in rows.clone().step_by(AMX_ROWS) {
+                let block_rows = &a[r0 * lda..(r0 + AMX_ROWS) * lda];
+                let dst = out.get().add(r0 * n + j * NR);
+                if cols == NR && rows.end - r0 >= AMX_ROWS {
+                    // A whole block: the tiles go straight into the output.
+                    block(block_rows.as_ptr(), lda, panel, dst, n);
+                    continue;
+                }
+                block(block_rows.as_ptr(), lda, panel, sums.as_mut_ptr(), NR);
+                for i in 0..AMX_ROWS.min(rows.end - r0) {
+                    let dst = dst.add(i * n);
+                    for (c, &v) in sums[i * NR..i * NR + cols].iter().enumerate() {
+                        dst.add(c).write(v);
+                    }
+                }
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+
+    /// 32 rows of A (from `a`, `lda` bf16 apart) times one 32-column panel of W
+    /// over the whole depth, into a 32×32 block of `c` (rows `ldc` apart) as four
+    /// 16×16 tiles.
+    #[inline]
+    unsafe fn block(a: *const u16, lda: usize, panel: *const u16, c: *mut f32, ldc: usize) {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+        for t in 0..lda / DEPTH_STEP {
+            let pa = a.add(t * DEPTH_STEP);
+            // Each step: 16 pairs of depths × NR columns × 2 values of the panel.
+            let pb = panel.add(t * DEPTH_STEP * NR);
+            asm!(
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                a0 = in(reg) pa,
+                a1 = in(reg) pa.add(16 * lda),
+                sa = in(reg) lda * 2,
+                b0 = in(reg) pb,
+                b1 = in(reg) pb.add(32),
+                sb = in(reg) NR * 2 * 2,
+                options(nostack, readonly),
+            );
+        }
+        asm!(
+            "tilestored [{c0} + {s}*1], tmm0",
+            "tilestored [{c1} + {s}*1], tmm1",
+            "tilestored [{c2} + {s}*1], tmm2",
+            "tilestored [{c3} + {s}*1], tmm3",
+            c0 = in(reg) c,
+            c1 = in(reg) c.add(16),
+            c2 = in(reg) c.add(16 * ldc),
+            c3 = in(reg) c.add(16 * ldc + 16),
+            s = in(reg) ldc * 4,
+            options(nostack),
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    pub fn usable() -> bool {
+        false
+    }
+
+    /// Never called: `usable()` is false.
+    pub unsafe fn task(
+        _: &[u16],
+        _: usize,
+        _: std::ops::Range<usize>,
+        _: &[u16],
+        _: std::ops::Range<usize>,
+        _: usize,
+        _: super::super::gemm::OutPtr,
+    ) {
+        unreachable!("no AMX off x86-64")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::gemm::tests::values;
@@ -241,6 +465,13 @@ mod tests {
         assert_eq!(to_bf16(-2.0), 0xc000);
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
         assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+        if has_bf16() {
+            let row = values(75, 9);
+            let (mut native, mut portable) = (vec![0u16; 75], vec![0u16; 75]);
+            convert_row(&mut native, &row, true);
+            convert_row(&mut portable, &row, false);
+            assert_eq!(native, portable);
+        }
     }
 
     #[test]
@@ -263,19 +494,27 @@ mod tests {
                 Epilogue::None,
             );
             let packed = PackedBf16Weight::pack(&w, n, k);
-            let portable = linear_on(&a, m, &packed, Some(&bias), Epilogue::None, false);
+            let portable = linear_on(
+                &a,
+                m,
+                &packed,
+                Some(&bias),
+                Epilogue::None,
+                Kernel::Portable,
+            );
             // Each input carries a relative error up to 2⁻⁹.
             let bound = k as f32 * 0.25 * 2.0 * 2f32.powi(-9) + 1e-5;
             for (i, (p, e)) in portable.iter().zip(&exact).enumerate() {
                 assert!((p - e).abs() < bound, "{m}×{n}×{k} [{i}]: {p} vs {e}");
             }
-            if has_bf16() {
-                let native = linear_on(&a, m, &packed, Some(&bias), Epilogue::None, true);
-                for (i, (f, p)) in native.iter().zip(&portable).enumerate() {
+            let native = [(Kernel::Avx512, has_bf16()), (Kernel::Amx, amx::usable())];
+            for (kernel, _) in native.into_iter().filter(|k| k.1) {
+                let got = linear_on(&a, m, &packed, Some(&bias), Epilogue::None, kernel);
+                for (i, (f, p)) in got.iter().zip(&portable).enumerate() {
                     // The same bf16 products; only the order of the f32 sums differs.
                     assert!(
                         (f - p).abs() <= 1e-4 * (1.0 + p.abs()),
-                        "{m}×{n}×{k} [{i}]: {f} vs {p}"
+                        "{kernel:?} {m}×{n}×{k} [{i}]: {f} vs {p}"
                     );
                 }
             }

@@ -27,16 +27,25 @@ impl LayerNorm {
         if !fusable {
             return self.forward(&(xs + residual)?);
         }
-        let op = super::fused::ResidualLayerNorm {
+        xs.contiguous()?
+            .apply_op2_no_bwd(&residual.contiguous()?, &self.fused()?)
+    }
+
+    fn fused(&self) -> candle_core::Result<super::fused::ResidualLayerNorm> {
+        Ok(super::fused::ResidualLayerNorm {
             weight: self.weight.to_vec1::<f32>()?,
             bias: self.bias.to_vec1::<f32>()?,
             eps: self.eps as f32,
-        };
-        xs.contiguous()?
-            .apply_op2_no_bwd(&residual.contiguous()?, &op)
+        })
     }
 
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        if [xs, &self.weight, &self.bias]
+            .iter()
+            .all(|t| super::fast::usable(t))
+        {
+            return xs.contiguous()?.apply_op1_no_bwd(&self.fused()?);
+        }
         // candle's fused kernel has no backward pass: use it only when nothing is trained.
         if xs.track_op() || self.weight.track_op() || self.bias.track_op() {
             let mean = xs.mean_keepdim(D::Minus1)?;
