@@ -20,6 +20,8 @@ for r in $(seq 1 "$REPEATS"); do
   target/release/slimformer --threads "$THREADS" bench "$MODEL" --runs "$RUNS" --json > "$OUT/slimformer-$r.json"
   target/release/slimformer --threads "$THREADS" --precision int8 bench "$MODEL" --runs "$RUNS" --json \
     > "$OUT/slimformer-int8-$r.json"
+  target/release/slimformer --threads "$THREADS" --precision bf16 bench "$MODEL" --runs "$RUNS" --json \
+    > "$OUT/slimformer-bf16-$r.json"
   SLIMFORMER_PORTABLE_KERNELS=1 target/release/slimformer --threads "$THREADS" bench "$MODEL" --runs "$RUNS" --json \
     > "$OUT/slimformer-portable-$r.json"
   .venv-ref/bin/python scripts/bench_reference.py "$MODEL" --threads "$THREADS" --runs "$RUNS" --json \
@@ -27,10 +29,22 @@ for r in $(seq 1 "$REPEATS"); do
   .venv-ref/bin/python scripts/bench_reference.py "$MODEL" --threads "$THREADS" --runs "$RUNS" --json \
     --engine onnxruntime > "$OUT/onnxruntime-$r.json"
 done
+if [ -z "${RENDER_ONLY:-}" ]; then
+  # Peak resident memory of a 32×128 run per precision (MiB), and the load time.
+  for p in fp32 int8 bf16; do
+    python3 -c "import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)" \
+      target/release/slimformer --threads "$THREADS" --precision "$p" bench "$MODEL" --shapes 32x128 --runs 3 \
+      > "$OUT/peak-rss-$p.txt"
+  done
+  cargo run --release -q -p slimformer --example load -- "$MODEL" > "$OUT/load.txt"
+fi
 python3 - "$OUT" "$REPEATS" "$THREADS" > docs/PERFORMANCE.md.part <<'PY'
 import json, sys, platform, subprocess
 out, repeats, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-engines = [("slimformer", "slimformer"), ("slimformer-int8", "slimformer int8"), ("slimformer-portable", "slimformer, candle's kernels"),
+engines = [("slimformer", "slimformer"), ("slimformer-int8", "slimformer int8"), ("slimformer-bf16", "slimformer bf16"),
+           ("slimformer-portable", "slimformer, candle's kernels"),
            ("pytorch", "PyTorch + transformers"), ("onnxruntime", "ONNX Runtime")]
 def load(name, r):
     try:
@@ -60,6 +74,18 @@ for r in range(1, repeats + 1):
         times = [f"{data[n].get(shape, float('nan')):.1f} ms" for n, _ in engines]
         ratios = [f"{data[n][shape] / ref:.2f}" if ref and shape in data[n] else "-" for n, _ in engines if n != "pytorch"]
         print(f"| {r} | {shape} | " + " | ".join(times) + " | " + " | ".join(ratios) + " |")
+def text(name):
+    try:
+        return open(f"{out}/{name}").read().strip()
+    except OSError:
+        return None
+rss = {p: text(f"peak-rss-{p}.txt") for p in ["fp32", "int8", "bf16"]}
+if any(rss.values()):
+    print()
+    print("Peak resident memory of `slimformer bench --shapes 32x128` (whole process; the fp32")
+    print("weights are 87 MiB): " + ", ".join(f"{p} {float(v):.0f} MiB" for p, v in rss.items() if v) + ".")
+if text("load.txt"):
+    print(f"Load (`cargo run --release -p slimformer --example load`, median of 10): {text('load.txt')}.")
 try:
     print()
     print(open("docs/PERFORMANCE-notes.md").read().rstrip())
