@@ -285,63 +285,14 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod amx {
+    use super::super::amx::with_tiles;
     use super::super::gemm::OutPtr;
     use super::{AMX_ROWS, DEPTH_STEP, NR};
     use std::arch::asm;
-    use std::sync::OnceLock;
 
-    /// Whether the CPU has AMX-BF16 and Linux lets this process use the tile data
-    /// (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, asked once).
-    /// `SLIMFORMER_NO_AMX=1` says no (to time the AVX-512 kernel instead).
-    pub fn usable() -> bool {
-        static USABLE: OnceLock<bool> = OnceLock::new();
-        *USABLE.get_or_init(|| {
-            if std::env::var_os("SLIMFORMER_NO_AMX").is_some() {
-                return false;
-            }
-            // CPUID leaf 7: EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
-            let leaf = std::arch::x86_64::__cpuid_count(7, 0);
-            if leaf.edx & (1 << 22) == 0 || leaf.edx & (1 << 24) == 0 {
-                return false;
-            }
-            const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
-            const XFEATURE_XTILEDATA: u64 = 18;
-            let ret: i64;
-            // SAFETY: the arch_prctl system call (158) only changes this process's
-            // permission to use the AMX state; it reads no memory of ours.
-            unsafe {
-                asm!(
-                    "syscall",
-                    inlateout("rax") 158i64 => ret,
-                    in("rdi") ARCH_REQ_XCOMP_PERM,
-                    in("rsi") XFEATURE_XTILEDATA,
-                    lateout("rcx") _,
-                    lateout("r11") _,
-                    options(nostack),
-                );
-            }
-            ret == 0
-        })
-    }
+    pub use super::super::amx::bf16 as usable;
 
-    /// Palette 1, all eight tiles 16 rows × 64 bytes.
-    #[repr(C, align(64))]
-    struct TileConfig([u8; 64]);
-
-    impl TileConfig {
-        fn new() -> Self {
-            let mut cfg = [0u8; 64];
-            cfg[0] = 1;
-            for t in 0..8 {
-                cfg[16 + 2 * t] = 64;
-                cfg[48 + t] = 16;
-            }
-            Self(cfg)
-        }
-    }
-
-    /// Rows `rows` × panels `panels` of the output, all of the depth. Tile
-    /// registers are per thread: configured at the start, released at the end.
+    /// Rows `rows` × panels `panels` of the output, all of the depth.
     ///
     /// # Safety
     /// `usable()`; `a` holds whole 32-row blocks of `lda` bf16 each (a multiple of
@@ -355,30 +306,29 @@ mod amx {
         n: usize,
         out: OutPtr,
     ) {
-        let cfg = TileConfig::new();
-        asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
-        let mut sums = [0f32; AMX_ROWS * NR];
-        for j in panels {
-            let panel = w[j * lda * NR..][..lda * NR].as_ptr();
-            let cols = NR.min(n - j * NR);
-            for r0 in rows.clone().step_by(AMX_ROWS) {
-                let block_rows = &a[r0 * lda..(r0 + AMX_ROWS) * lda];
-                let dst = out.get().add(r0 * n + j * NR);
-                if cols == NR && rows.end - r0 >= AMX_ROWS {
-                    // A whole block: the tiles go straight into the output.
-                    block(block_rows.as_ptr(), lda, panel, dst, n);
-                    continue;
-                }
-                block(block_rows.as_ptr(), lda, panel, sums.as_mut_ptr(), NR);
-                for i in 0..AMX_ROWS.min(rows.end - r0) {
-                    let dst = dst.add(i * n);
-                    for (c, &v) in sums[i * NR..i * NR + cols].iter().enumerate() {
-                        dst.add(c).write(v);
+        with_tiles(|| {
+            let mut sums = [0f32; AMX_ROWS * NR];
+            for j in panels {
+                let panel = w[j * lda * NR..][..lda * NR].as_ptr();
+                let cols = NR.min(n - j * NR);
+                for r0 in rows.clone().step_by(AMX_ROWS) {
+                    let block_rows = &a[r0 * lda..(r0 + AMX_ROWS) * lda];
+                    let dst = out.get().add(r0 * n + j * NR);
+                    if cols == NR && rows.end - r0 >= AMX_ROWS {
+                        // A whole block: the tiles go straight into the output.
+                        block(block_rows.as_ptr(), lda, panel, dst, n);
+                        continue;
+                    }
+                    block(block_rows.as_ptr(), lda, panel, sums.as_mut_ptr(), NR);
+                    for i in 0..AMX_ROWS.min(rows.end - r0) {
+                        let dst = dst.add(i * n);
+                        for (c, &v) in sums[i * NR..i * NR + cols].iter().enumerate() {
+                            dst.add(c).write(v);
+                        }
                     }
                 }
             }
-        }
-        asm!("tilerelease", options(nostack, nomem));
+        })
     }
 
     /// 32 rows of A (from `a`, `lda` bf16 apart) times one 32-column panel of W
@@ -432,9 +382,7 @@ mod amx {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod amx {
-    pub fn usable() -> bool {
-        false
-    }
+    pub use super::super::amx::bf16 as usable;
 
     /// Never called: `usable()` is false.
     pub unsafe fn task(

@@ -6,6 +6,7 @@
 mod dispatch;
 
 mod activation;
+mod amx;
 mod attention;
 mod dropout;
 mod embeddings;
