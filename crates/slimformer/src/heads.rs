@@ -376,7 +376,7 @@ impl MaskedLmHead {
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         let h = self.transform.forward(hidden)?;
         let h = self.norm.forward(&self.activation.forward(&h)?)?;
-        let logits = h.broadcast_matmul(&self.decoder.t()?)?;
-        Ok(logits.broadcast_add(&self.bias)?)
+        let logits = crate::layers::rows::matmul_last(&h, &self.decoder.t()?)?;
+        Ok(crate::layers::rows::add_row(&logits, &self.bias)?)
     }
 }

@@ -105,7 +105,12 @@ impl Linear {
                 .contiguous()?
                 .apply_op1_no_bwd(&PackedLinear { packed, epilogue });
         }
-        let out = self.inner.forward(xs)?;
+        // candle's Linear adds the bias by broadcasting, whose gradient is slow to sum.
+        let product = candle_nn::Linear::new(self.inner.weight().clone(), None).forward(xs)?;
+        let out = match self.inner.bias() {
+            Some(bias) => super::rows::add_row(&product, bias)?,
+            None => product,
+        };
         match epilogue {
             Epilogue::None => Ok(out),
             Epilogue::GeluErf => super::fast::gelu_erf(&out),

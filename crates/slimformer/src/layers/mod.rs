@@ -18,6 +18,7 @@ pub mod gemm_bf16;
 pub mod gemm_int8;
 mod linear;
 mod norm;
+pub mod rows;
 mod transformer;
 
 pub use activation::Activation;

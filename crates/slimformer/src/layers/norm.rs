@@ -52,9 +52,7 @@ impl LayerNorm {
             let centered = xs.broadcast_sub(&mean)?;
             let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
             let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-            normed
-                .broadcast_mul(&self.weight)?
-                .broadcast_add(&self.bias)
+            super::rows::add_row(&super::rows::mul_row(&normed, &self.weight)?, &self.bias)
         } else {
             candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps as f32)
         }

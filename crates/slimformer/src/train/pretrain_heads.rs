@@ -108,6 +108,7 @@ impl PlmHead {
             .xlnet
             .forward_two_stream(batch, perm_mask, target_mapping, train)?;
         let w = self.xlnet.word_embeddings();
-        Ok(g.broadcast_matmul(&w.t()?)?.broadcast_add(&self.bias)?)
+        let logits = crate::layers::rows::matmul_last(&g, &w.t()?)?;
+        Ok(crate::layers::rows::add_row(&logits, &self.bias)?)
     }
 }
