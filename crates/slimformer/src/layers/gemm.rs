@@ -144,20 +144,48 @@ pub fn linear(
         }
         return out;
     }
-    // Not zeroed: the first depth block stores every output before any is read.
+    // SAFETY: `tile` stores every value of its block (its first depth block stores,
+    // the others add).
+    unsafe {
+        tiled_output(m, n, MC, w.panels, bias, epilogue, |rows, panels, out| {
+            tile(a, k, w, rows, panels, out)
+        })
+    }
+}
+
+/// The m × n output of a linear layer, computed in parallel by `tiles(rows, panels,
+/// out)` over the blocks of [`for_each_tile`]; each task then runs the bias and the
+/// epilogue on its block while it is still in cache. The output is not zeroed first.
+///
+/// # Safety
+/// `tiles` stores every value of its rows × panels block of `out` (rows n apart).
+pub(super) unsafe fn tiled_output(
+    m: usize,
+    n: usize,
+    mc: usize,
+    panels: usize,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+    tiles: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>, OutPtr) + Send + Sync,
+) -> Vec<f32> {
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let ptr = OutPtr(out.as_mut_ptr());
-    for_each_tile(m, MC, w.panels, |rows, panels| {
-        tile(a, k, w, rows, panels, ptr, bias, epilogue)
+    for_each_tile(m, mc, panels, |rows, panels| {
+        tiles(rows.clone(), panels.clone(), ptr);
+        let c0 = panels.start * NR;
+        let c1 = (panels.end * NR).min(n);
+        for r in rows {
+            // SAFETY: this task's own rows and columns, all stored by `tiles`.
+            let row = std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0);
+            finish_row(row, bias.map(|b| &b[c0..c1]), epilogue);
+        }
     });
-    // SAFETY: the tasks above wrote all m·n values (every row block × column split,
-    // the first depth block storing, not adding).
-    unsafe { out.set_len(m * n) };
+    // SAFETY: the blocks cover all m·n values, each stored by its task.
+    out.set_len(m * n);
     out
 }
 
-/// One task: rows × panels of the output, all of K, then the epilogue.
-#[allow(clippy::too_many_arguments)]
+/// One task: rows × panels of the output, all of K.
 fn tile(
     a: &[f32],
     k: usize,
@@ -165,8 +193,6 @@ fn tile(
     rows: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
     out: OutPtr,
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
 ) {
     let n = w.n;
     for p0 in (0..k).step_by(KC) {
@@ -189,13 +215,6 @@ fn tile(
                 }
             }
         }
-    }
-    let c0 = panels.start * NR;
-    let c1 = (panels.end * NR).min(n);
-    for r in rows {
-        // SAFETY: as above, this task's own rows and columns, all written by now.
-        let row = unsafe { std::slice::from_raw_parts_mut(out.get().add(r * n + c0), c1 - c0) };
-        finish_row(row, bias.map(|b| &b[c0..c1]), epilogue);
     }
 }
 

@@ -11,7 +11,7 @@
 //! over pairs of depths (what one `vdpbf16ps` lane reads). Depths are padded to a
 //! multiple of 32 (one AMX tile) with zeros.
 
-use super::gemm::{for_each_tile, Epilogue, OutPtr, NR};
+use super::gemm::{tiled_output, Epilogue, OutPtr, NR};
 use rayon::prelude::*;
 
 /// Rows of the register tile (24 of the 32 zmm registers hold its sums).
@@ -135,19 +135,17 @@ fn linear_on(
     }
     // Rows as bf16, padded to k2 with zero (and to whole AMX blocks of rows).
     let mut rows = vec![0u16; m.div_ceil(AMX_ROWS) * AMX_ROWS * k2];
-    let native = kernel != Kernel::Portable;
+    // vcvtne2ps2bf16 is AVX512-BF16's, which an AMX CPU need not expose.
+    let native = kernel != Kernel::Portable && has_bf16();
     rows.par_chunks_mut(k2)
         .zip(a.par_chunks(k.max(1)))
         .for_each(|(q, row)| convert_row(q, row, native));
-    // Not zeroed: every tile stores all of its outputs.
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let ptr = OutPtr(out.as_mut_ptr());
-    for_each_tile(m, MC, w.panels, |rs, panels| {
+    let tiles = |rs: std::ops::Range<usize>, panels: std::ops::Range<usize>, ptr: OutPtr| {
         if kernel == Kernel::Amx {
             // SAFETY: AMX is usable; the rows buffer holds whole 32-row blocks.
-            unsafe { amx::task(&rows, k2, rs.clone(), &w.data, panels.clone(), n, ptr) };
+            return unsafe { amx::task(&rows, k2, rs, &w.data, panels, n, ptr) };
         }
-        for j in panels.clone().filter(|_| kernel != Kernel::Amx) {
+        for j in panels {
             for r0 in rs.clone().step_by(MR) {
                 let tile = Tile {
                     a: &rows[r0 * k2..],
@@ -167,17 +165,9 @@ fn linear_on(
                 };
             }
         }
-        let c0 = panels.start * NR;
-        let c1 = (panels.end * NR).min(n);
-        for r in rs {
-            // SAFETY: as above.
-            let row = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0) };
-            super::fast::add_bias_then(row, bias.map(|b| &b[c0..c1]), epilogue);
-        }
-    });
-    // SAFETY: the tiles above wrote all m·n values (every row block × panel).
-    unsafe { out.set_len(m * n) };
-    out
+    };
+    // SAFETY: the AMX task and every micro-tile store all of their outputs.
+    unsafe { tiled_output(m, n, MC, w.panels, bias, epilogue, tiles) }
 }
 
 /// `q[..row.len()]` = `row` as bf16.

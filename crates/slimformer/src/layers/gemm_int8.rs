@@ -7,7 +7,7 @@
 //! shifted by 128 (`u = q + 128`) and the shift is taken back out with the
 //! weights' column sums: Σ u·w = Σ q·w + 128·Σ w.
 
-use super::gemm::{for_each_tile, Epilogue, OutPtr, NR};
+use super::gemm::{tiled_output, Epilogue, OutPtr, NR};
 use rayon::prelude::*;
 
 /// Values that share one activation scale (a multiple of 4): per-row scales alone
@@ -170,13 +170,10 @@ fn linear_on(
     if m == 0 || n == 0 {
         return vec![0f32; m * n];
     }
-    // Not zeroed: every tile stores all of its outputs.
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
     let (qa, row_scales) = quantize_rows(a, m, k, k4, vnni);
     let groups = w.groups;
-    let ptr = OutPtr(out.as_mut_ptr());
-    for_each_tile(m, MC, w.panels, |rows, panels| {
-        for j in panels.clone() {
+    let tiles = |rows: std::ops::Range<usize>, panels: std::ops::Range<usize>, out: OutPtr| {
+        for j in panels {
             for r0 in rows.clone().step_by(MR) {
                 let tile = Tile {
                     a: &qa[r0 * k4..],
@@ -190,20 +187,12 @@ fn linear_on(
                     cols: NR.min(n - j * NR),
                 };
                 // SAFETY: rows r0..r0+rows, columns j·NR..j·NR+cols are this task's.
-                unsafe { micro_tile(&tile, ptr.get().add(r0 * n + j * NR), n, vnni) };
+                unsafe { micro_tile(&tile, out.get().add(r0 * n + j * NR), n, vnni) };
             }
         }
-        let c0 = panels.start * NR;
-        let c1 = (panels.end * NR).min(n);
-        for r in rows {
-            // SAFETY: as above.
-            let row = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0) };
-            super::fast::add_bias_then(row, bias.map(|b| &b[c0..c1]), epilogue);
-        }
-    });
-    // SAFETY: the tiles above wrote all m·n values (every row block × panel).
-    unsafe { out.set_len(m * n) };
-    out
+    };
+    // SAFETY: every micro-tile stores all of its outputs.
+    unsafe { tiled_output(m, n, MC, w.panels, bias, epilogue, tiles) }
 }
 
 /// One register tile's inputs: `rows` (≤ MR) u8 rows of A (stride `lda`, all of
