@@ -102,9 +102,9 @@ stage_ablations() {
 }
 stage_sharing() {
   albert albert-e128-all-g3-1ep 1 --embedding-size 128 --share all --groups 3
+  albert albert-e128-none-1ep 1 --embedding-size 128 --share none
   albert albert-e128-attention-g3-1ep 1 --embedding-size 128 --share attention --groups 3
   albert albert-e128-ffn-g3-1ep 1 --embedding-size 128 --share ffn --groups 3
-  albert albert-e128-none-1ep 1 --embedding-size 128 --share none
   albert albert-e128-all-g1-1ep 1 --embedding-size 128 --share all --groups 1
 }
 stage_embed() {

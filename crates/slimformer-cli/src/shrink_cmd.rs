@@ -4,11 +4,15 @@ use crate::train_cmd::ColumnFlags;
 use crate::train_flags::{ScheduleFlags, TrainingFlags};
 use slimformer::shrink::compress::{self, CompressOptions, ShareInit, Sharing};
 use slimformer::shrink::distill::{self, DistillData, DistillOptions, StudentSpec};
+use slimformer::shrink::embedding_fit::{self, EmbeddingFitOptions};
 use slimformer::shrink::losses::DistillWeights;
 use slimformer::shrink::quantize::{self, QuantMode};
 use slimformer::shrink::student::write_checkpoint;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// Texts (or paragraphs) of the recovery data the embedding fit samples from.
+const FIT_TEXTS: usize = 20_000;
 
 /// The data, loss and schedule flags of a distillation (also `compress`'s recovery).
 #[derive(clap::Args)]
@@ -88,6 +92,10 @@ pub struct CompressArgs {
     /// A shared layer starts as the mean of the layers it replaces, or the first.
     #[arg(long, default_value = "mean")]
     pub share_init: ShareInit,
+    /// Steps fitting the factorized embeddings to the model's embedding output before
+    /// recovery (on the recovery texts, else on random tokens; 0: keep the SVD start).
+    #[arg(long, default_value_t = 2000)]
+    pub embedding_fit_steps: usize,
     /// The compressed model before recovery (default: OUT/compressed when recovering,
     /// else OUT itself).
     #[command(flatten)]
@@ -208,23 +216,36 @@ pub fn distill(args: DistillArgs) -> anyhow::Result<ExitCode> {
 pub fn compress(args: CompressArgs) -> anyhow::Result<ExitCode> {
     let model_dir = slimformer::hub::resolve_model(&args.model)?;
     let teacher = slimformer::checkpoint::Checkpoint::open(&model_dir)?;
+    let flags = args.recovery.flags;
+    let out = flags.training.out.clone();
+    let recovery = if flags.has_data() {
+        let compressed = out.join("compressed");
+        let opts = flags.options(model_dir.clone(), StudentSpec::Prepared(compressed.clone()))?;
+        Some((compressed, opts))
+    } else {
+        None
+    };
+    let texts = match &recovery {
+        Some((_, opts)) if args.embedding_fit_steps > 0 => {
+            let max_len = opts
+                .max_len
+                .unwrap_or(slimformer::train::finetune::DEFAULT_MAX_LEN);
+            embedding_fit::token_ids(&opts.data, &model_dir, max_len, FIT_TEXTS)?
+        }
+        _ => Vec::new(),
+    };
     let opts = CompressOptions {
         embedding_size: args.embedding_size,
         sharing: args.share,
         groups: args.groups,
         share_init: args.share_init,
+        embedding_fit: (args.embedding_fit_steps > 0)
+            .then(|| EmbeddingFitOptions::new(args.embedding_fit_steps, texts)),
     };
     let (student, report) = compress::compress(&teacher, &opts)?;
-    let flags = args.recovery.flags;
-    let recover = flags.has_data();
-    let out = flags.training.out.clone();
-    let compressed = if recover {
-        out.join("compressed")
-    } else {
-        out.clone()
-    };
-    write_checkpoint(&student, &compressed, &model_dir)?;
-    let loaded = slimformer::Model::load(&compressed)?;
+    let compressed = recovery.as_ref().map_or(&out, |(c, _)| c);
+    write_checkpoint(&student, compressed, &model_dir)?;
+    let loaded = slimformer::Model::load(compressed)?;
     let params = slimformer::params::count_parameters(&loaded.checkpoint);
     let before = slimformer::params::count_parameters(&teacher);
     let summary = serde_json::json!({
@@ -238,12 +259,11 @@ pub fn compress(args: CompressArgs) -> anyhow::Result<ExitCode> {
         &compressed.join("compress_report.json"),
         (serde_json::to_string_pretty(&summary)? + "\n").as_bytes(),
     )?;
-    if !recover {
+    let Some((_, opts)) = recovery else {
         println!("{summary}");
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     eprintln!("{summary}");
-    let opts = flags.options(model_dir, StudentSpec::Prepared(compressed))?;
     print_report(&distill::distill(&opts)?)?;
     Ok(ExitCode::SUCCESS)
 }

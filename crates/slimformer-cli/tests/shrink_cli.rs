@@ -97,13 +97,30 @@ fn distill_compress_quantize_end_to_end() {
 
     // With data: compression, then recovery by distillation.
     let recovered = p("albert-recovered");
-    let mut args = vec!["compress", &teacher, "--share", "ffn", "--out", &recovered];
+    let mut args = vec![
+        "compress",
+        &teacher,
+        "--share",
+        "ffn",
+        "--embedding-size",
+        "16",
+        "--embedding-fit-steps",
+        "100",
+        "--out",
+        &recovered,
+    ];
     args.extend(common);
     let r = ok(&slimformer(&args));
     assert_eq!(r["steps"], 3);
-    assert!(Path::new(&recovered)
-        .join("compressed/compress_report.json")
-        .exists());
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&recovered).join("compressed/compress_report.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    // The embeddings were fitted on the recovery texts before recovery.
+    let fit = &report["report"]["embedding_fit"];
+    assert_eq!(fit["steps"], 100);
+    assert!(fit["text_error_after"].as_f64().unwrap() < fit["text_error_before"].as_f64().unwrap());
     let inspect = slimformer(&["inspect", &recovered]);
     let text = String::from_utf8_lossy(&inspect.stdout);
     assert!(text.contains("transformers cannot load it"), "{text}");

@@ -18,7 +18,7 @@ pub enum TextInput {
 }
 
 impl TextInput {
-    fn to_encode_input(&self) -> EncodeInput<'_> {
+    pub(crate) fn to_encode_input(&self) -> EncodeInput<'_> {
         match self {
             TextInput::Single(a) => EncodeInput::Single(a.as_str().into()),
             TextInput::Pair(a, b) => EncodeInput::Dual(a.as_str().into(), b.as_str().into()),

@@ -7,6 +7,7 @@ use slimformer::models::Family;
 use slimformer::params::count_parameters;
 use slimformer::shrink::compress::{compress, CompressOptions, ShareInit, Sharing};
 use slimformer::shrink::distill::{distill, DistillData, DistillOptions, StudentSpec};
+use slimformer::shrink::embedding_fit::EmbeddingFitOptions;
 use slimformer::shrink::losses::DistillWeights;
 use slimformer::shrink::quantize::{quantize, quantize_rows, QuantMode};
 use slimformer::shrink::student::{from_teacher_layers, write_checkpoint};
@@ -145,7 +146,44 @@ fn compress_opts(e: Option<usize>, sharing: Sharing, groups: Option<usize>) -> C
         sharing,
         groups,
         share_init: ShareInit::Mean,
+        embedding_fit: None,
     }
+}
+
+#[test]
+fn fitting_the_factorized_embeddings_lowers_their_output_error() {
+    let teacher = Checkpoint::open(fixture("bert-seqcls")).unwrap();
+    let mut opts = compress_opts(Some(8), Sharing::All, None);
+    let (_, svd) = compress(&teacher, &opts).unwrap();
+    assert!(svd.embedding_fit.is_none());
+    // A skewed "corpus": 40 of the 300 tokens, at positions below 12.
+    let texts: Vec<Vec<u32>> = (0..50)
+        .map(|i| (0..12).map(|j| ((i * 7 + j * 3) % 40) as u32).collect())
+        .collect();
+    opts.embedding_fit = Some(EmbeddingFitOptions {
+        batch: 256,
+        ..EmbeddingFitOptions::new(300, texts)
+    });
+    let (student, fitted) = compress(&teacher, &opts).unwrap();
+    let fit = fitted.embedding_fit.clone().unwrap();
+    assert!(
+        (fit.random_error_before - svd.embedding_output_error).abs() < 0.2,
+        "{fit:?}"
+    );
+    let (text_before, text_after) = (
+        fit.text_error_before.unwrap(),
+        fit.text_error_after.unwrap(),
+    );
+    assert!(text_after < 0.7 * text_before, "{fit:?}");
+    assert!(fit.random_error_after < fit.random_error_before, "{fit:?}");
+    // The saved tables are the fitted ones: a changed start, the same shapes.
+    let words = &student.tensors["embeddings.word_embeddings.weight"];
+    assert_eq!(words.dims(), &[300, 8]);
+    // At E = H there is nothing to fit: the conversion stays exact.
+    opts.embedding_size = None;
+    opts.sharing = Sharing::None;
+    let (_, exact) = compress(&teacher, &opts).unwrap();
+    assert!(exact.embedding_fit.is_none() && exact.embedding_output_error < 1e-5);
 }
 
 #[test]

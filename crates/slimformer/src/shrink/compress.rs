@@ -13,6 +13,7 @@
 //! direction is the all-ones vector, whose coefficient is 0 after centring, and the
 //! conversion is exact; below H it costs one more dimension. `map` carries BERT's
 //! LayerNorm scale and shift and the √(H/E) ratio between the two normalizations.
+//! Below H, that start is then fitted to BERT's embedding output ([`super::embedding_fit`]).
 //!
 //! # Sharing
 //!
@@ -25,11 +26,14 @@
 //! under `encoder.slimformer_layers.{l}` — a slimformer extension transformers
 //! cannot load.
 
+use super::embedding_fit::{
+    fit, random_pair_error, AlbertEmbeddings, BertEmbeddings, EmbeddingFitOptions,
+    EmbeddingFitReport,
+};
 use super::linalg::symmetric_eigen;
 use super::student::StudentCheckpoint;
 use crate::checkpoint::Checkpoint;
 use crate::models::Family;
-use crate::rng::Rng;
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -89,6 +93,8 @@ pub struct CompressOptions {
     /// G (default: 1 when sharing, L for `none`).
     pub groups: Option<usize>,
     pub share_init: ShareInit,
+    /// Fit the factorized embeddings to BERT's embedding output (E < H only).
+    pub embedding_fit: Option<EmbeddingFitOptions>,
 }
 
 /// What compression did and cost before any recovery.
@@ -103,8 +109,10 @@ pub struct CompressReport {
     /// ‖W − W V Vᵀ‖ / ‖W‖ of the centred word embeddings.
     pub word_embedding_svd_error: f64,
     /// Relative error of the embedding output (after the E→H map) against BERT's,
-    /// over 4096 random (token, position) pairs with token type 0.
+    /// over 4096 random (token, position) pairs with token type 0, as saved.
     pub embedding_output_error: f64,
+    /// The fit of the factorized embeddings, when there was one.
+    pub embedding_fit: Option<EmbeddingFitReport>,
     /// Whether transformers can load the result (`attention`/`ffn` sharing: no).
     pub transformers_loadable: bool,
 }
@@ -217,18 +225,6 @@ impl Factorized {
     }
 }
 
-/// LayerNorm of one row, f64.
-fn layer_norm(x: &[f64], gamma: &[f64], beta: &[f64], eps: f64) -> Vec<f64> {
-    let n = x.len() as f64;
-    let mean = x.iter().sum::<f64>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-    let inv = 1.0 / (var + eps).sqrt();
-    x.iter()
-        .zip(gamma.iter().zip(beta))
-        .map(|(v, (g, b))| (v - mean) * inv * g + b)
-        .collect()
-}
-
 fn vec1(t: &Tensor) -> Result<Vec<f64>> {
     Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?)
 }
@@ -309,10 +305,44 @@ pub fn compress(
     let type_e = factor.project(&types)?;
     let map_weight = Tensor::from_vec(map_w, (h, e), dev)?;
     let map_bias = Tensor::from_vec(beta.iter().map(|&v| v as f32).collect::<Vec<_>>(), h, dev)?;
-    let embedding_output_error = embedding_error(
-        (&words, &positions, &types[0], &gamma, &beta, eps),
-        (&word_e, &pos_e, &type_e, &map_weight, &map_bias, eps),
-    )?;
+    let f32_of = |n: &str| -> Result<Tensor> { Ok(tensor(n)?.to_dtype(DType::F32)?) };
+    let bert = BertEmbeddings {
+        words: f32_of("embeddings.word_embeddings.weight")?,
+        positions: f32_of("embeddings.position_embeddings.weight")?,
+        type0: match teacher
+            .tensors
+            .get("embeddings.token_type_embeddings.weight")
+        {
+            Some(t) => t.to_dtype(DType::F32)?.get(0)?,
+            None => Tensor::zeros(h, DType::F32, dev)?,
+        },
+        gamma: f32_of("embeddings.LayerNorm.weight")?,
+        beta: f32_of("embeddings.LayerNorm.bias")?,
+        eps,
+    };
+    let mut albert = AlbertEmbeddings {
+        words: word_e,
+        positions: pos_e,
+        types: type_e,
+        map_weight,
+        map_bias,
+        eps,
+    };
+    let mut embedding_fit = None;
+    if let (Some(fit_opts), true) = (&opts.embedding_fit, e < h) {
+        let (fitted, report) = fit(&bert, &albert, fit_opts)?;
+        albert = fitted;
+        embedding_fit = Some(report);
+    }
+    let embedding_output_error = random_pair_error(&bert, &albert)?;
+    let AlbertEmbeddings {
+        words: word_e,
+        positions: pos_e,
+        types: type_e,
+        map_weight,
+        map_bias,
+        ..
+    } = albert;
     tensors.insert("embeddings.word_embeddings.weight".into(), word_e);
     tensors.insert("embeddings.position_embeddings.weight".into(), pos_e);
     tensors.insert("embeddings.token_type_embeddings.weight".into(), type_e);
@@ -436,6 +466,7 @@ pub fn compress(
         share_init: opts.share_init,
         word_embedding_svd_error: factor.svd_error,
         embedding_output_error,
+        embedding_fit,
         transformers_loadable: !partial,
     };
     Ok((
@@ -446,56 +477,4 @@ pub fn compress(
         },
         report,
     ))
-}
-
-type BertSide<'a> = (
-    &'a Vec<Vec<f64>>,
-    &'a Vec<Vec<f64>>,
-    &'a Vec<f64>,
-    &'a Vec<f64>,
-    &'a Vec<f64>,
-    f64,
-);
-type AlbertSide<'a> = (
-    &'a Tensor,
-    &'a Tensor,
-    &'a Tensor,
-    &'a Tensor,
-    &'a Tensor,
-    f64,
-);
-
-/// Relative Frobenius error of ALBERT's embedding output against BERT's on random
-/// (token, position) pairs, token type 0. BERT's side uses the centred tables, which
-/// its LayerNorm makes equivalent to the originals.
-fn embedding_error(bert: BertSide, albert: AlbertSide) -> Result<f64> {
-    let (words, positions, type0, gamma, beta, eps) = bert;
-    let (w_e, p_e, t_e, map_w, map_b, eps_e) = albert;
-    let w_e = f32_rows(w_e)?;
-    let p_e = f32_rows(p_e)?;
-    let t0 = &f32_rows(t_e)?[0];
-    let map_w = f32_rows(map_w)?;
-    let map_b = vec1(map_b)?;
-    let e = t0.len();
-    let ones = vec![1.0; e];
-    let zeros = vec![0.0; e];
-    let mut rng = Rng::new(0x5EED);
-    let (mut err, mut norm) = (0f64, 0f64);
-    for _ in 0..4096 {
-        let (tok, pos) = (rng.below(words.len()), rng.below(positions.len()));
-        let s: Vec<f64> = (0..words[tok].len())
-            .map(|i| words[tok][i] + positions[pos][i] + type0[i])
-            .collect();
-        let want = layer_norm(&s, gamma, beta, eps);
-        let s_e: Vec<f64> = (0..e)
-            .map(|k| w_e[tok][k] as f64 + p_e[pos][k] as f64 + t0[k] as f64)
-            .collect();
-        let n_e = layer_norm(&s_e, &ones, &zeros, eps_e);
-        for (i, w) in want.iter().enumerate() {
-            let got: f64 = map_b[i] + (0..e).map(|k| map_w[i][k] as f64 * n_e[k]).sum::<f64>();
-            err += (got - w) * (got - w);
-            norm += w * w;
-        }
-    }
-    Ok((err / norm.max(f64::MIN_POSITIVE)).sqrt())
 }
