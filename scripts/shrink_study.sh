@@ -8,6 +8,7 @@
 #   nohup scripts/shrink_study.sh > runs/shrink.log 2>&1 &
 #   STAGES="distil3 int8" scripts/shrink_study.sh     # only some stages, in this order
 #   STAGES=bench REBENCH=1 scripts/shrink_study.sh    # time everything again, side by side
+#   THREADS=1 scripts/shrink_study.sh & THREADS=1 scripts/shrink_study.sh &  # two at once
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TEACHER=${TEACHER:-runs/compare-rotten_tomatoes-seed42/slimformer}
@@ -35,9 +36,17 @@ result() {
   local name=$1; shift
   local file="$OUT/results/$name.json"
   if [ -s "$file" ]; then log "$name: done"; return; fi
+  # Two study processes (say one per core, THREADS=1 each) share the work: a
+  # stage another live process holds is skipped; a dead holder's lock is taken over.
+  local lock="$file.lock"
+  if ! mkdir "$lock" 2>/dev/null; then
+    if kill -0 "$(cat "$lock/pid" 2>/dev/null)" 2>/dev/null; then log "$name: running elsewhere"; return; fi
+  fi
+  echo $$ > "$lock/pid"
   log "$name: $*"
   "$@" > "$file.part" 2> "$OUT/results/$name.log"
   tail -n 1 "$file.part" > "$file.part2" && mv "$file.part2" "$file" && rm -f "$file.part"
+  rm -rf "$lock"
 }
 
 evaluate() { # NAME MODEL: test metrics of a classifier

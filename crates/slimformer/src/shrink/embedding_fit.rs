@@ -15,8 +15,9 @@
 use crate::rng::Rng;
 use crate::train::optim::{linear_schedule, AdamW, AdamWConfig};
 use crate::Result;
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{Init, VarMap};
+use std::collections::HashMap;
 
 /// How long and on what the embeddings are fitted.
 #[derive(Debug, Clone)]
@@ -102,9 +103,91 @@ impl AlbertEmbeddings {
         let sum = (self.words.index_select(tokens, 0)?
             + self.positions.index_select(positions, 0)?)?
         .broadcast_add(&self.types.get(0)?)?;
-        Ok(normalize(&sum, self.eps)?
-            .matmul(&self.map_weight.t()?)?
-            .broadcast_add(&self.map_bias)?)
+        mapped(&sum, &self.map_weight, &self.map_bias, self.eps)
+    }
+}
+
+/// ALBERT's embedding output from the sum of the E-space rows.
+fn mapped(sum: &Tensor, map_weight: &Tensor, map_bias: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(normalize(sum, eps)?
+        .matmul(&map_weight.t()?)?
+        .broadcast_add(map_bias)?)
+}
+
+/// A table whose rows Adam updates only where a batch touched them ("lazy" Adam, as
+/// for sparse embeddings): updating all 30k rows of a vocabulary every step cost
+/// ten times the rest of the step.
+struct SparseAdamTable {
+    values: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    width: usize,
+}
+
+impl SparseAdamTable {
+    fn new(table: &Tensor) -> Result<Self> {
+        let values: Vec<f32> = table.flatten_all()?.to_vec1()?;
+        Ok(Self {
+            m: vec![0.0; values.len()],
+            v: vec![0.0; values.len()],
+            width: table.dim(1)?,
+            values,
+        })
+    }
+
+    fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+        let w = self.width;
+        let mut out = Vec::with_capacity(ids.len() * w);
+        for &id in ids {
+            out.extend_from_slice(&self.values[id as usize * w..][..w]);
+        }
+        Ok(Tensor::from_vec(out, (ids.len(), w), &Device::Cpu)?)
+    }
+
+    /// One Adam step (the `step`-th, 0-based) on the rows `ids`, whose gradients are
+    /// the rows of `grads`; a row drawn twice gets the sum.
+    fn step(
+        &mut self,
+        ids: &[u32],
+        grads: &Tensor,
+        lr: f64,
+        step: usize,
+        c: &AdamWConfig,
+    ) -> Result<()> {
+        let w = self.width;
+        let g: Vec<f32> = grads.flatten_all()?.to_vec1()?;
+        let mut summed: HashMap<u32, Vec<f32>> = HashMap::new();
+        for (&id, g) in ids.iter().zip(g.chunks_exact(w)) {
+            let acc = summed.entry(id).or_insert_with(|| vec![0.0; w]);
+            acc.iter_mut().zip(g).for_each(|(a, &x)| *a += x);
+        }
+        let t = step as i32 + 1;
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        for (id, g) in summed {
+            let row = id as usize * w..(id as usize + 1) * w;
+            let values = &mut self.values[row.clone()];
+            for ((x, (m, v)), &g) in values
+                .iter_mut()
+                .zip(self.m[row.clone()].iter_mut().zip(&mut self.v[row]))
+                .zip(&g)
+            {
+                let g = g as f64;
+                let m1 = c.beta1 * *m as f64 + (1.0 - c.beta1) * g;
+                let v1 = c.beta2 * *v as f64 + (1.0 - c.beta2) * g * g;
+                (*m, *v) = (m1 as f32, v1 as f32);
+                *x -= (lr * (m1 / bc1) / ((v1 / bc2).sqrt() + c.eps)) as f32;
+            }
+        }
+        Ok(())
+    }
+
+    fn tensor(&self) -> Result<Tensor> {
+        let rows = self.values.len() / self.width;
+        Ok(Tensor::from_slice(
+            &self.values,
+            (rows, self.width),
+            &Device::Cpu,
+        )?)
     }
 }
 
@@ -148,9 +231,12 @@ impl Pairs {
         (rng.below(self.vocab) as u32, position)
     }
 
+    fn draw_many(&self, rng: &mut Rng, n: usize, text_share: f32) -> (Vec<u32>, Vec<u32>) {
+        (0..n).map(|_| self.draw(rng, text_share)).unzip()
+    }
+
     fn batch(&self, rng: &mut Rng, n: usize, text_share: f32) -> Result<(Tensor, Tensor)> {
-        let (tokens, positions): (Vec<u32>, Vec<u32>) =
-            (0..n).map(|_| self.draw(rng, text_share)).unzip();
+        let (tokens, positions) = self.draw_many(rng, n, text_share);
         Ok((
             Tensor::from_vec(tokens, n, &Device::Cpu)?,
             Tensor::from_vec(positions, n, &Device::Cpu)?,
@@ -213,6 +299,13 @@ pub(super) fn fit(
     };
     let (text_before, random_before) = errors(albert)?;
 
+    let config = AdamWConfig {
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut words = SparseAdamTable::new(&albert.words)?;
+    let mut position_rows = SparseAdamTable::new(&albert.positions)?;
+    // The small dense parameters: AdamW over a VarMap.
     let varmap = VarMap::new();
     let var = |name: &str, t: &Tensor| -> Result<Tensor> {
         let v = varmap.get(t.dims(), name, Init::Const(0.0), DType::F32, &Device::Cpu)?;
@@ -220,44 +313,47 @@ pub(super) fn fit(
         data[name].set(&t.to_dtype(DType::F32)?)?;
         Ok(v)
     };
-    let mut fitted = AlbertEmbeddings {
-        words: var("words", &albert.words)?,
-        positions: var("positions", &albert.positions)?,
-        types: var("types", &albert.types)?,
-        map_weight: var("map_weight", &albert.map_weight)?,
-        map_bias: var("map_bias", &albert.map_bias)?,
-        eps: albert.eps,
-    };
-    let mut optimizer = AdamW::new(
-        &varmap,
-        AdamWConfig {
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
+    let types = var("types", &albert.types)?;
+    let map_weight = var("map_weight", &albert.map_weight)?;
+    let map_bias = var("map_bias", &albert.map_bias)?;
+    let mut optimizer = AdamW::new(&varmap, config)?;
     let warmup = opts.steps / 20;
+    let dev = &Device::Cpu;
     for step in 0..opts.steps {
-        let (tokens, positions) = pairs.batch(&mut rng, opts.batch, 0.75)?;
-        let want = bert.output(&tokens, &positions)?;
-        let loss = relative_sq_error(&fitted.output(&tokens, &positions)?, &want)?;
+        let (tok, pos) = pairs.draw_many(&mut rng, opts.batch, 0.75);
+        let n = tok.len();
+        let want = bert.output(
+            &Tensor::from_slice(&tok, n, dev)?,
+            &Tensor::from_slice(&pos, n, dev)?,
+        )?;
+        let word_rows = Var::from_tensor(&words.rows(&tok)?)?;
+        let pos_rows = Var::from_tensor(&position_rows.rows(&pos)?)?;
+        let sum = (word_rows.as_tensor() + pos_rows.as_tensor())?.broadcast_add(&types.get(0)?)?;
+        let loss = relative_sq_error(&mapped(&sum, &map_weight, &map_bias, albert.eps)?, &want)?;
         let grads = loss.backward()?;
+        let lr = linear_schedule(opts.lr, step, warmup, opts.steps);
+        let grad_of = |v: &Var| {
+            grads
+                .get(v.as_tensor())
+                .ok_or_else(|| crate::Error::Input("embedding fit: a table got no gradient".into()))
+        };
+        words.step(&tok, grad_of(&word_rows)?, lr, step, &config)?;
+        position_rows.step(&pos, grad_of(&pos_rows)?, lr, step, &config)?;
         let mut acc = optimizer.zero_grads();
         optimizer.accumulate(&mut acc, &grads)?;
-        optimizer.apply(&acc, linear_schedule(opts.lr, step, warmup, opts.steps))?;
+        optimizer.apply(&acc, lr)?;
         if step % 200 == 0 {
             tracing::info!(step, loss = loss.to_scalar::<f32>()?, "embedding fit");
         }
     }
-    // Plain tensors again, out of the VarMap.
-    for t in [
-        &mut fitted.words,
-        &mut fitted.positions,
-        &mut fitted.types,
-        &mut fitted.map_weight,
-        &mut fitted.map_bias,
-    ] {
-        *t = t.detach().copy()?;
-    }
+    let fitted = AlbertEmbeddings {
+        words: words.tensor()?,
+        positions: position_rows.tensor()?,
+        types: types.detach().copy()?,
+        map_weight: map_weight.detach().copy()?,
+        map_bias: map_bias.detach().copy()?,
+        eps: albert.eps,
+    };
     let (text_after, random_after) = errors(&fitted)?;
     Ok((
         fitted,
