@@ -358,7 +358,7 @@ fn write_resume(out: &Path, varmap: &VarMap, opt: &AdamW, state: &ResumeState) -
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::file(&tmp, e))?;
     save_tensors(&varmap_tensors(varmap), &tmp.join("model.safetensors"))?;
-    save_tensors(&opt.state_tensors(), &tmp.join("optimizer.safetensors"))?;
+    save_tensors(&opt.state_tensors()?, &tmp.join("optimizer.safetensors"))?;
     let json = serde_json::to_string_pretty(state).expect("json") + "\n";
     write_atomic(&tmp.join("state.json"), json.as_bytes())?;
     let resume = out.join(RESUME_DIR);

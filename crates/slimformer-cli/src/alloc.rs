@@ -1,0 +1,20 @@
+//! The allocator's policy for training.
+//!
+//! A training step allocates and frees tensors of tens of megabytes (activations,
+//! gradients, the word embeddings' 47 MB gradient). glibc serves blocks above its
+//! mmap threshold with fresh mappings and trims the heap's free top back to the
+//! system, so every step faulted its memory in again, zero-filled by the kernel:
+//! 2.4 million page faults in 20 steps of fine-tuning MiniLM, about 8% of the time.
+//! Training keeps its peak anyway, so it keeps what it frees (4× fewer faults).
+
+/// Keeps freed memory in the process instead of returning it to the system.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any threads
+    // start allocating. Values glibc rejects are ignored (it returns 0).
+    unsafe {
+        // The largest threshold glibc accepts (HEAP_MAX/2 on 64-bit).
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
