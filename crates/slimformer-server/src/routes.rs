@@ -344,20 +344,27 @@ async fn run_task(state: &Arc<AppState>, task: Task, inputs: &[TextInput]) -> Ap
             "the server is shutting down",
         ));
     }
-    let reply = tokio::time::timeout(state.config.request_timeout, rx)
+    let too_long = || {
+        ApiError::new(
+            ErrorType::Timeout,
+            "the request took longer than the server's timeout",
+        )
+    };
+    let deadline = tokio::time::Instant::now() + state.config.request_timeout;
+    let reply = tokio::time::timeout_at(deadline, rx)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                ErrorType::Timeout,
-                "the request took longer than the server's timeout",
-            )
-        })?
-        .map_err(|_| {
-            ApiError::new(
-                ErrorType::Internal,
-                "the inference thread dropped the request",
-            )
-        })?;
+        .map_err(|_| too_long())?;
+    // The timer ticks in milliseconds: an answer that came after the deadline
+    // between two ticks is late too.
+    if tokio::time::Instant::now() > deadline {
+        return Err(too_long());
+    }
+    let reply = reply.map_err(|_| {
+        ApiError::new(
+            ErrorType::Internal,
+            "the inference thread dropped the request",
+        )
+    })?;
     let outputs = reply.map_err(|e| ApiError::new(ErrorType::Internal, e))?;
     Ok(TaskRun {
         engine,
