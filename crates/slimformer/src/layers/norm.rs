@@ -1,4 +1,4 @@
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 /// LayerNorm over the last dimension.
@@ -48,10 +48,7 @@ impl LayerNorm {
         }
         // candle's fused kernel has no backward pass: use it only when nothing is trained.
         if xs.track_op() || self.weight.track_op() || self.bias.track_op() {
-            let mean = xs.mean_keepdim(D::Minus1)?;
-            let centered = xs.broadcast_sub(&mean)?;
-            let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-            let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            let normed = super::rows::normalize(xs, self.eps)?;
             super::rows::add_row(&super::rows::mul_row(&normed, &self.weight)?, &self.bias)
         } else {
             candle_nn::ops::layer_norm(xs, &self.weight, &self.bias, self.eps as f32)

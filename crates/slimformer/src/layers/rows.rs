@@ -2,6 +2,8 @@
 //! weights) for training. candle's backward sums their gradients over the leading
 //! dimensions one element at a time with a division per element and dimension: a
 //! tenth of a fine-tuning step. These ops sum the gradient's columns directly.
+//! Also LayerNorm's normalization with its backward, one pass over each row each way
+//! (from candle's ops it is about ten element-wise passes each way).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
@@ -34,6 +36,12 @@ pub fn matmul_last(x: &Tensor, m: &Tensor) -> candle_core::Result<Tensor> {
     let mut shape = lead.to_vec();
     shape.push(out.dim(1)?);
     out.reshape(shape)
+}
+
+/// `(x − mean) / √(var + eps)` over the last dimension (LayerNorm without its
+/// weight and bias), differentiable.
+pub fn normalize(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1(Normalize { eps })
 }
 
 /// Σ over every leading dimension of a [..., n] tensor: [n].
@@ -163,6 +171,127 @@ impl CustomOp1 for ColumnSums {
     }
 }
 
+/// Rows per parallel task of the row-wise ops.
+fn rows_per_task(n: usize) -> usize {
+    (16384 / n.max(1)).max(1)
+}
+
+/// The mean of a row and 1/√(var + eps).
+fn row_stats<T: WithDType>(x: &[T], eps: f64) -> (f64, f64) {
+    let n = x.len().max(1) as f64;
+    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|v| (v.to_f64() - mean) * (v.to_f64() - mean))
+        .sum::<f64>()
+        / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+fn normalize_rows<T: WithDType>(x: &[T], n: usize, eps: f64) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    let task = rows_per_task(n) * n.max(1);
+    out.par_chunks_mut(task)
+        .zip(x.par_chunks(task))
+        .for_each(|(out, x)| {
+            for (out, x) in out.chunks_mut(n.max(1)).zip(x.chunks(n.max(1))) {
+                let (mean, r) = row_stats(x, eps);
+                for (o, v) in out.iter_mut().zip(x) {
+                    *o = T::from_f64((v.to_f64() - mean) * r);
+                }
+            }
+        });
+    out
+}
+
+/// ∂L/∂x of y = normalize(x) from g = ∂L/∂y: r·(g − mean(g) − y·mean(g·y)) per row.
+fn normalize_grad_rows<T: WithDType>(x: &[T], g: &[T], n: usize, eps: f64) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    let task = rows_per_task(n) * n.max(1);
+    let n = n.max(1);
+    out.par_chunks_mut(task)
+        .zip(x.par_chunks(task).zip(g.par_chunks(task)))
+        .for_each(|(out, (x, g))| {
+            for (out, (x, g)) in out.chunks_mut(n).zip(x.chunks(n).zip(g.chunks(n))) {
+                let (mean, r) = row_stats(x, eps);
+                let y = |v: &T| (v.to_f64() - mean) * r;
+                let mean_g = g.iter().map(|v| v.to_f64()).sum::<f64>() / n as f64;
+                let mean_gy =
+                    g.iter().zip(x).map(|(g, v)| g.to_f64() * y(v)).sum::<f64>() / n as f64;
+                for (o, (g, v)) in out.iter_mut().zip(g.iter().zip(x)) {
+                    *o = T::from_f64(r * (g.to_f64() - mean_g - y(v) * mean_gy));
+                }
+            }
+        });
+    out
+}
+
+struct Normalize {
+    eps: f64,
+}
+
+impl CustomOp1 for Normalize {
+    fn name(&self) -> &'static str {
+        "normalize"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let n = layout.shape().dims().last().copied().unwrap_or(1);
+        let out = match x {
+            CpuStorage::F32(x) => CpuStorage::F32(normalize_rows(slice(x, layout)?, n, self.eps)),
+            CpuStorage::F64(x) => CpuStorage::F64(normalize_rows(slice(x, layout)?, n, self.eps)),
+            _ => candle_core::bail!("normalize: f32 or f64 tensors"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(x.contiguous()?.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &NormalizeGrad { eps: self.eps },
+        )?))
+    }
+}
+
+struct NormalizeGrad {
+    eps: f64,
+}
+
+impl CustomOp2 for NormalizeGrad {
+    fn name(&self) -> &'static str {
+        "normalize-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        g: &CpuStorage,
+        g_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if x_layout.shape() != g_layout.shape() {
+            candle_core::bail!("normalize-grad: the input and its gradient differ in shape");
+        }
+        let n = x_layout.shape().dims().last().copied().unwrap_or(1);
+        let out = match (x, g) {
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(normalize_grad_rows(
+                slice(x, x_layout)?,
+                slice(g, g_layout)?,
+                n,
+                self.eps,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(normalize_grad_rows(
+                slice(x, x_layout)?,
+                slice(g, g_layout)?,
+                n,
+                self.eps,
+            )),
+            _ => candle_core::bail!("normalize-grad: f32 or f64 tensors of one dtype"),
+        };
+        Ok((out, x_layout.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +341,31 @@ mod tests {
                 assert!(diff < 1e-12, "gradient differs by {diff}");
             }
         }
+    }
+
+    #[test]
+    fn normalize_and_its_gradient_match_candles_ops() {
+        let dev = Device::Cpu;
+        let values = (Tensor::arange(0f64, 24.0, &dev).unwrap() * 0.7)
+            .unwrap()
+            .cos()
+            .unwrap()
+            .reshape((2, 3, 4))
+            .unwrap();
+        let x = Var::from_tensor(&values).unwrap();
+        let target = (values * 3.0).unwrap().sin().unwrap();
+        let by_candle = |x: &Tensor| {
+            let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+            let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+            centred.broadcast_div(&(var + 1e-5)?.sqrt()?)
+        };
+        let ours = normalize(x.as_tensor(), 1e-5).unwrap();
+        let theirs = by_candle(x.as_tensor()).unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-12);
+        let grad = |y: &Tensor| {
+            let loss = (y * &target).unwrap().sum_all().unwrap();
+            loss.backward().unwrap().get(x.as_tensor()).unwrap().clone()
+        };
+        assert!(max_diff(&grad(&ours), &grad(&theirs)) < 1e-12);
     }
 }

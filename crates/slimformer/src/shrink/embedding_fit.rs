@@ -15,7 +15,7 @@
 use crate::rng::Rng;
 use crate::train::optim::{linear_schedule, AdamW, AdamWConfig};
 use crate::Result;
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Init, VarMap};
 use std::collections::HashMap;
 
@@ -79,12 +79,8 @@ pub(super) struct AlbertEmbeddings {
     pub eps: f64,
 }
 
-/// Normalization over the last dimension from differentiable ops (candle's fused
-/// layer_norm has no backward).
 fn normalize(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(centred.broadcast_div(&(var + eps)?.sqrt()?)?)
+    Ok(crate::layers::rows::normalize(x, eps)?)
 }
 
 impl BertEmbeddings {
