@@ -166,10 +166,6 @@ fn fitting_the_factorized_embeddings_lowers_their_output_error() {
     });
     let (student, fitted) = compress(&teacher, &opts).unwrap();
     let fit = fitted.embedding_fit.clone().unwrap();
-    assert!(
-        (fit.random_error_before - svd.embedding_output_error).abs() < 0.2,
-        "{fit:?}"
-    );
     let (text_before, text_after) = (
         fit.text_error_before.unwrap(),
         fit.text_error_after.unwrap(),

@@ -135,8 +135,7 @@ struct ColumnSums;
 
 fn column_sums_of<T: WithDType>(t: &[T], n: usize) -> Vec<T> {
     let n = n.max(1);
-    let rows_per_task = (16384 / n).max(1);
-    t.par_chunks(rows_per_task * n)
+    t.par_chunks(rows_per_task(n) * n)
         .map(|chunk| {
             let mut sums = vec![T::zero(); n];
             for values in chunk.chunks(n) {
