@@ -49,19 +49,27 @@ result() {
   rm -rf "$lock"
 }
 
+# Runs a training command writing to DIR; a DIR left by a run stopped before its
+# first resume point (no resume/state.json) is cleared first, or the command refuses it.
+fresh_or_resumed() { # DIR COMMAND...
+  local dir=$1; shift
+  if [ -d "$dir" ] && [ ! -f "$dir/resume/state.json" ]; then rm -rf "$dir"; fi
+  "$@"
+}
+
 evaluate() { # NAME MODEL: test metrics of a classifier
   result "$1-test" "${SF[@]}" evaluate "$2" --data "$DATA/test.csv" --max-len 128
 }
 
 distil() { # NAME EPOCHS FLAGS...: task distillation from the teacher
   local name=$1 epochs=$2; shift 2
-  result "$name" "${SF[@]}" distill --teacher "$TEACHER" "${DATA_FLAGS[@]}" \
+  result "$name" fresh_or_resumed "$OUT/$name" "${SF[@]}" distill --teacher "$TEACHER" "${DATA_FLAGS[@]}" \
     --epochs "$epochs" --out "$OUT/$name" "$@"
 }
 
 albert() { # NAME EPOCHS FLAGS...: compression, then recovery by distillation
   local name=$1 epochs=$2; shift 2
-  result "$name" "${SF[@]}" compress "$TEACHER" "$@" "${DATA_FLAGS[@]}" \
+  result "$name" fresh_or_resumed "$OUT/$name" "${SF[@]}" compress "$TEACHER" "$@" "${DATA_FLAGS[@]}" \
     --epochs "$epochs" --out "$OUT/$name"
 }
 

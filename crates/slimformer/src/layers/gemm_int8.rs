@@ -258,6 +258,9 @@ unsafe fn micro_tile(t: &Tile, c: *mut f32, ldc: usize, vnni: bool) {
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use super::{Tile, GROUP, MR, NR};
+
+    /// Steps of 4 depths that W's prefetch runs ahead of its loads.
+    const B_AHEAD: usize = 16;
     use std::arch::x86_64::*;
 
     /// `quantize_group` over a row, a group (4 vectors) at a time in registers: the
@@ -313,7 +316,14 @@ mod vnni {
         for g in 0..t.groups {
             let d0 = g * super::GROUP;
             let mut c = [[_mm512_setzero_si512(); 2]; MR];
+            // The next group's line of each row, and W a few steps ahead (the
+            // first row tile reads its panel from L3): as in the f32 kernel.
+            for &ap in &row_ptr {
+                _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(d0 + GROUP) as *const i8);
+            }
             for q in 0..t.depth(g) / 4 {
+                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(B_AHEAD * NR * 4) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(B_AHEAD * NR * 4 + 64) as *const i8);
                 let b0 = _mm512_loadu_si512(pb as *const _);
                 let b1 = _mm512_loadu_si512(pb.add(64) as *const _);
                 for (ci, &ap) in c.iter_mut().zip(&row_ptr) {
