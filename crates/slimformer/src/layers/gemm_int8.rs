@@ -322,8 +322,8 @@ mod vnni {
                 _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(d0 + GROUP) as *const i8);
             }
             for q in 0..t.depth(g) / 4 {
-                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(B_AHEAD * NR * 4) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(B_AHEAD * NR * 4 + 64) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(B_AHEAD * NR * 4));
+                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(B_AHEAD * NR * 4 + 64));
                 let b0 = _mm512_loadu_si512(pb as *const _);
                 let b1 = _mm512_loadu_si512(pb.add(64) as *const _);
                 for (ci, &ap) in c.iter_mut().zip(&row_ptr) {
