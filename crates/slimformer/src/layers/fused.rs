@@ -53,6 +53,10 @@ impl CustomOp1 for Attention {
             d,
             scale: self.scale,
         };
+        #[cfg(target_arch = "x86_64")]
+        let wide = super::attend_avx512::available(d);
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = false;
         (0..b * self.heads).into_par_iter().for_each(|task| {
             let (s, h) = (task / self.heads, task % self.heads);
             let input = s * l * width + h * d;
@@ -63,15 +67,22 @@ impl CustomOp1 for Attention {
                 // pointer, and makes a slice of each head-row it alone writes.
                 // SAFETY: the offset is inside the output; see `attend`.
                 let out = OutPtr(unsafe { ptr.get().add(s * l * hidden + h * d) });
-                attend(
+                let (q, k, v) = (
                     &qkv[input..],
                     &qkv[input + hidden..],
                     &qkv[input + 2 * hidden..],
-                    &self.bias[s * l..(s + 1) * l],
-                    out,
-                    &mut buf,
-                    shape,
                 );
+                let bias = &self.bias[s * l..(s + 1) * l];
+                if wide {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `available(d)`; the scratch is at least as long as
+                    // that path needs; the output rows as for `attend`.
+                    unsafe {
+                        super::attend_avx512::attend(q, k, v, bias, out, &mut buf, shape)
+                    };
+                } else {
+                    attend(q, k, v, bias, out, &mut buf, shape);
+                }
             });
         });
         Ok((CpuStorage::F32(out), Shape::from((b, l, hidden))))
@@ -79,12 +90,12 @@ impl CustomOp1 for Attention {
 }
 
 #[derive(Clone, Copy)]
-struct Head {
-    l: usize,
+pub(super) struct Head {
+    pub(super) l: usize,
     /// Values per token of the output; the input rows are 3× that.
-    hidden: usize,
-    d: usize,
-    scale: f32,
+    pub(super) hidden: usize,
+    pub(super) d: usize,
+    pub(super) scale: f32,
 }
 
 // One sequence and head; q, k, v start at the head's first value, rows 3·`hidden`
@@ -360,3 +371,82 @@ dispatch!(residual_norm_rows, (out: &mut [f32], x: &[f32], r: &[f32], w: &[f32],
         }
     }
 });
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::layers::attend_avx512;
+    use crate::layers::gemm::tests::values;
+
+    /// Both attention paths on one head: lengths around the 4-row passes and the
+    /// 16-key blocks, masked keys at the end, scores large enough to matter.
+    #[test]
+    fn avx512_attention_matches_the_portable_one() {
+        for d in [32, 64] {
+            if !attend_avx512::available(d) {
+                return;
+            }
+            for l in [1, 3, 5, 16, 17, 63, 64, 70, 128] {
+                let heads = 2;
+                let hidden = heads * d;
+                let qkv: Vec<f32> = values(l * 3 * hidden, l as u32 + d as u32)
+                    .iter()
+                    .map(|v| 6.0 * v)
+                    .collect();
+                let bias: Vec<f32> = (0..l)
+                    .map(|j| {
+                        if j > 0 && j >= l - l / 4 {
+                            -10_000.0
+                        } else {
+                            0.1 * j as f32
+                        }
+                    })
+                    .collect();
+                let shape = Head {
+                    l,
+                    hidden,
+                    d,
+                    scale: (d as f32).powf(-0.5),
+                };
+                let mut outputs = [vec![0f32; l * hidden], vec![0f32; l * hidden]];
+                for h in 0..heads {
+                    let (q, k, v) = (
+                        &qkv[h * d..],
+                        &qkv[hidden + h * d..],
+                        &qkv[2 * hidden + h * d..],
+                    );
+                    let mut buf = vec![0f32; scratch_len(l, d)];
+                    let [portable, wide] = &mut outputs;
+                    attend(
+                        q,
+                        k,
+                        v,
+                        &bias,
+                        OutPtr(portable[h * d..].as_mut_ptr()),
+                        &mut buf,
+                        shape,
+                    );
+                    // SAFETY: `available(d)` holds; the output rows are this head's.
+                    unsafe {
+                        attend_avx512::attend(
+                            q,
+                            k,
+                            v,
+                            &bias,
+                            OutPtr(wide[h * d..].as_mut_ptr()),
+                            &mut buf,
+                            shape,
+                        )
+                    };
+                }
+                let worst = outputs[0]
+                    .iter()
+                    .zip(&outputs[1])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(worst < 1e-5, "d {d}, l {l}: differ by {worst}");
+                assert!(outputs[1].iter().all(|v| v.is_finite() && *v != 0.0));
+            }
+        }
+    }
+}

@@ -7,12 +7,14 @@ mod dispatch;
 
 mod activation;
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod attend_avx512;
 mod attention;
 mod dropout;
 mod embeddings;
 pub mod fast;
 mod feed_forward;
-mod fused;
+pub mod fused;
 pub mod gemm;
 pub mod gemm_bf16;
 pub mod gemm_int8;
