@@ -37,10 +37,24 @@ def fmt(v, spec="{:.4f}", missing="pending"):
 
 
 def bench(name):
-    b = load(name + "-bench")
-    if not b:
-        return {}
-    return {row["shape"]: row["median_ms"] for row in b}
+    """Median over the study's bench rounds of each shape's median time (ms)."""
+    times = {}
+    rounds = 0
+    while True:
+        b = load(f"{name}-bench-{rounds + 1}")
+        if not b:
+            break
+        rounds += 1
+        for row in b:
+            times.setdefault(row["shape"], []).append(row["median_ms"])
+    return {shape: sorted(t)[len(t) // 2] for shape, t in times.items()}
+
+
+def bench_rounds():
+    r = 0
+    while load(f"teacher-bench-{r + 1}"):
+        r += 1
+    return r
 
 
 def inspect(name):
@@ -63,9 +77,9 @@ w("(BERT, 6 layers × 384) fine-tuned by `slimformer finetune` on the Rotten Tom
 w("split of `scripts/fetch-assets.sh data` (10,201 train / 1,275 dev / 1,276 test),")
 w("seed 42. All accuracies are on the test split (standard error ≈ 1.1 points).")
 w("Timings: `slimformer bench`, median of 20 runs, fp32 kernels (the int8 rows with")
-w("`--precision int8`: the int8 kernels), 2 threads, this")
-w("2-core machine; the speed-up is the teacher's median over the model's, measured in")
-w("the same study run.")
+w("`--precision int8`: the int8 kernels), 2 threads, this 2-core machine, the models")
+w(f"taking turns over {bench_rounds()} rounds in one study run; each time is the model's median round,")
+w("and the speed-up the teacher's time over the model's.")
 w("")
 w("## Main results")
 w("")
@@ -76,25 +90,35 @@ rows = [
     ("3-layer student before distillation (layers 0,2,5 of the teacher)", "distil3-before"),
     ("3-layer DistilBERT student (layers 0,2,5), 3 epochs", "distil3"),
     ("ALBERT-style: E=128, all shared in 3 groups, 3 epochs", "albert-e128-all-g3"),
-    ("the same from the SVD start alone (no embedding fit; last session)", "albert-e128-all-g3-svd"),
+    ("the same from the SVD start alone (no embedding fit; fourth session)", "albert-e128-all-g3-svd"),
     ("teacher, int8", "teacher-int8"),
     ("3-layer student, int8", "distil3-int8"),
 ]
+# Rows of the same architecture as a timed row: its parameters and size; not timed.
+TWINS = {"distil3-before": "distil3", "albert-e128-all-g3-svd": "albert-e128-all-g3"}
 for label, name in rows:
     acc = test_acc(name)
-    ins = inspect(name)
+    ins = inspect(name) or inspect(TWINS.get(name, name))
     params = (ins.get("params") or {}).get("total")
     size = ins.get("size_bytes")
     b = bench(name)
     b1, b32 = b.get("1x128"), b.get("32x128")
+    if name in TWINS:
+        b1 = b32 = None
+        missing_time = "—"
+    else:
+        missing_time = "pending"
     sp1 = t_bench.get("1x128") / b1 if b1 and t_bench.get("1x128") else None
     sp32 = t_bench.get("32x128") / b32 if b32 and t_bench.get("32x128") else None
     w(
         f"| {label} | {fmt(acc)} | {fmt(acc / teacher_acc * 100 if acc and teacher_acc else None, '{:.1f}%')} "
         f"| {fmt(params, '{:,}')} | {fmt(params / t_params * 100 if params and t_params else None, '{:.1f}%')} "
-        f"| {fmt(size / 1e6 if size else None, '{:.1f}')} | {fmt(b1, '{:.1f}')} | {fmt(b32, '{:.0f}')} "
-        f"| {fmt(sp1, '{:.2f}×')} / {fmt(sp32, '{:.2f}×')} |"
+        f"| {fmt(size / 1e6 if size else None, '{:.1f}')} | {fmt(b1, '{:.1f}', missing_time)} "
+        f"| {fmt(b32, '{:.0f}', missing_time)} "
+        f"| {fmt(sp1, '{:.2f}×', missing_time)} / {fmt(sp32, '{:.2f}×', missing_time)} |"
     )
+w("")
+w("Rows marked — share the architecture (and so the speed) of the timed row beside them.")
 w("")
 w("Targets (issue 4): 3-layer student ≥ 97% of the teacher's accuracy and ≥ 1.8× its")
 w("speed; ALBERT-style student ≥ 95% of the accuracy at ≤ 45% of the parameters; int8")
