@@ -206,10 +206,12 @@ unsafe fn score_blocks<const NB: usize>(
 }
 
 /// e^x on 16 lanes, x ≤ 0 (scores less their row's maximum): the polynomial of
-/// `fast::exp`, with 2ⁿ applied by `vscalefps` (exact; underflows to 0).
+/// `fast::exp`, with 2ⁿ applied by `vscalefps`; 0 below e^-87.3, as there (no
+/// subnormal probabilities for padded keys).
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn exp16(x: __m512) -> __m512 {
+    let normal = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-87.3));
     let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
@@ -223,5 +225,5 @@ unsafe fn exp16(x: __m512) -> __m512 {
     p = _mm512_fmadd_ps(p, r, c(1.666_666_5e-1));
     p = _mm512_fmadd_ps(p, r, c(0.5));
     let e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r), c(1.0));
-    _mm512_scalef_ps(e, n)
+    _mm512_maskz_mov_ps(normal, _mm512_scalef_ps(e, n))
 }

@@ -1,5 +1,6 @@
+use super::attention_probs::attention_probs;
 use super::fused::Attention;
-use super::{fast, linear, softmax_last_dim, Dropout, Linear};
+use super::{fast, linear, Dropout, Linear};
 use crate::rng::TrainRng;
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -77,10 +78,12 @@ impl SelfAttention {
         let k = heads(self.key.forward(xs)?)?;
         let v = heads(self.value.forward(xs)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
-        let probs = self
-            .probs_dropout
-            .forward(&softmax_last_dim(&scores)?, train)?;
+        let probs = attention_probs(
+            &q.matmul(&k.t()?)?,
+            bias,
+            scale,
+            self.probs_dropout.draw(train),
+        )?;
         let context =
             probs
                 .matmul(&v)?

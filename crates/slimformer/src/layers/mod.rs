@@ -10,6 +10,7 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod attend_avx512;
 mod attention;
+mod attention_probs;
 mod dropout;
 mod embeddings;
 pub mod fast;
