@@ -15,7 +15,8 @@ use rayon::prelude::*;
 /// dropout(softmax(scale·scores + bias)) over the last dimension; `scores`:
 /// [batch, heads, len, keys], `bias`: [batch, 1, 1, keys] (the padding mask).
 /// `dropout`: the drop probability and the seed of its mask. Differentiable in
-/// `scores`; other dtypes or shapes take candle's composition.
+/// `scores`; other dtypes, shapes or devices take candle's composition, as does
+/// inference under `SLIMFORMER_PORTABLE_KERNELS=1` (candle's stock path for A/B).
 pub fn attention_probs(
     scores: &Tensor,
     bias: &Tensor,
@@ -23,7 +24,9 @@ pub fn attention_probs(
     dropout: Option<(f32, u64)>,
 ) -> candle_core::Result<Tensor> {
     let dims = scores.dims();
-    let fused = scores.dtype() == DType::F32
+    let fused = scores.device().is_cpu()
+        && (scores.track_op() || super::fast::enabled())
+        && scores.dtype() == DType::F32
         && bias.dtype() == DType::F32
         && dims.len() == 4
         && bias.dims() == [dims[0], 1, 1, dims[3]];

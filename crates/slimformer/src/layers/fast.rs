@@ -234,7 +234,7 @@ impl CustomOp1 for SoftmaxLastDim {
 }
 
 /// `SLIMFORMER_PORTABLE_KERNELS=1` turns these kernels off (for A/B timings).
-fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("SLIMFORMER_PORTABLE_KERNELS").is_none())
 }
