@@ -1,6 +1,5 @@
 use crate::rng::TrainRng;
 use candle_core::Tensor;
-use rayon::prelude::*;
 
 /// Inverted dropout, drawing from the run's seeded generator; off in inference.
 #[derive(Debug, Clone, Copy, Default)]
@@ -13,26 +12,29 @@ impl Dropout {
         Self { p }
     }
 
-    pub fn p(&self) -> f32 {
-        self.p
-    }
-
     /// The drop probability and a fresh mask seed, where this dropout is active.
     pub fn draw(&self, train: Option<&TrainRng>) -> Option<(f32, u64)> {
         let rng = train?;
         (self.p > 0.0).then(|| (self.p, rng.with(|r| r.next_u64())))
     }
 
+    // The hidden-state masks still come from the generator's stream, one value at a
+    // time: drawn from `kept` instead, the retrain test's 12 steps on rotated labels
+    // stopped lowering its holdout accuracy, which is not understood yet.
     pub fn forward(&self, xs: &Tensor, train: Option<&TrainRng>) -> candle_core::Result<Tensor> {
-        let Some((p, seed)) = self.draw(train) else {
+        let Some(rng) = train else {
             return Ok(xs.clone());
         };
-        let keep = 1.0 - p;
+        if self.p <= 0.0 {
+            return Ok(xs.clone());
+        }
+        let keep = 1.0 - self.p;
         let scale = 1.0 / keep;
-        let mask: Vec<f32> = (0..xs.elem_count())
-            .into_par_iter()
-            .map(|i| if kept(seed, i, keep) { scale } else { 0.0 })
-            .collect();
+        let mask: Vec<f32> = rng.with(|r| {
+            (0..xs.elem_count())
+                .map(|_| if r.next_f32() < keep { scale } else { 0.0 })
+                .collect()
+        });
         let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
         xs.mul(&mask)
     }
