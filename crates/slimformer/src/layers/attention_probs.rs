@@ -8,7 +8,7 @@
 //! (seed, position), drawn in parallel and never stored.
 
 use super::dropout::kept;
-use super::fast::{exp, lane_max, lane_sum};
+use super::fast::{lane_dot, softmax_in_place};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -94,17 +94,12 @@ dispatch!(softmax_row, (p: &mut [f32], scores: &[f32], bias: &[f32], scale: f32)
     for ((p, &s), &b) in p.iter_mut().zip(scores).zip(bias) {
         *p = s.mul_add(scale, b);
     }
-    let max = lane_max(p);
-    for v in p.iter_mut() {
-        *v = exp(*v - max);
-    }
-    let inv = 1.0 / lane_sum(p);
-    p.iter_mut().for_each(|v| *v *= inv);
+    softmax_in_place(p);
 });
 
 // p (in `dx`) → scale · p ⊙ (gm − Σ gm⊙p).
 dispatch!(softmax_grad_row, (dx: &mut [f32], gm: &[f32], scale: f32), {
-    let dot = super::fast::lane_dot(dx, gm);
+    let dot = lane_dot(dx, gm);
     for (dx, &gm) in dx.iter_mut().zip(gm) {
         *dx = scale * *dx * (gm - dot);
     }
@@ -231,20 +226,8 @@ impl CustomOp3 for AttentionProbsGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::gemm::tests::max_diff;
     use candle_core::{Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     /// The fused op and candle's composition (with the same mask) agree forward
     /// and backward, with padding in the bias and with and without dropout.

@@ -166,15 +166,21 @@ pub(crate) fn add_bias_then(row: &mut [f32], bias: Option<&[f32]>, epilogue: Epi
 
 dispatch!(softmax_rows, (o: &mut [f32], x: &[f32], dim: usize), {
     for (o, x) in o.chunks_mut(dim).zip(x.chunks(dim)) {
-        let max = lane_max(x);
-        for (o, &v) in o.iter_mut().zip(x) {
-            *o = exp(v - max);
-        }
-        let sum = lane_sum(o);
-        let inv = 1.0 / sum;
-        o.iter_mut().for_each(|v| *v *= inv);
+        o.copy_from_slice(x);
+        softmax_in_place(o);
     }
 });
+
+/// Softmax of one row in place; inlined into each caller's instruction-set variant.
+#[inline(always)]
+pub(crate) fn softmax_in_place(row: &mut [f32]) {
+    let max = lane_max(row);
+    for v in row.iter_mut() {
+        *v = exp(*v - max);
+    }
+    let inv = 1.0 / lane_sum(row);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
 
 pub(crate) fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
@@ -396,18 +402,7 @@ mod tests {
             .unwrap()
             .reshape((12, 100))
             .unwrap();
-        let diff = |a: Tensor, b: Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let diff = |a: Tensor, b: Tensor| crate::layers::gemm::tests::max_diff(&a, &b);
         assert!(diff(gelu_erf(&xs).unwrap(), xs.gelu_erf().unwrap()) < 1e-6);
         // Trained: the same values, and candle's gradient.
         let var = candle_core::Var::from_tensor(&xs).unwrap();

@@ -392,6 +392,17 @@ pub(super) mod tests {
         out
     }
 
+    /// max |a − b| over two tensors of one shape (any float dtype), for the layers' tests.
+    pub(in crate::layers) fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.to_dtype(candle_core::DType::F64))
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f64>())
+            .unwrap()
+    }
+
     /// Deterministic values in [-0.5, 0.5) (xorshift), for the kernels' tests.
     pub(in crate::layers) fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut x = seed.wrapping_mul(2_654_435_761).max(1);

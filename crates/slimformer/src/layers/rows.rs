@@ -297,14 +297,7 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     /// max |a − b| over all values.
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .and_then(|d| d.abs())
-            .and_then(|d| d.flatten_all())
-            .and_then(|d| d.max(D::Minus1))
-            .and_then(|d| d.to_scalar::<f64>())
-            .unwrap()
-    }
+    use crate::layers::gemm::tests::max_diff;
 
     #[test]
     fn gradients_match_candles_broadcast_ops() {
