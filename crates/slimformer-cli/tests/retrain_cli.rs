@@ -35,6 +35,14 @@ const WORDS: [[&str; 3]; 3] = [
 ];
 const LABELS: [&str; 3] = ["negative", "neutral", "positive"];
 
+// Margins measured over 16 seeds of the base fine-tune and of retrain, with both
+// dropout mask generators: 24 steps at 2e-3 on a clean batch of 54 cost at most 0.11
+// of holdout accuracy (27 rows: one row is 0.037), while rotated labels cost 0.37 or
+// more. Smaller batches, fewer steps or a tighter tolerance made the outcome depend
+// on the seed (12 steps at 1e-3 on 27 rows left half the seeds' models unchanged).
+const TOLERANCE: f64 = 0.15;
+const BATCH: usize = 54;
+
 /// Texts whose words give their label; `shuffle` assigns the labels wrongly.
 fn labelled(path: &Path, n: usize, seed: usize, shuffle: bool) {
     let mut csv = String::from("text,label\n");
@@ -103,7 +111,7 @@ impl Setup {
             &config,
             format!(
                 "registry = \"{r}/registry\"\ninbox = \"{r}/inbox\"\nholdout = \"{r}/holdout.csv\"\n\
-                 interval_seconds = 0.5\nmax_steps = 12\nbatch = 9\nlr = 1e-3\ntolerance = {tolerance}\nmax_len = 32\n",
+                 interval_seconds = 0.5\nmax_steps = 24\nbatch = 9\nlr = 2e-3\ntolerance = {tolerance}\nmax_len = 32\n",
                 r = root.display()
             ),
         )
@@ -139,12 +147,12 @@ impl Setup {
 
 #[test]
 fn good_data_is_promoted_bad_data_rejected_corrupt_data_quarantined() {
-    let s = Setup::new(0.05);
+    let s = Setup::new(TOLERANCE);
     // Nothing new: skipped.
     assert_eq!(s.once()["outcome"], "skipped");
 
     // Clean new data: promoted.
-    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    labelled(&s.root.join("inbox/batch1.csv"), BATCH, 2, false);
     let run = s.once();
     assert_eq!(run["outcome"], "promoted", "{run}");
     assert_eq!(run["candidate"], "v2");
@@ -152,7 +160,7 @@ fn good_data_is_promoted_bad_data_rejected_corrupt_data_quarantined() {
     assert!(s.root.join("inbox/processed").read_dir().unwrap().count() == 1);
 
     // Shuffled labels and a corrupt file: rejected, quarantined, production stays.
-    labelled(&s.root.join("inbox/batch2.csv"), 27, 3, true);
+    labelled(&s.root.join("inbox/batch2.csv"), BATCH, 3, true);
     std::fs::write(
         s.root.join("inbox/broken.csv"),
         "words,nothing\n\"unterminated\n",
@@ -217,8 +225,8 @@ fn good_data_is_promoted_bad_data_rejected_corrupt_data_quarantined() {
 
 #[test]
 fn a_kill_during_a_run_leaves_the_registry_consistent() {
-    let s = Setup::new(0.05);
-    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    let s = Setup::new(TOLERANCE);
+    labelled(&s.root.join("inbox/batch1.csv"), BATCH, 2, false);
     let mut child = Command::new(env!("CARGO_BIN_EXE_slimformer"))
         .args(["retrain", "--config", s.config.to_str().unwrap(), "--once"])
         .stdout(Stdio::null())
@@ -243,7 +251,7 @@ fn a_kill_during_a_run_leaves_the_registry_consistent() {
 
 #[test]
 fn serving_with_scheduled_retraining_swaps_with_no_failed_request() {
-    let s = Setup::new(0.05);
+    let s = Setup::new(TOLERANCE);
     let mut server = Command::new(env!("CARGO_BIN_EXE_slimformer"))
         .args([
             "serve",
@@ -303,7 +311,7 @@ fn serving_with_scheduled_retraining_swaps_with_no_failed_request() {
             })
         })
         .collect();
-    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    labelled(&s.root.join("inbox/batch1.csv"), BATCH, 2, false);
     let started = Instant::now();
     while version() != "v2" && started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(50));
@@ -334,8 +342,8 @@ fn serving_with_scheduled_retraining_swaps_with_no_failed_request() {
 
 #[test]
 fn a_write_that_fails_part_way_leaves_the_old_state() {
-    let s = Setup::new(0.05);
-    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    let s = Setup::new(TOLERANCE);
+    labelled(&s.root.join("inbox/batch1.csv"), BATCH, 2, false);
     // No file may grow past 16 KiB: the candidate's weights cannot be written.
     let failed = Command::new("sh")
         .arg("-c")
@@ -374,8 +382,8 @@ fn a_crash_at_each_step_of_a_retrain_or_promotion_leaves_a_consistent_registry()
         "version-recorded",
         "pointer-written",
     ] {
-        let s = Setup::new(0.05);
-        labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+        let s = Setup::new(TOLERANCE);
+        labelled(&s.root.join("inbox/batch1.csv"), BATCH, 2, false);
         let crashed = Command::new(env!("CARGO_BIN_EXE_slimformer"))
             .args(["retrain", "--config", s.config.to_str().unwrap(), "--once"])
             .env("SLIMFORMER_FAULT", step)
@@ -418,10 +426,10 @@ fn a_crash_at_each_step_of_a_retrain_or_promotion_leaves_a_consistent_registry()
 
 #[test]
 fn a_quantized_candidate_is_what_gets_scored_and_served() {
-    let s = Setup::new(0.05);
+    let s = Setup::new(TOLERANCE);
     let text = std::fs::read_to_string(&s.config).unwrap() + "quantize = \"int8\"\n";
     std::fs::write(&s.config, text).unwrap();
-    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    labelled(&s.root.join("inbox/batch1.csv"), BATCH, 2, false);
     let run = s.once();
     assert_eq!(run["outcome"], "promoted", "{run}");
     let inspect = ok(slimformer(&[
@@ -436,7 +444,7 @@ fn a_candidate_can_be_distilled_before_the_gate() {
     let s = Setup::new(0.5);
     let text = std::fs::read_to_string(&s.config).unwrap() + "distill_layers = 1\n";
     std::fs::write(&s.config, text).unwrap();
-    labelled(&s.root.join("inbox/batch1.csv"), 27, 2, false);
+    labelled(&s.root.join("inbox/batch1.csv"), BATCH, 2, false);
     let run = s.once();
     assert!(run["candidate_score"].is_number(), "{run}");
     let inspect = ok(slimformer(&[

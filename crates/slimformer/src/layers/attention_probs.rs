@@ -7,7 +7,7 @@
 //! probabilities from the scores instead of keeping them, and the mask is a hash of
 //! (seed, position), drawn in parallel and never stored.
 
-use super::dropout::kept;
+use super::dropout::{kept, mask};
 use super::fast::{lane_dot, softmax_in_place};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -36,7 +36,7 @@ pub fn attention_probs(
             candle_core::D::Minus1,
         )?;
         return match dropout {
-            Some((p, seed)) => probs.mul(&mask_tensor(&probs, p, seed)?),
+            Some((p, seed)) => probs.mul(&mask(&probs, p, seed)?),
             None => Ok(probs),
         };
     }
@@ -46,16 +46,6 @@ pub fn attention_probs(
         keep: dropout.map(|(p, seed)| (1.0 - p, seed)),
     };
     scores.contiguous()?.apply_op2(&bias.contiguous()?, op)
-}
-
-/// The dropout mask as a tensor (scaled by 1/keep), for the unfused path.
-fn mask_tensor(like: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
-    let keep = 1.0 - p;
-    let mask: Vec<f32> = (0..like.elem_count())
-        .into_par_iter()
-        .map(|i| if kept(seed, i, keep) { 1.0 / keep } else { 0.0 })
-        .collect();
-    Tensor::from_vec(mask, like.shape(), like.device())?.to_dtype(like.dtype())
 }
 
 #[derive(Clone, Copy)]
@@ -261,7 +251,7 @@ mod tests {
             )
             .unwrap();
             let theirs = match dropout {
-                Some((p, seed)) => probs.mul(&mask_tensor(&probs, p, seed).unwrap()).unwrap(),
+                Some((p, seed)) => probs.mul(&mask(&probs, p, seed).unwrap()).unwrap(),
                 None => probs,
             };
             assert!(max_diff(&ours, &theirs) < 1e-6, "forward differs");
