@@ -27,11 +27,11 @@ const AMX_ROWS: usize = 32;
 #[inline(always)]
 pub fn to_bf16(x: f32) -> u16 {
     let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) | 0x40) as u16;
-    }
     let round = 0x7fff + ((bits >> 16) & 1);
-    (bits.wrapping_add(round) >> 16) as u16
+    // A select, not a branch, so loops over it vectorize.
+    let nan = (bits >> 16) | 0x40;
+    let rounded = bits.wrapping_add(round) >> 16;
+    (if x.is_nan() { nan } else { rounded }) as u16
 }
 
 #[inline(always)]
@@ -76,6 +76,40 @@ impl PackedBf16Weight {
         }
     }
 
+    /// `wt`: Wᵀ, in × out row-major (k × n): a weight as training's backward pass
+    /// meets it (W itself for the input's gradient, X for the weights').
+    pub fn pack_transposed(wt: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(wt.len(), n * k, "weight of {k}×{n} has {} values", wt.len());
+        let k2 = k.div_ceil(DEPTH_STEP) * DEPTH_STEP;
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0u16; panels * NR * k2];
+        data.par_chunks_mut((k2 * NR).max(1))
+            .enumerate()
+            .for_each(|(j, panel)| {
+                let cols = NR.min(n - j * NR);
+                let zeros = [0f32; NR];
+                for (pair, dst) in panel
+                    .chunks_exact_mut(2 * NR)
+                    .take(k.div_ceil(2))
+                    .enumerate()
+                {
+                    let even = &wt[2 * pair * n + j * NR..][..cols];
+                    let odd = match 2 * pair + 1 < k {
+                        true => &wt[(2 * pair + 1) * n + j * NR..][..cols],
+                        false => &zeros[..cols],
+                    };
+                    write_pairs(dst, even, odd);
+                }
+            });
+        Self {
+            k,
+            k2,
+            n,
+            panels,
+            data,
+        }
+    }
+
     pub fn in_features(&self) -> usize {
         self.k
     }
@@ -88,6 +122,25 @@ impl PackedBf16Weight {
 /// `a`: m × k row-major. Returns m × n: `a·Wᵀ + bias` through bf16, then the epilogue.
 pub fn linear(
     a: &[f32],
+    m: usize,
+    w: &PackedBf16Weight,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    product(Lhs::Rows(a), m, w, bias, epilogue)
+}
+
+/// The m × k left operand A: its rows (A row-major), or its columns (Aᵀ row-major,
+/// k × m: the output's gradient, as the weights' gradient dYᵀ·X reads it).
+#[derive(Debug, Clone, Copy)]
+pub enum Lhs<'a> {
+    Rows(&'a [f32]),
+    Columns(&'a [f32]),
+}
+
+/// m × n: `A·Wᵀ + bias` through bf16, then the epilogue.
+pub fn product(
+    a: Lhs,
     m: usize,
     w: &PackedBf16Weight,
     bias: Option<&[f32]>,
@@ -121,7 +174,7 @@ fn has_bf16() -> bool {
 }
 
 fn linear_on(
-    a: &[f32],
+    a: Lhs,
     m: usize,
     w: &PackedBf16Weight,
     bias: Option<&[f32]>,
@@ -129,17 +182,28 @@ fn linear_on(
     kernel: Kernel,
 ) -> Vec<f32> {
     let (k, k2, n) = (w.k, w.k2, w.n);
-    assert_eq!(a.len(), m * k, "input of {m}×{k} has {} values", a.len());
+    let (Lhs::Rows(values) | Lhs::Columns(values)) = a;
+    assert_eq!(
+        values.len(),
+        m * k,
+        "input of {m}×{k} has {} values",
+        values.len()
+    );
     if m == 0 || n == 0 {
         return vec![0f32; m * n];
     }
     // Rows as bf16, padded to k2 with zero (and to whole AMX blocks of rows).
     let mut rows = vec![0u16; m.div_ceil(AMX_ROWS) * AMX_ROWS * k2];
-    // vcvtne2ps2bf16 is AVX512-BF16's, which an AMX CPU need not expose.
-    let native = kernel != Kernel::Portable && has_bf16();
-    rows.par_chunks_mut(k2)
-        .zip(a.par_chunks(k.max(1)))
-        .for_each(|(q, row)| convert_row(q, row, native));
+    match a {
+        Lhs::Rows(a) => {
+            // vcvtne2ps2bf16 is AVX512-BF16's, which an AMX CPU need not expose.
+            let native = kernel != Kernel::Portable && has_bf16();
+            rows.par_chunks_mut(k2)
+                .zip(a.par_chunks(k.max(1)))
+                .for_each(|(q, row)| convert_row(q, row, native));
+        }
+        Lhs::Columns(at) => convert_columns(&mut rows, k2, at, m, k),
+    }
     let tiles = |rs: std::ops::Range<usize>, panels: std::ops::Range<usize>, ptr: OutPtr| {
         if kernel == Kernel::Amx {
             // SAFETY: AMX is usable; the rows buffer holds whole 32-row blocks.
@@ -169,6 +233,51 @@ fn linear_on(
     // SAFETY: the AMX task and every micro-tile store all of their outputs.
     unsafe { tiled_output(m, n, MC, w.panels, bias, epilogue, tiles) }
 }
+
+/// Rows `k2` apart of `rows` = the columns of `at` (k × m) as bf16: blocks of 16
+/// rows in parallel, each reading one 64-byte run of every line of `at`.
+fn convert_columns(rows: &mut [u16], k2: usize, at: &[f32], m: usize, k: usize) {
+    const BLOCK: usize = 16;
+    rows.par_chunks_mut(BLOCK * k2)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let i0 = b * BLOCK;
+            let count = BLOCK.min(m.saturating_sub(i0));
+            if count == 0 {
+                return; // padding rows: zero already
+            }
+            let zeros = [0f32; BLOCK];
+            let mut pairs = [0u32; BLOCK];
+            for p in (0..k).step_by(2) {
+                let even = &at[p * m + i0..][..count];
+                let odd = match p + 1 < k {
+                    true => &at[(p + 1) * m + i0..][..count],
+                    false => &zeros[..count],
+                };
+                bf16_pairs(&mut pairs[..count], even, odd);
+                for (i, &pair) in pairs[..count].iter().enumerate() {
+                    block[i * k2 + p..][..2].copy_from_slice(&[pair as u16, (pair >> 16) as u16]);
+                }
+            }
+        });
+}
+
+/// `dst` = (even[c], odd[c]) as bf16 for each c: a pair of depths as `vdpbf16ps`
+/// and AMX's B tiles read them.
+fn write_pairs(dst: &mut [u16], even: &[f32], odd: &[f32]) {
+    let mut pairs = [0u32; NR];
+    let pairs = &mut pairs[..even.len()];
+    bf16_pairs(pairs, even, odd);
+    for (q, &pair) in dst.chunks_exact_mut(2).zip(pairs.iter()) {
+        q.copy_from_slice(&[pair as u16, (pair >> 16) as u16]);
+    }
+}
+
+dispatch!(bf16_pairs, (out: &mut [u32], even: &[f32], odd: &[f32]), {
+    for ((pair, &e), &o) in out.iter_mut().zip(even).zip(odd) {
+        *pair = to_bf16(e) as u32 | (to_bf16(o) as u32) << 16;
+    }
+});
 
 /// `q[..row.len()]` = `row` as bf16.
 fn convert_row(q: &mut [u16], row: &[f32], native: bool) {
@@ -433,7 +542,7 @@ mod tests {
             );
             let packed = PackedBf16Weight::pack(&w, n, k);
             let portable = linear_on(
-                &a,
+                Lhs::Rows(&a),
                 m,
                 &packed,
                 Some(&bias),
@@ -447,7 +556,14 @@ mod tests {
             }
             let native = [(Kernel::Avx512, has_bf16()), (Kernel::Amx, amx::usable())];
             for (kernel, _) in native.into_iter().filter(|k| k.1) {
-                let got = linear_on(&a, m, &packed, Some(&bias), Epilogue::None, kernel);
+                let got = linear_on(
+                    Lhs::Rows(&a),
+                    m,
+                    &packed,
+                    Some(&bias),
+                    Epilogue::None,
+                    kernel,
+                );
                 for (i, (f, p)) in got.iter().zip(&portable).enumerate() {
                     // The same bf16 products; only the order of the f32 sums differs.
                     assert!(
@@ -456,6 +572,31 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| x[(i % rows) * cols + i / rows])
+            .collect()
+    }
+
+    #[test]
+    fn transposed_operands_give_the_same_product() {
+        for &(m, n, k) in &[(1, 1, 1), (17, 33, 7), (40, 64, 45), (70, 35, 100)] {
+            let (a, w) = (values(m * k, 4), values(n * k, 5));
+            let (at, wt) = (transpose(&a, m, k), transpose(&w, n, k));
+            let want = product(
+                Lhs::Rows(&a),
+                m,
+                &PackedBf16Weight::pack(&w, n, k),
+                None,
+                Epilogue::None,
+            );
+            let packed_t = PackedBf16Weight::pack_transposed(&wt, n, k);
+            assert_eq!(packed_t.data, PackedBf16Weight::pack(&w, n, k).data);
+            let got = product(Lhs::Columns(&at), m, &packed_t, None, Epilogue::None);
+            assert_eq!(got, want, "{m}×{n}×{k}");
         }
     }
 }

@@ -105,8 +105,13 @@ impl Linear {
                 .contiguous()?
                 .apply_op1_no_bwd(&PackedLinear { packed, epilogue });
         }
-        // candle's Linear adds the bias by broadcasting, whose gradient is slow to sum.
-        let product = candle_nn::Linear::new(self.inner.weight().clone(), None).forward(xs)?;
+        let weight = self.inner.weight();
+        let product = if precision() == Precision::Bf16 && super::product_bf16::takes(xs, weight) {
+            super::rows::apply_last(xs, |rows| super::product_bf16::product(rows, weight))?
+        } else {
+            // candle's Linear adds the bias by broadcasting, whose gradient is slow to sum.
+            candle_nn::Linear::new(weight.clone(), None).forward(xs)?
+        };
         let out = match self.inner.bias() {
             Some(bias) => super::rows::add_row(&product, bias)?,
             None => product,

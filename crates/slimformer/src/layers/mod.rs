@@ -21,6 +21,7 @@ pub mod gemm_bf16;
 pub mod gemm_int8;
 mod linear;
 mod norm;
+mod product_bf16;
 pub mod rows;
 mod transformer;
 

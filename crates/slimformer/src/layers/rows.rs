@@ -27,12 +27,21 @@ pub fn mul_row(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 /// `x · m` for x: [..., k], m: [k, n], as one 2-D product: a batched product with
 /// `m` broadcast would sum m's gradient over the batch through candle's slow path.
 pub fn matmul_last(x: &Tensor, m: &Tensor) -> candle_core::Result<Tensor> {
+    apply_last(x, |rows| rows.matmul(m))
+}
+
+/// `f` on x: [..., k] viewed as one matrix of rows: [rows, k] → [rows, n], with the
+/// leading dimensions restored.
+pub fn apply_last(
+    x: &Tensor,
+    f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
     let dims = x.dims().to_vec();
     let Some((&k, lead)) = dims.split_last() else {
-        candle_core::bail!("matmul_last of a scalar");
+        candle_core::bail!("a product over the last dimension of a scalar");
     };
     let rows: usize = lead.iter().product();
-    let out = x.contiguous()?.reshape((rows, k))?.matmul(m)?;
+    let out = f(&x.contiguous()?.reshape((rows, k))?)?;
     let mut shape = lead.to_vec();
     shape.push(out.dim(1)?);
     out.reshape(shape)
