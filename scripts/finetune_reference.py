@@ -80,6 +80,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--select", choices=["accuracy", "macro_f1", "mcc"], default="macro_f1",
                     help="dev metric that picks the best epoch (default macro_f1)")
     ap.add_argument("--eval-batch", type=int, default=64)
+    ap.add_argument("--bf16", action="store_true",
+                    help="mixed precision as slimformer's --precision bf16: training forward under "
+                         "torch.autocast('cpu', bfloat16); weights and optimizer stay f32")
     ap.add_argument("--limit", type=int, default=None, help="keep only the first N rows of each split")
     ap.add_argument("--save-model", action="store_true", help="also save the best model to OUT/model/")
     ap.add_argument("--out", required=True, type=Path)
@@ -221,8 +224,9 @@ def main() -> int:
         t0 = time.perf_counter()
         loss_sum, n_batches = 0.0, 0
         for idx, ids, mask in batches(enc_train, order, args.batch, pad_id):
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            loss = torch.nn.functional.cross_entropy(logits, y_train[idx])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -262,7 +266,7 @@ def main() -> int:
                  "n_train": len(enc_train), "n_dev": len(enc_dev), "n_test": len(enc_test),
                  "limit": args.limit, "train_truncated_at_max_len": truncated},
         "labels": labels,
-        "hyperparameters": {"epochs": args.epochs, "lr": args.lr, "batch": args.batch, "max_len": args.max_len,
+        "hyperparameters": {"bf16": args.bf16, "epochs": args.epochs, "lr": args.lr, "batch": args.batch, "max_len": args.max_len,
                             "seed": args.seed, "warmup_ratio": args.warmup_ratio, "warmup_steps": warmup_steps,
                             "total_steps": total_steps, "weight_decay": args.weight_decay,
                             "max_grad_norm": args.max_grad_norm, "select": args.select},

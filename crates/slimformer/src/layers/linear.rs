@@ -106,15 +106,17 @@ impl Linear {
                 .apply_op1_no_bwd(&PackedLinear { packed, epilogue });
         }
         let weight = self.inner.weight();
-        let product = if precision() == Precision::Bf16 && super::product_bf16::takes(xs, weight) {
-            super::rows::apply_last(xs, |rows| super::product_bf16::product(rows, weight))?
+        let out = if precision() == Precision::Bf16 && super::product_bf16::takes(xs, weight) {
+            super::rows::apply_last(xs, |rows| {
+                super::product_bf16::linear(rows, weight, self.inner.bias())
+            })?
         } else {
             // candle's Linear adds the bias by broadcasting, whose gradient is slow to sum.
-            candle_nn::Linear::new(weight.clone(), None).forward(xs)?
-        };
-        let out = match self.inner.bias() {
-            Some(bias) => super::rows::add_row(&product, bias)?,
-            None => product,
+            let product = candle_nn::Linear::new(weight.clone(), None).forward(xs)?;
+            match self.inner.bias() {
+                Some(bias) => super::rows::add_row(&product, bias)?,
+                None => product,
+            }
         };
         match epilogue {
             Epilogue::None => Ok(out),

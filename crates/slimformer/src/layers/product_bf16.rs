@@ -8,11 +8,17 @@
 use super::fast::contiguous_f32;
 use super::gemm::Epilogue;
 use super::gemm_bf16::{self, Lhs, PackedBf16Weight};
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
-/// `x·Wᵀ` for x: [rows, in], w: [out, in] (f32 on the CPU), differentiable.
-pub(crate) fn product(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    x.contiguous()?.apply_op2(&w.contiguous()?, Bf16Product)
+/// `x·Wᵀ + b` for x: [rows, in], w: [out, in], b: [out] (f32 on the CPU),
+/// differentiable. The bias is added as the product's epilogue: a separate op was one
+/// more pass over the output each way, and one more gradient for candle to sum.
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, Bf16Product),
+        None => x.apply_op2(&w, Bf16Product),
+    }
 }
 
 /// Whether `product` takes these operands (else the caller uses candle's matmul).
@@ -32,6 +38,34 @@ fn dims(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     Ok((rows, n, k))
 }
 
+impl Bf16Product {
+    fn forward(
+        x: (&CpuStorage, &Layout),
+        w: (&CpuStorage, &Layout),
+        bias: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, n, k) = dims(x.1, w.1)?;
+        if bias.is_some_and(|b| b.len() != n) {
+            candle_core::bail!(
+                "bias of {} values for {n} outputs",
+                bias.map_or(0, <[f32]>::len)
+            );
+        }
+        let (xv, wv) = (contiguous_f32(x.0, x.1)?, contiguous_f32(w.0, w.1)?);
+        let packed = PackedBf16Weight::pack(wv, n, k);
+        let out = gemm_bf16::linear(xv, rows, &packed, bias, Epilogue::None);
+        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+    }
+
+    /// dX and dW.
+    fn grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            grad.apply_op2_no_bwd(w, &InputGrad)?,
+            grad.apply_op2_no_bwd(x, &WeightGrad)?,
+        ))
+    }
+}
+
 impl CustomOp2 for Bf16Product {
     fn name(&self) -> &'static str {
         "bf16-product"
@@ -44,11 +78,7 @@ impl CustomOp2 for Bf16Product {
         w: &CpuStorage,
         w_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, n, k) = dims(x_layout, w_layout)?;
-        let (x, w) = (contiguous_f32(x, x_layout)?, contiguous_f32(w, w_layout)?);
-        let packed = PackedBf16Weight::pack(w, n, k);
-        let out = gemm_bf16::linear(x, rows, &packed, None, Epilogue::None);
-        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+        Self::forward((x, x_layout), (w, w_layout), None)
     }
 
     fn bwd(
@@ -58,11 +88,40 @@ impl CustomOp2 for Bf16Product {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw) = Self::grads(x, w, &grad.contiguous()?)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for Bf16Product {
+    fn name(&self) -> &'static str {
+        "bf16-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let bias = contiguous_f32(b, b_layout)?;
+        Self::forward((x, x_layout), (w, w_layout), Some(bias))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        Ok((
-            Some(grad.apply_op2_no_bwd(w, &InputGrad)?),
-            Some(grad.apply_op2_no_bwd(x, &WeightGrad)?),
-        ))
+        let (dx, dw) = Self::grads(x, w, &grad)?;
+        Ok((Some(dx), Some(dw), Some(super::rows::column_sums(&grad)?)))
     }
 }
 
@@ -134,9 +193,13 @@ mod tests {
             let w = Var::randn(0f32, 0.1, (n, k), &dev)?;
             let up = Tensor::randn(0f32, 1.0, (rows, n), &dev)?;
             let loss = |y: Tensor| (y * &up)?.sum_all();
-            let y = product(x.as_tensor(), w.as_tensor())?;
+            let b = Var::randn(0f32, 1.0, n, &dev)?;
+            let y = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))?;
             let grads = loss(y.clone())?.backward()?;
-            let y_ref = x.as_tensor().matmul(&w.as_tensor().t()?)?;
+            let y_ref = x
+                .as_tensor()
+                .matmul(&w.as_tensor().t()?)?
+                .broadcast_add(b.as_tensor())?;
             let grads_ref = loss(y_ref.clone())?.backward()?;
             // bf16 keeps 8 bits: each input rounded by up to 2⁻⁹ relative.
             let bound =
@@ -155,6 +218,8 @@ mod tests {
                 "dW {rows}×{n}×{k}"
             );
             assert_eq!(dw.dims(), &[n, k]);
+            let db = grads.get(b.as_tensor()).unwrap();
+            assert!(max_diff(db, grads_ref.get(b.as_tensor()).unwrap()) < 1e-4);
         }
         Ok(())
     }

@@ -97,10 +97,29 @@ impl TransformerLayer {
         train: Option<&TrainRng>,
     ) -> candle_core::Result<Tensor> {
         let attended = self.attention.forward(xs, attention_bias, train)?;
-        let attended = self.attention_output_dropout.forward(&attended, train)?;
-        let xs = self.attention_norm.forward_residual(xs, &attended)?;
+        let xs = add_norm(
+            &self.attention_norm,
+            &self.attention_output_dropout,
+            xs,
+            &attended,
+            train,
+        )?;
         let ffn = self.ffn.forward(&xs, train)?;
-        let ffn = self.hidden_dropout.forward(&ffn, train)?;
-        self.output_norm.forward_residual(&xs, &ffn)
+        add_norm(&self.output_norm, &self.hidden_dropout, &xs, &ffn, train)
+    }
+}
+
+/// LayerNorm(residual + dropout(branch)): one fused pass at inference, dropout and
+/// the sum as one op in training.
+fn add_norm(
+    norm: &LayerNorm,
+    dropout: &Dropout,
+    residual: &Tensor,
+    branch: &Tensor,
+    train: Option<&TrainRng>,
+) -> candle_core::Result<Tensor> {
+    match train {
+        None => norm.forward_residual(residual, branch),
+        Some(_) => norm.forward(&dropout.add_to(residual, branch, train)?),
     }
 }
