@@ -1,4 +1,5 @@
 use super::attention_probs::attention_probs;
+use super::attention_train;
 use super::fused::Attention;
 use super::{fast, linear, Dropout, Linear};
 use crate::rng::TrainRng;
@@ -69,21 +70,30 @@ impl SelfAttention {
                 return self.output.forward(&context);
             }
         }
+        let (q, k, v) = (
+            self.query.forward(xs)?,
+            self.key.forward(xs)?,
+            self.value.forward(xs)?,
+        );
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let dropout = self.probs_dropout.draw(train);
+        if [&q, &k, &v, bias]
+            .iter()
+            .all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
+            && bias.dims() == [b, 1, 1, l]
+            && fast::enabled()
+        {
+            let context =
+                attention_train::attend(&q, &k, &v, bias, self.num_heads, scale as f32, dropout)?;
+            return self.output.forward(&context);
+        }
         let heads = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((b, l, self.num_heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = heads(self.query.forward(xs)?)?;
-        let k = heads(self.key.forward(xs)?)?;
-        let v = heads(self.value.forward(xs)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let probs = attention_probs(
-            &q.matmul(&k.t()?)?,
-            bias,
-            scale,
-            self.probs_dropout.draw(train),
-        )?;
+        let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
+        let probs = attention_probs(&q.matmul(&k.t()?)?, bias, scale, dropout)?;
         let context =
             probs
                 .matmul(&v)?

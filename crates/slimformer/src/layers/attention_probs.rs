@@ -80,7 +80,7 @@ impl AttentionProbs {
 }
 
 // Compiled per instruction set (`mul_add` is a libm call on baseline x86-64).
-dispatch!(softmax_row, (p: &mut [f32], scores: &[f32], bias: &[f32], scale: f32), {
+dispatch!(pub(super) softmax_row, (p: &mut [f32], scores: &[f32], bias: &[f32], scale: f32), {
     for ((p, &s), &b) in p.iter_mut().zip(scores).zip(bias) {
         *p = s.mul_add(scale, b);
     }
@@ -88,7 +88,7 @@ dispatch!(softmax_row, (p: &mut [f32], scores: &[f32], bias: &[f32], scale: f32)
 });
 
 // p (in `dx`) → scale · p ⊙ (gm − Σ gm⊙p).
-dispatch!(softmax_grad_row, (dx: &mut [f32], gm: &[f32], scale: f32), {
+dispatch!(pub(super) softmax_grad_row, (dx: &mut [f32], gm: &[f32], scale: f32), {
     let dot = lane_dot(dx, gm);
     for (dx, &gm) in dx.iter_mut().zip(gm) {
         *dx = scale * *dx * (gm - dot);

@@ -5,8 +5,8 @@
 /// The bodies use `mul_add` for FMA instructions; on the baseline (an x86-64 CPU
 /// without AVX2, older than 2013) that is a libm call: correct, slow.
 macro_rules! dispatch {
-    ($name:ident, ($($arg:ident: $ty:ty),*), $body:block) => {
-        fn $name($($arg: $ty),*) {
+    ($vis:vis $name:ident, ($($arg:ident: $ty:ty),*), $body:block) => {
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]

@@ -11,6 +11,7 @@ mod amx;
 mod attend_avx512;
 mod attention;
 mod attention_probs;
+mod attention_train;
 mod dropout;
 mod embeddings;
 pub mod fast;
