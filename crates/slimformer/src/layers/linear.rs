@@ -105,15 +105,15 @@ impl Linear {
                 .contiguous()?
                 .apply_op1_no_bwd(&PackedLinear { packed, epilogue });
         }
-        let weight = self.inner.weight();
-        let out = if precision() == Precision::Bf16 && super::product_bf16::takes(xs, weight) {
+        let (weight, bias) = (self.inner.weight(), self.inner.bias());
+        let out = if super::fast::enabled() && super::linear_train::takes(xs, weight, bias) {
             super::rows::apply_last(xs, |rows| {
-                super::product_bf16::linear(rows, weight, self.inner.bias())
+                super::linear_train::linear(rows, weight, bias, precision())
             })?
         } else {
             // candle's Linear adds the bias by broadcasting, whose gradient is slow to sum.
             let product = candle_nn::Linear::new(weight.clone(), None).forward(xs)?;
-            match self.inner.bias() {
+            match bias {
                 Some(bias) => super::rows::add_row(&product, bias)?,
                 None => product,
             }

@@ -21,8 +21,9 @@ pub mod gemm;
 pub mod gemm_bf16;
 pub mod gemm_int8;
 mod linear;
+mod linear_train;
 mod norm;
-mod product_bf16;
+
 pub mod rows;
 mod transformer;
 

@@ -1,45 +1,64 @@
-//! A linear layer's product `X·Wᵀ` for training under `--precision bf16`, with its
-//! backward (`dX = dY·W`, `dW = dYᵀ·X`) through the same bf16 kernels: mixed
+//! A linear layer in training, `X·Wᵀ + b`, as one op with its backward
+//! (`dX = dY·W`, `dW = dYᵀ·X`, `db` = dY's column sums). Composed from candle's ops
+//! it was a product and a bias op, and for each candle's backward zero-fills a
+//! gradient and adds to it; the bias op also copied the product once more.
+//!
+//! Under `--precision bf16` all three products run through the bf16 kernels: mixed
 //! precision as PyTorch's autocast does it on a CPU (bf16 inputs to the products, f32
-//! sums, f32 weights and optimizer). On an AMX CPU each product runs 3–4× faster
-//! than f32 (`examples/train_gemm.rs`); the packing each call needs is part of that
-//! figure. Weights change every step, so nothing is packed ahead.
+//! sums, f32 weights and optimizer). On an AMX CPU the forward and input-gradient
+//! products run 3–4× faster than candle's f32 ones (`examples/train_gemm.rs`,
+//! packing included). In f32 the forward uses the packed f32 kernel and the
+//! gradients candle's products. Weights change every step, so nothing is packed
+//! ahead.
 
 use super::fast::contiguous_f32;
-use super::gemm::Epilogue;
+use super::gemm::{self, Epilogue, PackedWeight};
 use super::gemm_bf16::{self, Lhs, PackedBf16Weight};
+use super::Precision;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
 /// `x·Wᵀ + b` for x: [rows, in], w: [out, in], b: [out] (f32 on the CPU),
-/// differentiable. The bias is added as the product's epilogue: a separate op was one
-/// more pass over the output each way, and one more gradient for candle to sum.
-pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+/// differentiable; the products in `precision` (int8 trains in f32).
+pub(crate) fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    precision: Precision,
+) -> candle_core::Result<Tensor> {
     let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let op = TrainedLinear {
+        bf16: precision == Precision::Bf16,
+    };
     match b {
-        Some(b) => x.apply_op3(&w, &b.contiguous()?, Bf16Product),
-        None => x.apply_op2(&w, Bf16Product),
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
     }
 }
 
-/// Whether `product` takes these operands (else the caller uses candle's matmul).
-pub(crate) fn takes(x: &Tensor, w: &Tensor) -> bool {
-    x.dtype() == DType::F32 && w.dtype() == DType::F32 && x.device().is_cpu() && w.rank() == 2
+/// Whether `linear` takes these operands (else the caller composes candle's ops).
+pub(crate) fn takes(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> bool {
+    let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu();
+    f32_cpu(x) && f32_cpu(w) && b.is_none_or(f32_cpu) && w.rank() == 2
 }
 
-struct Bf16Product;
+#[derive(Clone, Copy)]
+struct TrainedLinear {
+    bf16: bool,
+}
 
 /// The two [rows, k] × [n, k] operands' dimensions, checked.
 fn dims(x: &Layout, w: &Layout) -> candle_core::Result<(usize, usize, usize)> {
     let (rows, k) = x.shape().dims2()?;
     let (n, k_w) = w.shape().dims2()?;
     if k != k_w {
-        candle_core::bail!("bf16 product of [{rows}, {k}] by a weight of [{n}, {k_w}]");
+        candle_core::bail!("linear layer: input [{rows}, {k}], weight [{n}, {k_w}]");
     }
     Ok((rows, n, k))
 }
 
-impl Bf16Product {
+impl TrainedLinear {
     fn forward(
+        &self,
         x: (&CpuStorage, &Layout),
         w: (&CpuStorage, &Layout),
         bias: Option<&[f32]>,
@@ -52,13 +71,36 @@ impl Bf16Product {
             );
         }
         let (xv, wv) = (contiguous_f32(x.0, x.1)?, contiguous_f32(w.0, w.1)?);
-        let packed = PackedBf16Weight::pack(wv, n, k);
-        let out = gemm_bf16::linear(xv, rows, &packed, bias, Epilogue::None);
+        let out = if self.bf16 {
+            gemm_bf16::linear(
+                xv,
+                rows,
+                &PackedBf16Weight::pack(wv, n, k),
+                bias,
+                Epilogue::None,
+            )
+        } else {
+            gemm::linear(
+                xv,
+                rows,
+                &PackedWeight::pack(wv, n, k),
+                bias,
+                Epilogue::None,
+            )
+        };
         Ok((CpuStorage::F32(out), Shape::from((rows, n))))
     }
 
     /// dX and dW.
-    fn grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        if !self.bf16 {
+            return Ok((grad.matmul(w)?, grad.t()?.matmul(x)?));
+        }
         Ok((
             grad.apply_op2_no_bwd(w, &InputGrad)?,
             grad.apply_op2_no_bwd(x, &WeightGrad)?,
@@ -66,9 +108,9 @@ impl Bf16Product {
     }
 }
 
-impl CustomOp2 for Bf16Product {
+impl CustomOp2 for TrainedLinear {
     fn name(&self) -> &'static str {
-        "bf16-product"
+        "trained-linear-no-bias"
     }
 
     fn cpu_fwd(
@@ -78,7 +120,7 @@ impl CustomOp2 for Bf16Product {
         w: &CpuStorage,
         w_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Self::forward((x, x_layout), (w, w_layout), None)
+        self.forward((x, x_layout), (w, w_layout), None)
     }
 
     fn bwd(
@@ -88,14 +130,14 @@ impl CustomOp2 for Bf16Product {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = Self::grads(x, w, &grad.contiguous()?)?;
+        let (dx, dw) = self.grads(x, w, &grad.contiguous()?)?;
         Ok((Some(dx), Some(dw)))
     }
 }
 
-impl CustomOp3 for Bf16Product {
+impl CustomOp3 for TrainedLinear {
     fn name(&self) -> &'static str {
-        "bf16-linear"
+        "trained-linear"
     }
 
     fn cpu_fwd(
@@ -108,7 +150,7 @@ impl CustomOp3 for Bf16Product {
         b_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let bias = contiguous_f32(b, b_layout)?;
-        Self::forward((x, x_layout), (w, w_layout), Some(bias))
+        self.forward((x, x_layout), (w, w_layout), Some(bias))
     }
 
     fn bwd(
@@ -120,7 +162,7 @@ impl CustomOp3 for Bf16Product {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (dx, dw) = Self::grads(x, w, &grad)?;
+        let (dx, dw) = self.grads(x, w, &grad)?;
         Ok((Some(dx), Some(dw), Some(super::rows::column_sums(&grad)?)))
     }
 }
@@ -130,7 +172,7 @@ struct InputGrad;
 
 impl CustomOp2 for InputGrad {
     fn name(&self) -> &'static str {
-        "bf16-product-input-grad"
+        "bf16-input-grad"
     }
 
     fn cpu_fwd(
@@ -157,7 +199,7 @@ struct WeightGrad;
 
 impl CustomOp2 for WeightGrad {
     fn name(&self) -> &'static str {
-        "bf16-product-weight-grad"
+        "bf16-weight-grad"
     }
 
     fn cpu_fwd(
@@ -186,15 +228,18 @@ mod tests {
     use candle_core::{Device, Var};
 
     #[test]
-    fn product_and_gradients_are_close_to_f32() -> candle_core::Result<()> {
-        for &(rows, n, k) in &[(1, 1, 1), (45, 70, 33), (130, 64, 96)] {
+    fn products_and_gradients_match_candles_f32() -> candle_core::Result<()> {
+        for (&(rows, n, k), precision) in [(1, 1, 1), (45, 70, 33), (130, 64, 96)]
+            .iter()
+            .flat_map(|s| [(s, Precision::Fp32), (s, Precision::Bf16)])
+        {
             let dev = Device::Cpu;
             let x = Var::randn(0f32, 1.0, (rows, k), &dev)?;
             let w = Var::randn(0f32, 0.1, (n, k), &dev)?;
             let up = Tensor::randn(0f32, 1.0, (rows, n), &dev)?;
             let loss = |y: Tensor| (y * &up)?.sum_all();
             let b = Var::randn(0f32, 1.0, n, &dev)?;
-            let y = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))?;
+            let y = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), precision)?;
             let grads = loss(y.clone())?.backward()?;
             let y_ref = x
                 .as_tensor()
@@ -209,13 +254,13 @@ mod tests {
             let dx_ref = grads_ref.get(x.as_tensor()).unwrap();
             assert!(
                 max_diff(dx, dx_ref) < bound(n, 0.1 * 3.0),
-                "dX {rows}×{n}×{k}"
+                "dX {rows}×{n}×{k} {precision}"
             );
             let dw = grads.get(w.as_tensor()).unwrap();
             let dw_ref = grads_ref.get(w.as_tensor()).unwrap();
             assert!(
                 max_diff(dw, dw_ref) < bound(rows, 3.0 * 3.0),
-                "dW {rows}×{n}×{k}"
+                "dW {rows}×{n}×{k} {precision}"
             );
             assert_eq!(dw.dims(), &[n, k]);
             let db = grads.get(b.as_tensor()).unwrap();
