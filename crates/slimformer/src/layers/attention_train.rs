@@ -10,7 +10,7 @@
 
 use super::attention_probs::{softmax_grad_row, softmax_row};
 use super::dropout::kept;
-use super::fast::{contiguous_f32, lane_dot};
+use super::fast::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -44,14 +44,69 @@ struct TrainedAttention {
     keep: Option<(f32, u64)>,
 }
 
-/// One sequence's rows of q, k, v (len × width each) and its key bias.
-struct Sequence<'a> {
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    bias: &'a [f32],
-    /// Index of the sequence in the batch.
-    index: usize,
+/// One head of one sequence, gathered head-major (len × d) from the [len, width]
+/// rows, and k, v transposed too (d × len), so every inner loop below runs over
+/// contiguous values: a row of scores is one query against all keys as d
+/// multiply-adds of len lanes.
+struct Head {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    kt: Vec<f32>,
+    vt: Vec<f32>,
+}
+
+/// Head `h` (columns h·d..h·d+d) of `rows` (len × width), len × d.
+fn gather(rows: &[f32], width: usize, h: usize, d: usize) -> Vec<f32> {
+    let mut head = vec![0f32; rows.len() / width.max(1) * d];
+    for (part, row) in head.chunks_mut(d).zip(rows.chunks(width)) {
+        part.copy_from_slice(&row[h * d..h * d + d]);
+    }
+    head
+}
+
+/// Sequence `b`'s rows (`seq` values) of a [batch, len, width] tensor.
+fn sequence(t: &[f32], b: usize, seq: usize) -> &[f32] {
+    &t[b * seq..][..seq]
+}
+
+/// Keys padded to whole vectors of 16, so the score loops have no remainder.
+fn padded(len: usize) -> usize {
+    len.div_ceil(16) * 16
+}
+
+/// `m` (len × d) transposed: d × padded(len), zero past len.
+fn transpose(m: &[f32], d: usize) -> Vec<f32> {
+    let len = m.len() / d.max(1);
+    let lp = padded(len);
+    let mut t = vec![0f32; d * lp];
+    for (j, row) in m.chunks(d).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            t[c * lp + j] = x;
+        }
+    }
+    t
+}
+
+/// Adds `head` (len × d) into columns h·d..h·d+d of `rows` (len × width).
+fn scatter(rows: &mut [f32], width: usize, h: usize, head: &[f32]) {
+    let d = head.len() / (rows.len() / width).max(1);
+    for (row, part) in rows.chunks_mut(width).zip(head.chunks(d)) {
+        row[h * d..h * d + d].copy_from_slice(part);
+    }
+}
+
+impl Head {
+    fn new(q: &[f32], k: &[f32], v: &[f32], width: usize, h: usize, d: usize) -> Head {
+        let (k, v) = (gather(k, width, h, d), gather(v, width, h, d));
+        Head {
+            q: gather(q, width, h, d),
+            kt: transpose(&k, d),
+            vt: transpose(&v, d),
+            k,
+            v,
+        }
+    }
 }
 
 impl TrainedAttention {
@@ -67,26 +122,22 @@ impl TrainedAttention {
         Ok((b, l, width))
     }
 
-    /// Probabilities (before dropout) of query `i` of head `h` into `p`, with
-    /// `scores` as scratch.
-    fn probs(&self, s: &Sequence, h: usize, i: usize, p: &mut [f32], scores: &mut [f32]) {
-        let width = s.q.len() / p.len();
-        let d = width / self.heads;
-        let qi = &s.q[i * width + h * d..][..d];
-        for (j, sj) in scores.iter_mut().enumerate() {
-            *sj = lane_dot(qi, &s.k[j * width + h * d..][..d]);
-        }
-        softmax_row(p, scores, s.bias, self.scale);
+    /// Probabilities (before dropout) of query `i` into `p`; `scores` is scratch
+    /// of `padded(len)` values.
+    fn probs(&self, head: &Head, bias: &[f32], i: usize, p: &mut [f32], scores: &mut [f32]) {
+        let d = head.q.len() / p.len();
+        row_times(scores, &head.q[i * d..][..d], &head.kt);
+        softmax_row(p, &scores[..p.len()], bias, self.scale);
     }
 
-    /// The dropout factors (0 or 1/keep; 1 without dropout) of that row into `f`,
-    /// indexed as `attention_probs` indexes them ([batch, heads, len, len]), so both
-    /// draw the same mask.
-    fn factors(&self, s: &Sequence, h: usize, i: usize, f: &mut [f32]) {
+    /// The dropout factors (0 or 1/keep; 1 without dropout) of row `i` of head `h`
+    /// of sequence `b` into `f`, indexed as `attention_probs` indexes them ([batch,
+    /// heads, len, len]), so both draw the same mask.
+    fn factors(&self, b: usize, h: usize, i: usize, f: &mut [f32]) {
         let l = f.len();
         match self.keep {
             Some((keep, seed)) => {
-                let row = ((s.index * self.heads + h) * l + i) * l;
+                let row = ((b * self.heads + h) * l + i) * l;
                 for (j, fj) in f.iter_mut().enumerate() {
                     *fj = if kept(seed, row + j, keep) {
                         1.0 / keep
@@ -100,10 +151,46 @@ impl TrainedAttention {
     }
 }
 
-// y += a·x
-dispatch!(axpy, (y: &mut [f32], a: f32, x: &[f32]), {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = a.mul_add(x, *y);
+// out[j] = Σ_c x[c]·mt[c·len + j] (len = out.len()): a row times a d × len matrix.
+dispatch!(row_times, (out: &mut [f32], x: &[f32], mt: &[f32]), {
+    let len = out.len();
+    out.fill(0.0);
+    for (c, &xc) in x.iter().enumerate() {
+        for (o, &m) in out.iter_mut().zip(&mt[c * len..][..len]) {
+            *o = xc.mul_add(m, *o);
+        }
+    }
+});
+
+// out = Σ_j w[j]·rows[j] (rows: w.len() × out.len()).
+dispatch!(weighted_sum, (out: &mut [f32], w: &[f32], rows: &[f32]), {
+    let d = out.len();
+    out.fill(0.0);
+    for (j, &wj) in w.iter().enumerate() {
+        if wj != 0.0 {
+            for (o, &r) in out.iter_mut().zip(&rows[j * d..][..d]) {
+                *o = wj.mul_add(r, *o);
+            }
+        }
+    }
+});
+
+// m += col ⊗ row (m: col.len() × row.len()).
+dispatch!(add_outer, (m: &mut [f32], col: &[f32], row: &[f32]), {
+    let d = row.len();
+    for (j, &cj) in col.iter().enumerate() {
+        if cj != 0.0 {
+            for (x, &r) in m[j * d..][..d].iter_mut().zip(row) {
+                *x = cj.mul_add(r, *x);
+            }
+        }
+    }
+});
+
+// x ⊙= f
+dispatch!(scale_by, (x: &mut [f32], f: &[f32]), {
+    for (x, &f) in x.iter_mut().zip(f) {
+        *x *= f;
     }
 });
 
@@ -144,25 +231,26 @@ impl CustomOp3 for TrainedAttention {
         out.par_chunks_mut(seq.max(1))
             .enumerate()
             .for_each(|(b, out)| {
-                let s = Sequence {
-                    q: &q[b * seq..][..seq],
-                    k: &k[b * seq..][..seq],
-                    v: &v[b * seq..][..seq],
-                    bias: &self.bias[b * l..][..l],
-                    index: b,
-                };
-                let (mut p, mut scratch, mut f) = (vec![0f32; l], vec![0f32; l], vec![0f32; l]);
+                let bias = &self.bias[b * l..][..l];
+                let (mut p, mut f) = (vec![0f32; l], vec![0f32; l]);
+                let mut scratch = vec![0f32; padded(l)];
+                let mut context = vec![0f32; l * d];
                 for h in 0..self.heads {
-                    for i in 0..l {
-                        self.probs(&s, h, i, &mut p, &mut scratch);
-                        self.factors(&s, h, i, &mut f);
-                        let o = &mut out[i * width + h * d..][..d];
-                        for (j, (&pj, &fj)) in p.iter().zip(&f).enumerate() {
-                            if pj * fj != 0.0 {
-                                axpy(o, pj * fj, &s.v[j * width + h * d..][..d]);
-                            }
-                        }
+                    let head = Head::new(
+                        sequence(q, b, seq),
+                        sequence(k, b, seq),
+                        sequence(v, b, seq),
+                        width,
+                        h,
+                        d,
+                    );
+                    for (i, ctx) in context.chunks_mut(d).enumerate() {
+                        self.probs(&head, bias, i, &mut p, &mut scratch);
+                        self.factors(b, h, i, &mut f);
+                        scale_by(&mut p, &f);
+                        weighted_sum(ctx, &p, &head.v);
                     }
+                    scatter(out, width, h, &context);
                 }
             });
         Ok((CpuStorage::F32(out), ql.shape().clone()))
@@ -191,42 +279,44 @@ impl CustomOp3 for TrainedAttention {
             .zip(dv.par_chunks_mut(seq.max(1)))
             .enumerate()
             .for_each(|(b, ((dq, dk), dv))| {
-                let s = Sequence {
-                    q: &qv[b * seq..][..seq],
-                    k: &kv[b * seq..][..seq],
-                    v: &vv[b * seq..][..seq],
-                    bias: &self.bias[b * l..][..l],
-                    index: b,
-                };
-                let g = &g[b * seq..][..seq];
-                let (mut p, mut f, mut dp) = (vec![0f32; l], vec![0f32; l], vec![0f32; l]);
+                let bias = &self.bias[b * l..][..l];
+                let (mut p, mut f) = (vec![0f32; l], vec![0f32; l]);
+                let mut dp = vec![0f32; padded(l)];
+                let mut dropped = vec![0f32; l];
+                let (mut dqh, mut dkh, mut dvh) =
+                    (vec![0f32; l * d], vec![0f32; l * d], vec![0f32; l * d]);
                 for h in 0..self.heads {
-                    let at = |i: usize| i * width + h * d..i * width + h * d + d;
-                    for i in 0..l {
-                        // dp: scratch for the scores, then the probabilities' gradient.
-                        self.probs(&s, h, i, &mut p, &mut dp);
-                        self.factors(&s, h, i, &mut f);
-                        let gi = &g[at(i)];
-                        for j in 0..l {
-                            // dV_j += p_ij·f_ij · dO_i
-                            if p[j] * f[j] != 0.0 {
-                                axpy(&mut dv[at(j)], p[j] * f[j], gi);
-                            }
-                            // dP_ij = (dO_i · V_j) · f_ij
-                            dp[j] = match f[j] {
-                                0.0 => 0.0,
-                                fj => lane_dot(gi, &s.v[at(j)]) * fj,
-                            };
-                        }
-                        // dS_i = scale · p_i ⊙ (dP_i − Σ dP_i ⊙ p_i), in `p`.
-                        softmax_grad_row(&mut p, &dp, self.scale);
-                        for (j, &ds) in p.iter().enumerate() {
-                            if ds != 0.0 {
-                                axpy(&mut dq[at(i)], ds, &s.k[at(j)]);
-                                axpy(&mut dk[at(j)], ds, &s.q[at(i)]);
-                            }
-                        }
+                    let head = Head::new(
+                        sequence(&qv, b, seq),
+                        sequence(&kv, b, seq),
+                        sequence(&vv, b, seq),
+                        width,
+                        h,
+                        d,
+                    );
+                    let gh = gather(sequence(&g, b, seq), width, h, d);
+                    dkh.fill(0.0);
+                    dvh.fill(0.0);
+                    for (i, dqi) in dqh.chunks_mut(d).enumerate() {
+                        let gi = &gh[i * d..][..d];
+                        // dp: scratch for the scores first.
+                        self.probs(&head, bias, i, &mut p, &mut dp);
+                        self.factors(b, h, i, &mut f);
+                        // dV += (p ⊙ f) ⊗ dO_i
+                        dropped.copy_from_slice(&p);
+                        scale_by(&mut dropped, &f);
+                        add_outer(&mut dvh, &dropped, gi);
+                        // dP = (dO_i · V_j)_j ⊙ f
+                        row_times(&mut dp, gi, &head.vt);
+                        scale_by(&mut dp[..l], &f);
+                        // dS_i = scale · p ⊙ (dP − Σ dP ⊙ p), in `p`.
+                        softmax_grad_row(&mut p, &dp[..l], self.scale);
+                        weighted_sum(dqi, &p, &head.k);
+                        add_outer(&mut dkh, &p, &head.q[i * d..][..d]);
                     }
+                    scatter(dq, width, h, &dqh);
+                    scatter(dk, width, h, &dkh);
+                    scatter(dv, width, h, &dvh);
                 }
             });
         let shape = q.shape();
