@@ -1,9 +1,9 @@
-use super::attention_probs::attention_probs;
 use super::attention_train;
+use super::dropout::mask;
 use super::fused::Attention;
 use super::{fast, linear, Dropout, Linear};
 use crate::rng::TrainRng;
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Module, Tensor, D};
 use candle_nn::VarBuilder;
 use std::sync::{Arc, OnceLock};
 
@@ -77,28 +77,16 @@ impl SelfAttention {
         );
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let dropout = self.probs_dropout.draw(train);
-        if [&q, &k, &v, bias]
+        let context = if [&q, &k, &v, bias]
             .iter()
             .all(|t| t.dtype() == DType::F32 && t.device().is_cpu())
             && bias.dims() == [b, 1, 1, l]
             && fast::enabled()
         {
-            let context =
-                attention_train::attend(&q, &k, &v, bias, self.num_heads, scale as f32, dropout)?;
-            return self.output.forward(&context);
-        }
-        let heads = |t: Tensor| -> candle_core::Result<Tensor> {
-            t.reshape((b, l, self.num_heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
+            attention_train::attend(&q, &k, &v, bias, self.num_heads, scale as f32, dropout)?
+        } else {
+            composed(&q, &k, &v, bias, self.num_heads, scale, dropout)?
         };
-        let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
-        let probs = attention_probs(&q.matmul(&k.t()?)?, bias, scale, dropout)?;
-        let context =
-            probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, l, self.num_heads * self.head_dim))?;
         self.output.forward(&context)
     }
 
@@ -138,6 +126,36 @@ impl SelfAttention {
         };
         Ok(Some(qkv.contiguous()?.apply_op1_no_bwd(&op)?))
     }
+}
+
+/// The attention context of q, k, v ([batch, len, heads·d]) from candle's ops:
+/// dropout(softmax(scale·QKᵀ + bias))·V, for any dtype, device or bias shape, and as
+/// the stock path under `SLIMFORMER_PORTABLE_KERNELS=1`.
+pub(super) fn composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+    scale: f64,
+    dropout: Option<(f32, u64)>,
+) -> candle_core::Result<Tensor> {
+    let (b, l, width) = q.dims3()?;
+    let split = |t: &Tensor| {
+        t.reshape((b, l, heads, width / heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let scores = (split(q)?.matmul(&split(k)?.t()?)? * scale)?.broadcast_add(bias)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let probs = match dropout {
+        Some((p, seed)) => probs.mul(&mask(&probs, p, seed)?)?,
+        None => probs,
+    };
+    probs
+        .matmul(&split(v)?)?
+        .transpose(1, 2)?
+        .reshape((b, l, width))
 }
 
 /// One linear layer computing the three projections side by side; `None` unless all

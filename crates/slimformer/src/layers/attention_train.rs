@@ -6,11 +6,11 @@
 //! probabilities, the transpose back; and for each node's input candle's backward
 //! zero-fills a gradient and adds to it. The backward recomputes the probabilities
 //! (a head's scores are len × len × head_dim of work) instead of storing them, and
-//! redraws the dropout mask from its seed, as `attention_probs` does (same mask).
+//! redraws the dropout mask from its seed (`dropout::kept`, indexed as the composed
+//! path's mask tensor is, so both paths draw the same mask).
 
-use super::attention_probs::{softmax_grad_row, softmax_row};
 use super::dropout::kept;
-use super::fast::contiguous_f32;
+use super::fast::{contiguous_f32, lane_dot, softmax_in_place};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -131,8 +131,8 @@ impl TrainedAttention {
     }
 
     /// The dropout factors (0 or 1/keep; 1 without dropout) of row `i` of head `h`
-    /// of sequence `b` into `f`, indexed as `attention_probs` indexes them ([batch,
-    /// heads, len, len]), so both draw the same mask.
+    /// of sequence `b` into `f`, indexed as `dropout::mask` indexes the composed path's
+    /// [batch, heads, len, len] probabilities, so both draw the same mask.
     fn factors(&self, b: usize, h: usize, i: usize, f: &mut [f32]) {
         let l = f.len();
         match self.keep {
@@ -150,6 +150,22 @@ impl TrainedAttention {
         }
     }
 }
+
+// Compiled per instruction set (`mul_add` is a libm call on baseline x86-64).
+dispatch!(softmax_row, (p: &mut [f32], scores: &[f32], bias: &[f32], scale: f32), {
+    for ((p, &s), &b) in p.iter_mut().zip(scores).zip(bias) {
+        *p = s.mul_add(scale, b);
+    }
+    softmax_in_place(p);
+});
+
+// p (in `dx`) → scale · p ⊙ (gm − Σ gm⊙p).
+dispatch!(softmax_grad_row, (dx: &mut [f32], gm: &[f32], scale: f32), {
+    let dot = lane_dot(dx, gm);
+    for (dx, &gm) in dx.iter_mut().zip(gm) {
+        *dx = scale * *dx * (gm - dot);
+    }
+});
 
 // out[j] = Σ_c x[c]·mt[c·len + j] (len = out.len()): a row times a d × len matrix.
 dispatch!(row_times, (out: &mut [f32], x: &[f32], mt: &[f32]), {
@@ -194,10 +210,9 @@ dispatch!(scale_by, (x: &mut [f32], f: &[f32]), {
     }
 });
 
-fn storage_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => Ok(contiguous_f32(cpu, layout)?.to_vec()),
+fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(cpu) => contiguous_f32(cpu, layout),
         _ => candle_core::bail!("trained attention runs on the CPU"),
     }
 }
@@ -265,8 +280,19 @@ impl CustomOp3 for TrainedAttention {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (_, l, width) = q.dims3()?;
-        let (qv, kv, vv) = (storage_f32(q)?, storage_f32(k)?, storage_f32(v)?);
-        let g = storage_f32(&grad.contiguous()?)?;
+        let grad = grad.contiguous()?;
+        let (qs, ks, vs, gs) = (
+            q.storage_and_layout(),
+            k.storage_and_layout(),
+            v.storage_and_layout(),
+            grad.storage_and_layout(),
+        );
+        let (qv, kv, vv, g) = (
+            cpu_f32(&qs.0, qs.1)?,
+            cpu_f32(&ks.0, ks.1)?,
+            cpu_f32(&vs.0, vs.1)?,
+            cpu_f32(&gs.0, gs.1)?,
+        );
         let d = width / self.heads;
         let seq = l * width;
         let (mut dq, mut dk, mut dv) = (
@@ -287,14 +313,14 @@ impl CustomOp3 for TrainedAttention {
                     (vec![0f32; l * d], vec![0f32; l * d], vec![0f32; l * d]);
                 for h in 0..self.heads {
                     let head = Head::new(
-                        sequence(&qv, b, seq),
-                        sequence(&kv, b, seq),
-                        sequence(&vv, b, seq),
+                        sequence(qv, b, seq),
+                        sequence(kv, b, seq),
+                        sequence(vv, b, seq),
                         width,
                         h,
                         d,
                     );
-                    let gh = gather(sequence(&g, b, seq), width, h, d);
+                    let gh = gather(sequence(g, b, seq), width, h, d);
                     dkh.fill(0.0);
                     dvh.fill(0.0);
                     for (i, dqi) in dqh.chunks_mut(d).enumerate() {
@@ -330,39 +356,10 @@ impl CustomOp3 for TrainedAttention {
 
 #[cfg(test)]
 mod tests {
-    use super::super::attention_probs::attention_probs;
+    use super::super::attention::composed;
     use super::super::gemm::tests::max_diff;
     use super::*;
     use candle_core::{Device, Var};
-
-    /// The composition this op replaces: head-major copies, candle's products and
-    /// the fused probabilities.
-    fn composed(
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        bias: &Tensor,
-        heads: usize,
-        scale: f32,
-        dropout: Option<(f32, u64)>,
-    ) -> candle_core::Result<Tensor> {
-        let (b, l, width) = q.dims3()?;
-        let split = |t: &Tensor| {
-            t.reshape((b, l, heads, width / heads))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let probs = attention_probs(
-            &split(q)?.matmul(&split(k)?.t()?)?,
-            bias,
-            scale as f64,
-            dropout,
-        )?;
-        probs
-            .matmul(&split(v)?)?
-            .transpose(1, 2)?
-            .reshape((b, l, width))
-    }
 
     #[test]
     fn matches_the_composed_attention_and_its_gradients() -> candle_core::Result<()> {
@@ -381,7 +378,7 @@ mod tests {
         for dropout in [None, Some((0.2, 11))] {
             let (q, k, v) = (qkv[0].as_tensor(), qkv[1].as_tensor(), qkv[2].as_tensor());
             let got = attend(q, k, v, &bias, heads, scale, dropout)?;
-            let want = composed(q, k, v, &bias, heads, scale, dropout)?;
+            let want = composed(q, k, v, &bias, heads, scale as f64, dropout)?;
             assert!(max_diff(&got, &want) < 1e-5, "{dropout:?}");
             let grads = (&got * &up)?.sum_all()?.backward()?;
             let grads_want = (&want * &up)?.sum_all()?.backward()?;

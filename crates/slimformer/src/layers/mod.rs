@@ -10,7 +10,6 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod attend_avx512;
 mod attention;
-mod attention_probs;
 mod attention_train;
 mod dropout;
 mod embeddings;
