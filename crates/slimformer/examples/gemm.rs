@@ -1,6 +1,7 @@
-//! GFLOP/s of the packed linear kernels (f32 and int8) against candle's matmul on MiniLM's shapes:
+//! GFLOP/s of the packed linear kernels (f32, int8 and bf16) against candle's matmul on MiniLM's shapes:
 //! `cargo run --release -p slimformer --example gemm [THREADS]`.
 use slimformer::layers::gemm::{self, Epilogue, PackedWeight};
+use slimformer::layers::gemm_bf16::{self, PackedBf16Weight};
 use slimformer::layers::gemm_int8::{self, PackedInt8Weight};
 use std::time::Instant;
 
@@ -35,6 +36,7 @@ fn main() -> candle_core::Result<()> {
         let wv = w.flatten_all()?.to_vec1::<f32>()?;
         let packed = PackedWeight::pack(&wv, n, k);
         let packed_int8 = PackedInt8Weight::pack(&wv, n, k);
+        let packed_bf16 = PackedBf16Weight::pack(&wv, n, k);
         let flops = 2.0 * (m * n * k) as f64;
         let runs = (2e10 / flops).clamp(5.0, 200.0) as usize;
         let time = |f: &mut dyn FnMut()| {
@@ -57,6 +59,15 @@ fn main() -> candle_core::Result<()> {
                 &av,
                 m,
                 &packed_int8,
+                None,
+                Epilogue::None,
+            ));
+        });
+        let bf16 = time(&mut || {
+            std::hint::black_box(gemm_bf16::linear(
+                &av,
+                m,
+                &packed_bf16,
                 None,
                 Epilogue::None,
             ));
@@ -84,12 +95,14 @@ fn main() -> candle_core::Result<()> {
             std::hint::black_box(a.matmul(&wt).unwrap());
         });
         println!(
-            "{m}x{n}x{k}: packed {:.1} GFLOP/s ({:.2} ms), cold W {:.1} GFLOP/s, int8 {:.1} GOP/s ({:.2} ms), candle {:.1} GFLOP/s ({:.2} ms)",
+            "{m}x{n}x{k}: packed {:.1} GFLOP/s ({:.2} ms), cold W {:.1} GFLOP/s, int8 {:.1} GOP/s ({:.2} ms), bf16 {:.1} GFLOP/s ({:.2} ms), candle {:.1} GFLOP/s ({:.2} ms)",
             flops / ours / 1e9,
             ours * 1e3,
             flops / cold / 1e9,
             flops / int8 / 1e9,
             int8 * 1e3,
+            flops / bf16 / 1e9,
+            bf16 * 1e3,
             flops / theirs / 1e9,
             theirs * 1e3
         );

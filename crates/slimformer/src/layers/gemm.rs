@@ -10,6 +10,7 @@
 //! still in cache. AVX-512 kernel where the CPU has it, else a portable one that
 //! the compiler vectorizes for AVX2 or the baseline.
 
+use super::aligned::AlignedVec;
 use rayon::prelude::*;
 
 /// Rows of the register tile.
@@ -38,7 +39,7 @@ pub struct PackedWeight {
     k: usize,
     n: usize,
     panels: usize,
-    data: Vec<f32>,
+    data: AlignedVec<f32>,
 }
 
 impl PackedWeight {
@@ -46,7 +47,7 @@ impl PackedWeight {
     pub fn pack(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
         let panels = n.div_ceil(NR);
-        let mut data = vec![0f32; panels * NR * k];
+        let mut data = AlignedVec::zeroed(panels * NR * k);
         // In parallel over panels: packing is most of the time a model takes to
         // become ready (MiniLM's 42 MB of linear weights).
         for p0 in (0..k).step_by(KC) {

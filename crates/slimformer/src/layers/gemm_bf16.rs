@@ -11,6 +11,7 @@
 //! over pairs of depths (what one `vdpbf16ps` lane reads). Depths are padded to a
 //! multiple of 32 (one AMX tile) with zeros.
 
+use super::aligned::AlignedVec;
 use super::gemm::{tiled_output, Epilogue, OutPtr, NR};
 use rayon::prelude::*;
 
@@ -48,7 +49,7 @@ pub struct PackedBf16Weight {
     k2: usize,
     n: usize,
     panels: usize,
-    data: Vec<u16>,
+    data: AlignedVec<u16>,
 }
 
 impl PackedBf16Weight {
@@ -57,7 +58,7 @@ impl PackedBf16Weight {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
         let k2 = k.div_ceil(DEPTH_STEP) * DEPTH_STEP;
         let panels = n.div_ceil(NR);
-        let mut data = vec![0u16; panels * NR * k2];
+        let mut data = AlignedVec::zeroed(panels * NR * k2);
         data.par_chunks_mut((k2 * NR).max(1))
             .enumerate()
             .for_each(|(j, panel)| {
@@ -82,7 +83,7 @@ impl PackedBf16Weight {
         assert_eq!(wt.len(), n * k, "weight of {k}×{n} has {} values", wt.len());
         let k2 = k.div_ceil(DEPTH_STEP) * DEPTH_STEP;
         let panels = n.div_ceil(NR);
-        let mut data = vec![0u16; panels * NR * k2];
+        let mut data = AlignedVec::zeroed(panels * NR * k2);
         data.par_chunks_mut((k2 * NR).max(1))
             .enumerate()
             .for_each(|(j, panel)| {
@@ -193,16 +194,23 @@ fn linear_on(
         return vec![0f32; m * n];
     }
     // Rows as bf16, padded to k2 with zero (and to whole AMX blocks of rows).
-    let mut rows = vec![0u16; m.div_ceil(AMX_ROWS) * AMX_ROWS * k2];
+    let mut rows = ROWS.with(|r| r.take());
+    rows.reuse(m.div_ceil(AMX_ROWS) * AMX_ROWS * k2);
+    let (valid, padding) = rows.split_at_mut(m * k2);
+    padding.fill(0);
     match a {
         Lhs::Rows(a) => {
             // vcvtne2ps2bf16 is AVX512-BF16's, which an AMX CPU need not expose.
             let native = kernel != Kernel::Portable && has_bf16();
-            rows.par_chunks_mut(k2)
+            valid
+                .par_chunks_mut(k2)
                 .zip(a.par_chunks(k.max(1)))
-                .for_each(|(q, row)| convert_row(q, row, native));
+                .for_each(|(q, row)| {
+                    convert_row(q, row, native);
+                    q[k..].fill(0);
+                });
         }
-        Lhs::Columns(at) => convert_columns(&mut rows, k2, at, m, k),
+        Lhs::Columns(at) => convert_columns(valid, k2, at, m, k),
     }
     let tiles = |rs: std::ops::Range<usize>, panels: std::ops::Range<usize>, ptr: OutPtr| {
         if kernel == Kernel::Amx {
@@ -231,21 +239,28 @@ fn linear_on(
         }
     };
     // SAFETY: the AMX task and every micro-tile store all of their outputs.
-    unsafe { tiled_output(m, n, MC, w.panels, bias, epilogue, tiles) }
+    let out = unsafe { tiled_output(m, n, MC, w.panels, bias, epilogue, tiles) };
+    ROWS.with(|r| r.replace(rows));
+    out
 }
 
-/// Rows `k2` apart of `rows` = the columns of `at` (k × m) as bf16: blocks of 16
-/// rows in parallel, each reading one 64-byte run of every line of `at`.
+thread_local! {
+    /// The last product's bf16 rows, kept for the next call on this thread: a fresh
+    /// buffer costs a zero fill, and page faults for a large one, at every call.
+    static ROWS: std::cell::RefCell<AlignedVec<u16>> =
+        std::cell::RefCell::new(AlignedVec::default());
+}
+
+/// The m rows `k2` apart of `rows` = the columns of `at` (k × m) as bf16, zero past
+/// depth k: blocks of 16 rows in parallel, each reading one 64-byte run of every
+/// line of `at`.
 fn convert_columns(rows: &mut [u16], k2: usize, at: &[f32], m: usize, k: usize) {
     const BLOCK: usize = 16;
     rows.par_chunks_mut(BLOCK * k2)
         .enumerate()
         .for_each(|(b, block)| {
             let i0 = b * BLOCK;
-            let count = BLOCK.min(m.saturating_sub(i0));
-            if count == 0 {
-                return; // padding rows: zero already
-            }
+            let count = block.len() / k2;
             let zeros = [0f32; BLOCK];
             let mut pairs = [0u32; BLOCK];
             for p in (0..k).step_by(2) {
@@ -258,6 +273,9 @@ fn convert_columns(rows: &mut [u16], k2: usize, at: &[f32], m: usize, k: usize) 
                 for (i, &pair) in pairs[..count].iter().enumerate() {
                     block[i * k2 + p..][..2].copy_from_slice(&[pair as u16, (pair >> 16) as u16]);
                 }
+            }
+            for row in block.chunks_exact_mut(k2) {
+                row[k.div_ceil(2) * 2..].fill(0);
             }
         });
 }
@@ -406,29 +424,40 @@ mod amx {
         out: OutPtr,
     ) {
         with_tiles(|| {
-            let mut sums = [0f32; AMX_ROWS * NR];
-            for j in panels {
-                let panel = w[j * lda * NR..][..lda * NR].as_ptr();
-                let cols = NR.min(n - j * NR);
-                for r0 in rows.clone().step_by(AMX_ROWS) {
-                    let block_rows = &a[r0 * lda..(r0 + AMX_ROWS) * lda];
+            let mut sums = Block([0f32; AMX_ROWS * NR]);
+            for r0 in rows.clone().step_by(AMX_ROWS) {
+                let block_rows = &a[r0 * lda..(r0 + AMX_ROWS) * lda];
+                for j in panels.clone() {
+                    let panel = w[j * lda * NR..][..lda * NR].as_ptr();
+                    let cols = NR.min(n - j * NR);
                     let dst = out.get().add(r0 * n + j * NR);
-                    if cols == NR && rows.end - r0 >= AMX_ROWS {
-                        // A whole block: the tiles go straight into the output.
+                    let whole = cols == NR && rows.end - r0 >= AMX_ROWS;
+                    if whole && (dst as usize).is_multiple_of(64) && n.is_multiple_of(16) {
+                        // Tiles go straight into the output where its lines allow.
                         block(block_rows.as_ptr(), lda, panel, dst, n);
                         continue;
                     }
-                    block(block_rows.as_ptr(), lda, panel, sums.as_mut_ptr(), NR);
+                    block(block_rows.as_ptr(), lda, panel, sums.0.as_mut_ptr(), NR);
                     for i in 0..AMX_ROWS.min(rows.end - r0) {
-                        let dst = dst.add(i * n);
-                        for (c, &v) in sums[i * NR..i * NR + cols].iter().enumerate() {
-                            dst.add(c).write(v);
+                        let src = sums.0[i * NR..].as_ptr();
+                        if cols == NR {
+                            // A constant length: vector moves, not a memmove call.
+                            std::ptr::copy_nonoverlapping(src, dst.add(i * n), NR);
+                        } else {
+                            std::ptr::copy_nonoverlapping(src, dst.add(i * n), cols);
                         }
                     }
                 }
             }
         })
     }
+
+    /// A 32×32 block of sums on a cache line (tile stores that straddle lines are
+    /// slow, as loads are).
+    #[repr(C, align(64))]
+    struct Block([f32; AMX_ROWS * NR]);
+
+    const PREFETCH_STEPS: usize = 2;
 
     /// 32 rows of A (from `a`, `lda` bf16 apart) times one 32-column panel of W
     /// over the whole depth, into a 32×32 block of `c` (rows `ldc` apart) as four
@@ -446,13 +475,21 @@ mod amx {
             let pa = a.add(t * DEPTH_STEP);
             // Each step: 16 pairs of depths × NR columns × 2 values of the panel.
             let pb = panel.add(t * DEPTH_STEP * NR);
+            let ahead = pb.wrapping_add(PREFETCH_STEPS * DEPTH_STEP * NR) as *const i8;
+            for line in 0..DEPTH_STEP * NR * 2 / 64 {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    ahead.wrapping_add(line * 64),
+                );
+            }
+            // Each product starts as soon as its two tiles are in, while the
+            // next tile loads.
             asm!(
                 "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
                 "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tileloadd tmm7, [{b1} + {sb}*1]",
                 "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
                 "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
                 a0 = in(reg) pa,
@@ -529,6 +566,7 @@ mod tests {
             (13, 64, 300),
             (30, 70, 1031),
             (200, 40, 70),
+            (64, 64, 96),
         ] {
             let a = values(m * k, 1);
             let w = values(n * k, 2);
@@ -594,7 +632,7 @@ mod tests {
                 Epilogue::None,
             );
             let packed_t = PackedBf16Weight::pack_transposed(&wt, n, k);
-            assert_eq!(packed_t.data, PackedBf16Weight::pack(&w, n, k).data);
+            assert_eq!(packed_t.data[..], PackedBf16Weight::pack(&w, n, k).data[..]);
             let got = product(Lhs::Columns(&at), m, &packed_t, None, Epilogue::None);
             assert_eq!(got, want, "{m}×{n}×{k}");
         }

@@ -7,6 +7,7 @@
 //! shifted by 128 (`u = q + 128`) and the shift is taken back out with the
 //! weights' column sums: Σ u·w = Σ q·w + 128·Σ w.
 
+use super::aligned::AlignedVec;
 use super::gemm::{tiled_output, Epilogue, OutPtr, NR};
 use rayon::prelude::*;
 
@@ -32,7 +33,7 @@ pub struct PackedInt8Weight {
     panels: usize,
     /// Activation groups per row: k4 / GROUP rounded up.
     groups: usize,
-    data: Vec<i8>,
+    data: AlignedVec<i8>,
     /// Per output channel (padded to panels·NR): w ≈ q · scale.
     scales: Vec<f32>,
     /// 128 · Σ q over each group, per panel, group and column.
@@ -60,7 +61,7 @@ impl PackedInt8Weight {
                 0
             }
         };
-        let mut data = vec![0i8; panels * NR * k4];
+        let mut data = AlignedVec::zeroed(panels * NR * k4);
         let mut shifts = vec![0i32; panels * groups * NR];
         data.par_chunks_mut((k4 * NR).max(1))
             .zip(shifts.par_chunks_mut((groups * NR).max(1)))

@@ -6,6 +6,7 @@
 mod dispatch;
 
 mod activation;
+mod aligned;
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod attend_avx512;
