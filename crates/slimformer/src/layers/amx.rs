@@ -78,6 +78,46 @@ mod imp {
         asm!("tilerelease", options(nostack, nomem));
         result
     }
+
+    /// Tile `T` = 16 rows of 64 bytes from `p`, `stride` bytes apart.
+    ///
+    /// # Safety
+    /// Inside [`with_tiles`]; the 16 rows are readable.
+    #[inline(always)]
+    pub unsafe fn load<const T: u8>(p: *const u8, stride: usize) {
+        asm!("tileloadd tmm{t}, [{p} + {s}*1]", t = const T, p = in(reg) p, s = in(reg) stride,
+            options(nostack, readonly));
+    }
+
+    /// 16 rows of 64 bytes at `p`, `stride` bytes apart = tile `T`.
+    ///
+    /// # Safety
+    /// Inside [`with_tiles`]; the 16 rows are writable.
+    #[inline(always)]
+    pub unsafe fn store<const T: u8>(p: *mut u8, stride: usize) {
+        asm!("tilestored [{p} + {s}*1], tmm{t}", t = const T, p = in(reg) p, s = in(reg) stride,
+            options(nostack));
+    }
+
+    /// Tile `T` = 0.
+    ///
+    /// # Safety
+    /// Inside [`with_tiles`].
+    #[inline(always)]
+    pub unsafe fn zero<const T: u8>() {
+        asm!("tilezero tmm{t}", t = const T, options(nostack, nomem));
+    }
+
+    /// Tile `C` (16×16 f32) += tile `A` (16 rows × 32 bf16) · tile `B` (16 pairs of
+    /// rows × 16 columns × 2 bf16).
+    ///
+    /// # Safety
+    /// Inside [`with_tiles`], on a CPU with [`bf16`].
+    #[inline(always)]
+    pub unsafe fn dot_bf16<const C: u8, const A: u8, const B: u8>() {
+        asm!("tdpbf16ps tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B,
+            options(nostack, nomem));
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -93,3 +133,5 @@ mod imp {
 }
 
 pub use imp::{bf16, with_tiles};
+#[cfg(target_arch = "x86_64")]
+pub use imp::{dot_bf16, load, store, zero};

@@ -210,7 +210,7 @@ unsafe fn score_blocks<const NB: usize>(
 /// subnormal probabilities for padded keys).
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn exp16(x: __m512) -> __m512 {
+pub(super) unsafe fn exp16(x: __m512) -> __m512 {
     let normal = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-87.3));
     let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(

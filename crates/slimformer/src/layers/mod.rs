@@ -9,6 +9,8 @@ mod activation;
 mod aligned;
 mod amx;
 #[cfg(target_arch = "x86_64")]
+mod attend_amx;
+#[cfg(target_arch = "x86_64")]
 mod attend_avx512;
 mod attention;
 mod attention_train;
