@@ -1,11 +1,7 @@
 //! What an AMX kernel needs besides its instructions: whether this process may use
 //! the tile unit, and the tiles' configuration. AMX has no stable Rust intrinsics:
-//! the kernels ([`super::gemm_bf16`]) use inline assembly.
-//!
-//! An int8 kernel on `tdpbusd` was tried and measured no faster than the VNNI one
-//! (`gemm_int8.rs`): the 64-value activation groups need each group's 16×16 i32
-//! tiles stored and rescaled by AVX-512 before the next group, which serializes
-//! the tile unit behind the vector unit.
+//! the kernels ([`super::gemm_bf16`], [`super::gemm_int8`], [`super::attend_amx`])
+//! use inline assembly, through the helpers here.
 
 #[cfg(target_arch = "x86_64")]
 mod imp {
@@ -14,6 +10,7 @@ mod imp {
 
     /// CPUID leaf 7 EDX bits.
     const AMX_BF16: u32 = 1 << 22;
+    const AMX_INT8: u32 = 1 << 25;
     const AMX_TILE: u32 = 1 << 24;
 
     /// The CPU's AMX features, once Linux has let this process use the tile data
@@ -55,6 +52,10 @@ mod imp {
 
     pub fn bf16() -> bool {
         features() & AMX_BF16 != 0
+    }
+
+    pub fn int8() -> bool {
+        features() & AMX_INT8 != 0
     }
 
     /// Palette 1, all eight tiles 16 rows × 64 bytes.
@@ -108,6 +109,17 @@ mod imp {
         asm!("tilezero tmm{t}", t = const T, options(nostack, nomem));
     }
 
+    /// Tile `C` (16×16 i32) += tile `A` (16 rows × 64 u8) · tile `B` (16 quads of
+    /// rows × 16 columns × 4 i8).
+    ///
+    /// # Safety
+    /// Inside [`with_tiles`], on a CPU with [`int8`].
+    #[inline(always)]
+    pub unsafe fn dot_u8i8<const C: u8, const A: u8, const B: u8>() {
+        asm!("tdpbusd tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B,
+            options(nostack, nomem));
+    }
+
     /// Tile `C` (16×16 f32) += tile `A` (16 rows × 32 bf16) · tile `B` (16 pairs of
     /// rows × 16 columns × 2 bf16).
     ///
@@ -126,12 +138,16 @@ mod imp {
         false
     }
 
+    pub fn int8() -> bool {
+        false
+    }
+
     /// Never called: no AMX off x86-64.
     pub unsafe fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
         f()
     }
 }
 
-pub use imp::{bf16, with_tiles};
+pub use imp::{bf16, int8, with_tiles};
 #[cfg(target_arch = "x86_64")]
-pub use imp::{dot_bf16, load, store, zero};
+pub use imp::{dot_bf16, dot_u8i8, load, store, zero};

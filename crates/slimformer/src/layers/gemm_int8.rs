@@ -21,6 +21,8 @@ const GROUP: usize = 64;
 const MR: usize = 6;
 /// Rows per task.
 const MC: usize = 8 * MR;
+/// Rows of the AMX kernel's block: two tiles of 16.
+const AMX_ROWS: usize = 32;
 
 /// W (out × in) as int8 in NR-column panels over the whole depth; within a panel,
 /// for each group of 4 depths, NR columns × 4 bytes (what `vpdpbusd` reads).
@@ -100,16 +102,35 @@ impl PackedInt8Weight {
 }
 
 /// Rows quantized to u8 (q + 128), one scale per row and group (row-major); rows
-/// padded to k4 with 128 (zero).
-fn quantize_rows(a: &[f32], m: usize, k: usize, k4: usize, vnni: bool) -> (Vec<u8>, Vec<f32>) {
+/// padded to k4 with 128 (zero), and `rows` ≥ m rows of zeros (scale 1) in all.
+/// The bytes go into `q`, a buffer reused from call to call.
+fn quantize_rows(
+    q: &mut AlignedVec<u8>,
+    a: &[f32],
+    (m, rows): (usize, usize),
+    (k, k4): (usize, usize),
+    vnni: bool,
+) -> Vec<f32> {
     let groups = k4.div_ceil(GROUP);
-    let mut q = vec![128u8; m * k4];
-    let mut scales = vec![1f32; m * groups];
-    q.par_chunks_mut(k4)
+    q.reuse(rows * k4);
+    let (valid, padding) = q.split_at_mut(m * k4);
+    padding.fill(128);
+    if k < k4 {
+        valid.fill(128); // the rows' tails
+    }
+    let mut scales = vec![1f32; rows * groups];
+    valid
+        .par_chunks_mut(k4)
         .zip(scales.par_chunks_mut(groups))
         .zip(a.par_chunks(k.max(1)))
         .for_each(|((q, scales), row)| quantize_row(q, scales, row, vnni));
-    (q, scales)
+    scales
+}
+
+thread_local! {
+    /// The last product's quantized rows, kept for the next call on this thread.
+    static QUANTIZED: std::cell::RefCell<AlignedVec<u8>> =
+        std::cell::RefCell::new(AlignedVec::default());
 }
 
 fn quantize_row(q: &mut [u8], scales: &mut [f32], row: &[f32], vnni: bool) {
@@ -144,7 +165,22 @@ pub fn linear(
     bias: Option<&[f32]>,
     epilogue: Epilogue,
 ) -> Vec<f32> {
-    linear_on(a, m, w, bias, epilogue, has_vnni())
+    let kernel = if !has_vnni() {
+        Kernel::Portable
+    } else if amx::usable() && w.k4.is_multiple_of(GROUP) {
+        Kernel::Amx
+    } else {
+        Kernel::Vnni
+    };
+    linear_on(a, m, w, bias, epilogue, kernel)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// `tdpbusd` on 32×32 blocks (one tile's depth is one activation group).
+    Amx,
+    Vnni,
+    Portable,
 }
 
 /// Whether this CPU runs the AVX512-VNNI kernels (else the portable ones).
@@ -164,16 +200,28 @@ fn linear_on(
     w: &PackedInt8Weight,
     bias: Option<&[f32]>,
     epilogue: Epilogue,
-    vnni: bool,
+    kernel: Kernel,
 ) -> Vec<f32> {
     let (k, k4, n) = (w.k, w.k4, w.n);
     assert_eq!(a.len(), m * k, "input of {m}×{k} has {} values", a.len());
     if m == 0 || n == 0 {
         return vec![0f32; m * n];
     }
-    let (qa, row_scales) = quantize_rows(a, m, k, k4, vnni);
+    let vnni = kernel != Kernel::Portable;
+    // The AMX kernel reads whole blocks of 32 rows.
+    let (rows, mc) = match kernel {
+        Kernel::Amx => (m.div_ceil(AMX_ROWS) * AMX_ROWS, 3 * AMX_ROWS),
+        _ => (m, MC),
+    };
+    let mut qa = QUANTIZED.with(|q| q.take());
+    let row_scales = quantize_rows(&mut qa, a, (m, rows), (k, k4), vnni);
     let groups = w.groups;
     let tiles = |rows: std::ops::Range<usize>, panels: std::ops::Range<usize>, out: OutPtr| {
+        if kernel == Kernel::Amx {
+            // SAFETY: AMX is usable, k4 a multiple of GROUP; qa and row_scales hold
+            // whole blocks of 32 rows; rows and panels are this task's.
+            return unsafe { amx::task(&qa, &row_scales, w, rows, panels, out) };
+        }
         for j in panels {
             for r0 in rows.clone().step_by(MR) {
                 let tile = Tile {
@@ -192,8 +240,10 @@ fn linear_on(
             }
         }
     };
-    // SAFETY: every micro-tile stores all of its outputs.
-    unsafe { tiled_output(m, n, MC, w.panels, bias, epilogue, tiles) }
+    // SAFETY: the AMX task and every micro-tile store all of their outputs.
+    let out = unsafe { tiled_output(m, n, mc, w.panels, bias, epilogue, tiles) };
+    QUANTIZED.with(|q| q.replace(qa));
+    out
 }
 
 /// One register tile's inputs: `rows` (≤ MR) u8 rows of A (stride `lda`, all of
@@ -362,6 +412,119 @@ mod vnni {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod amx {
+    use super::super::amx::{dot_u8i8, load, store, with_tiles, zero};
+    use super::super::gemm::OutPtr;
+    use super::{PackedInt8Weight, AMX_ROWS, GROUP, NR};
+    use std::arch::x86_64::*;
+
+    pub use super::super::amx::int8 as usable;
+
+    /// A 32×32 block of i32 or f32 sums on a cache line.
+    #[repr(C, align(64))]
+    struct Block<T>([T; AMX_ROWS * NR]);
+
+    /// Rows `rows` × panels `panels` of the output: per 32×32 block and group of
+    /// 64 depths, four `tdpbusd` into 16×16 i32 tiles, stored and added into f32
+    /// sums at the rows' scales (less the activations' shift of 128); then the
+    /// columns' scales.
+    ///
+    /// # Safety
+    /// `usable()`; `w.k4` a multiple of GROUP; `qa` (rows `w.k4` bytes apart) and
+    /// `row_scales` (`w.groups` per row) hold whole 32-row blocks; rows and panels
+    /// are this task's alone.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn task(
+        qa: &[u8],
+        row_scales: &[f32],
+        w: &PackedInt8Weight,
+        rows: std::ops::Range<usize>,
+        panels: std::ops::Range<usize>,
+        out: OutPtr,
+    ) {
+        let (k4, n, groups) = (w.k4, w.n, w.groups);
+        let mut ints = Block([0i32; AMX_ROWS * NR]);
+        let mut sums = Block([0f32; AMX_ROWS * NR]);
+        with_tiles(|| {
+            for r0 in rows.clone().step_by(AMX_ROWS) {
+                let a = qa[r0 * k4..(r0 + AMX_ROWS) * k4].as_ptr();
+                let scales = &row_scales[r0 * groups..(r0 + AMX_ROWS) * groups];
+                for j in panels.clone() {
+                    let panel = w.data[j * k4 * NR..][..k4 * NR].as_ptr() as *const u8;
+                    let shifts = &w.shifts[j * groups * NR..][..groups * NR];
+                    sums.0.fill(0.0);
+                    for g in 0..groups {
+                        // One group: 16 quads of depths × NR columns × 4 bytes of W.
+                        let (pa, pb) = (a.add(g * GROUP), panel.add(g * GROUP * NR));
+                        zero::<0>();
+                        zero::<1>();
+                        zero::<2>();
+                        zero::<3>();
+                        load::<4>(pa, k4);
+                        load::<6>(pb, NR * 4);
+                        dot_u8i8::<0, 4, 6>();
+                        load::<7>(pb.add(64), NR * 4);
+                        dot_u8i8::<1, 4, 7>();
+                        load::<5>(pa.add(16 * k4), k4);
+                        dot_u8i8::<2, 5, 6>();
+                        dot_u8i8::<3, 5, 7>();
+                        let c = ints.0.as_mut_ptr() as *mut u8;
+                        store::<0>(c, NR * 4);
+                        store::<1>(c.add(64), NR * 4);
+                        store::<2>(c.add(16 * NR * 4), NR * 4);
+                        store::<3>(c.add(16 * NR * 4 + 64), NR * 4);
+                        let shift = [0, 16]
+                            .map(|c| _mm512_loadu_si512(shifts[g * NR + c..].as_ptr() as *const _));
+                        for r in 0..AMX_ROWS {
+                            let s = _mm512_set1_ps(scales[r * groups + g]);
+                            for (h, &shift) in shift.iter().enumerate() {
+                                let at = r * NR + 16 * h;
+                                let i = _mm512_load_si512(ints.0.as_ptr().add(at) as *const _);
+                                let i = _mm512_cvtepi32_ps(_mm512_sub_epi32(i, shift));
+                                let sum = sums.0.as_mut_ptr().add(at);
+                                _mm512_store_ps(sum, _mm512_fmadd_ps(i, s, _mm512_load_ps(sum)));
+                            }
+                        }
+                    }
+                    let cols = NR.min(n - j * NR);
+                    let mask = |lanes: usize| ((1u32 << lanes.min(16)) - 1) as __mmask16;
+                    let masks = [mask(cols), mask(cols.saturating_sub(16))];
+                    let col_scales =
+                        [0, 16].map(|c| _mm512_loadu_ps(w.scales[j * NR + c..].as_ptr()));
+                    for r in 0..AMX_ROWS.min(rows.end - r0) {
+                        let dst = out.get().add((r0 + r) * n + j * NR);
+                        for h in 0..2 {
+                            let sum = _mm512_load_ps(sums.0.as_ptr().add(r * NR + 16 * h));
+                            let v = _mm512_mul_ps(sum, col_scales[h]);
+                            _mm512_mask_storeu_ps(dst.add(16 * h), masks[h], v);
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod amx {
+    pub fn usable() -> bool {
+        false
+    }
+
+    /// Never called: no AMX off x86-64.
+    pub unsafe fn task(
+        _: &[u8],
+        _: &[f32],
+        _: &super::PackedInt8Weight,
+        _: std::ops::Range<usize>,
+        _: std::ops::Range<usize>,
+        _: super::OutPtr,
+    ) {
+        unreachable!("AMX off x86-64")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::gemm::tests::values;
@@ -407,7 +570,7 @@ mod tests {
     }
 
     #[test]
-    fn vnni_and_portable_kernels_agree() {
+    fn vnni_amx_and_portable_kernels_agree() {
         if !has_vnni() {
             return; // nothing to compare against on this CPU
         }
@@ -417,25 +580,40 @@ mod tests {
             (13, 64, 300),
             (30, 70, 1030),
             (200, 40, 70),
+            (1, 5, 192),
+            (33, 70, 128),
+            (100, 64, 384),
         ] {
             let a = values(m * k, 4);
             let w = PackedInt8Weight::pack(&values(n * k, 5), n, k);
             let bias = values(n, 6);
             let k4 = k.div_ceil(4) * 4;
             // Same bytes and scales from both quantizers.
+            let quantized = |vnni| {
+                let mut q = AlignedVec::default();
+                let scales = quantize_rows(&mut q, &a, (m, m), (k, k4), vnni);
+                (q.to_vec(), scales)
+            };
             assert_eq!(
-                quantize_rows(&a, m, k, k4, true),
-                quantize_rows(&a, m, k, k4, false),
+                quantized(true),
+                quantized(false),
                 "{m}×{k}: quantized activations differ"
             );
-            let fast = linear_on(&a, m, &w, Some(&bias), Epilogue::GeluErf, true);
-            let portable = linear_on(&a, m, &w, Some(&bias), Epilogue::GeluErf, false);
-            for (i, (f, p)) in fast.iter().zip(&portable).enumerate() {
-                // The same integer sums; only the order of the f32 rescaling differs.
-                assert!(
-                    (f - p).abs() <= 1e-5 * (1.0 + p.abs()),
-                    "{m}×{n}×{k} [{i}]: {f} vs {p}"
-                );
+            let run = |kernel| linear_on(&a, m, &w, Some(&bias), Epilogue::GeluErf, kernel);
+            let portable = run(Kernel::Portable);
+            let mut kernels = vec![Kernel::Vnni];
+            if amx::usable() && k4.is_multiple_of(GROUP) {
+                kernels.push(Kernel::Amx);
+            }
+            for kernel in kernels {
+                let fast = run(kernel);
+                for (i, (f, p)) in fast.iter().zip(&portable).enumerate() {
+                    // The same integer sums; only the order of the f32 rescaling differs.
+                    assert!(
+                        (f - p).abs() <= 1e-5 * (1.0 + p.abs()),
+                        "{kernel:?} {m}×{n}×{k} [{i}]: {f} vs {p}"
+                    );
+                }
             }
         }
     }
