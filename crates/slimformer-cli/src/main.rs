@@ -26,10 +26,11 @@ struct Cli {
     /// Threads for inference (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// Arithmetic of the linear layers at inference: fp32; int8 (weights per
-    /// channel, activations per row and 64 values, quantized at run time; VNNI
-    /// where present); or bf16 (weights and activations rounded to bf16, f32 sums;
-    /// AVX512-BF16 where present).
+    /// Arithmetic at inference: fp32; int8 (linear layers with weights per channel,
+    /// activations per row and 64 values, quantized at run time; AMX or VNNI where
+    /// present); or bf16 (weights and activations rounded to bf16, f32 sums; AMX or
+    /// AVX512-BF16 where present). On AMX, int8 and bf16 also run attention's two
+    /// products in bf16.
     #[arg(long, global = true, default_value = "fp32")]
     precision: slimformer::layers::Precision,
     #[command(subcommand)]

@@ -123,7 +123,7 @@ impl SelfAttention {
             bias: bias.flatten_all()?.to_vec1::<f32>()?,
             heads: self.num_heads,
             scale: 1.0 / (self.head_dim as f32).sqrt(),
-            bf16: super::precision() == super::Precision::Bf16,
+            bf16: super::precision() != super::Precision::Fp32,
         };
         Ok(Some(qkv.contiguous()?.apply_op1_no_bwd(&op)?))
     }

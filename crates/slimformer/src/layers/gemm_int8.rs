@@ -453,7 +453,6 @@ mod amx {
                 for j in panels.clone() {
                     let panel = w.data[j * k4 * NR..][..k4 * NR].as_ptr() as *const u8;
                     let shifts = &w.shifts[j * groups * NR..][..groups * NR];
-                    sums.0.fill(0.0);
                     for g in 0..groups {
                         // One group: 16 quads of depths × NR columns × 4 bytes of W.
                         let (pa, pb) = (a.add(g * GROUP), panel.add(g * GROUP * NR));
@@ -483,7 +482,11 @@ mod amx {
                                 let i = _mm512_load_si512(ints.0.as_ptr().add(at) as *const _);
                                 let i = _mm512_cvtepi32_ps(_mm512_sub_epi32(i, shift));
                                 let sum = sums.0.as_mut_ptr().add(at);
-                                _mm512_store_ps(sum, _mm512_fmadd_ps(i, s, _mm512_load_ps(sum)));
+                                let v = match g {
+                                    0 => _mm512_mul_ps(i, s),
+                                    _ => _mm512_fmadd_ps(i, s, _mm512_load_ps(sum)),
+                                };
+                                _mm512_store_ps(sum, v);
                             }
                         }
                     }
