@@ -438,15 +438,7 @@ mod amx {
                         continue;
                     }
                     block(block_rows.as_ptr(), lda, panel, sums.0.as_mut_ptr(), NR);
-                    for i in 0..AMX_ROWS.min(rows.end - r0) {
-                        let src = sums.0[i * NR..].as_ptr();
-                        if cols == NR {
-                            // A constant length: vector moves, not a memmove call.
-                            std::ptr::copy_nonoverlapping(src, dst.add(i * n), NR);
-                        } else {
-                            std::ptr::copy_nonoverlapping(src, dst.add(i * n), cols);
-                        }
-                    }
+                    copy_rows(&sums, AMX_ROWS.min(rows.end - r0), cols, dst, n);
                 }
             }
         })
@@ -457,7 +449,20 @@ mod amx {
     #[repr(C, align(64))]
     struct Block([f32; AMX_ROWS * NR]);
 
-    const PREFETCH_STEPS: usize = 2;
+    /// The first `rows` × `cols` of `block` into `dst` (rows `ldc` apart), by
+    /// AVX-512 moves (every AMX CPU has AVX-512).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn copy_rows(block: &Block, rows: usize, cols: usize, dst: *mut f32, ldc: usize) {
+        use std::arch::x86_64::*;
+        let mask = |lanes: usize| ((1u32 << lanes.min(16)) - 1) as __mmask16;
+        let masks = [mask(cols), mask(cols.saturating_sub(16))];
+        for i in 0..rows {
+            for (h, &m) in masks.iter().enumerate() {
+                let v = _mm512_load_ps(block.0.as_ptr().add(i * NR + 16 * h));
+                _mm512_mask_storeu_ps(dst.add(i * ldc + 16 * h), m, v);
+            }
+        }
+    }
 
     /// 32 rows of A (from `a`, `lda` bf16 apart) times one 32-column panel of W
     /// over the whole depth, into a 32×32 block of `c` (rows `ldc` apart) as four
@@ -475,12 +480,6 @@ mod amx {
             let pa = a.add(t * DEPTH_STEP);
             // Each step: 16 pairs of depths × NR columns × 2 values of the panel.
             let pb = panel.add(t * DEPTH_STEP * NR);
-            let ahead = pb.wrapping_add(PREFETCH_STEPS * DEPTH_STEP * NR) as *const i8;
-            for line in 0..DEPTH_STEP * NR * 2 / 64 {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    ahead.wrapping_add(line * 64),
-                );
-            }
             // Each product starts as soon as its two tiles are in, while the
             // next tile loads.
             asm!(
