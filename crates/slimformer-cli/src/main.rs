@@ -90,17 +90,7 @@ fn main() -> ExitCode {
         std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
     }
     slimformer::layers::set_precision(cli.precision);
-    if matches!(
-        cli.command,
-        Command::Finetune(_)
-            | Command::Pretrain(_)
-            | Command::Distill(_)
-            | Command::Compress(_)
-            | Command::Study(_)
-            | Command::Retrain(_)
-    ) {
-        alloc::keep_freed_memory();
-    }
+    alloc::keep_freed_memory();
     // The server logs each request (ids, routes, statuses; texts only if asked).
     let default_log = if matches!(cli.command, Command::Serve(_)) {
         "info"
