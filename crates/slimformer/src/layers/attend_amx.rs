@@ -87,12 +87,9 @@ pub(super) unsafe fn attend_head(
     out: OutPtr,
     shape: Head,
 ) {
-    SCRATCH.with(|s| {
-        let s = &mut *s.borrow_mut();
-        amx::with_tiles(|| match shape.d {
-            32 => head::<32>(q, k, v, bias, out, shape, s),
-            _ => head::<64>(q, k, v, bias, out, shape, s),
-        })
+    on_tiles(|s| match shape.d {
+        32 => head::<32>(q, k, v, bias, out, shape, s),
+        _ => head::<64>(q, k, v, bias, out, shape, s),
     })
 }
 
@@ -108,13 +105,18 @@ pub(super) unsafe fn attend_sequence(
     out: OutPtr,
     shape: Head,
 ) {
-    SCRATCH.with(|s| {
-        let s = &mut *s.borrow_mut();
-        amx::with_tiles(|| match shape.d {
-            32 => sequence::<32>(qkv, heads, bias, out, shape, s),
-            _ => sequence::<64>(qkv, heads, bias, out, shape, s),
-        })
+    on_tiles(|s| match shape.d {
+        32 => sequence::<32>(qkv, heads, bias, out, shape, s),
+        _ => sequence::<64>(qkv, heads, bias, out, shape, s),
     })
+}
+
+/// Runs `f` on this thread's scratch with the tiles configured.
+///
+/// # Safety
+/// AMX-BF16 is usable ([`available`]).
+unsafe fn on_tiles(f: impl FnOnce(&mut Scratch)) {
+    SCRATCH.with(|s| amx::with_tiles(|| f(&mut s.borrow_mut())))
 }
 
 #[target_feature(enable = "avx512f,avx512bf16")]
