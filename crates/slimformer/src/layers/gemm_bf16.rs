@@ -402,10 +402,9 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod amx {
-    use super::super::amx::with_tiles;
+    use super::super::amx::{dot_bf16, load, store, with_tiles, zero};
     use super::super::gemm::OutPtr;
     use super::{AMX_ROWS, DEPTH_STEP, NR};
-    use std::arch::asm;
 
     pub use super::super::amx::bf16 as usable;
 
@@ -469,49 +468,32 @@ mod amx {
     /// 16×16 tiles.
     #[inline]
     unsafe fn block(a: *const u16, lda: usize, panel: *const u16, c: *mut f32, ldc: usize) {
-        asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
-            "tilezero tmm2",
-            "tilezero tmm3",
-            options(nostack, nomem)
-        );
+        zero::<0>();
+        zero::<1>();
+        zero::<2>();
+        zero::<3>();
+        let (sa, sb) = (lda * 2, NR * 2 * 2);
         for t in 0..lda / DEPTH_STEP {
-            let pa = a.add(t * DEPTH_STEP);
+            let pa = a.add(t * DEPTH_STEP) as *const u8;
             // Each step: 16 pairs of depths × NR columns × 2 values of the panel.
-            let pb = panel.add(t * DEPTH_STEP * NR);
+            let pb = panel.add(t * DEPTH_STEP * NR) as *const u8;
             // Each product starts as soon as its two tiles are in, while the
             // next tile loads.
-            asm!(
-                "tileloadd tmm4, [{a0} + {sa}*1]",
-                "tileloadd tmm6, [{b0} + {sb}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {sb}*1]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {sa}*1]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) pa,
-                a1 = in(reg) pa.add(16 * lda),
-                sa = in(reg) lda * 2,
-                b0 = in(reg) pb,
-                b1 = in(reg) pb.add(32),
-                sb = in(reg) NR * 2 * 2,
-                options(nostack, readonly),
-            );
+            load::<4>(pa, sa);
+            load::<6>(pb, sb);
+            dot_bf16::<0, 4, 6>();
+            load::<7>(pb.add(64), sb);
+            dot_bf16::<1, 4, 7>();
+            load::<5>(pa.add(16 * sa), sa);
+            dot_bf16::<2, 5, 6>();
+            dot_bf16::<3, 5, 7>();
         }
-        asm!(
-            "tilestored [{c0} + {s}*1], tmm0",
-            "tilestored [{c1} + {s}*1], tmm1",
-            "tilestored [{c2} + {s}*1], tmm2",
-            "tilestored [{c3} + {s}*1], tmm3",
-            c0 = in(reg) c,
-            c1 = in(reg) c.add(16),
-            c2 = in(reg) c.add(16 * ldc),
-            c3 = in(reg) c.add(16 * ldc + 16),
-            s = in(reg) ldc * 4,
-            options(nostack),
-        );
+        let c = c as *mut u8;
+        let s = ldc * 4;
+        store::<0>(c, s);
+        store::<1>(c.add(64), s);
+        store::<2>(c.add(16 * s), s);
+        store::<3>(c.add(16 * s + 64), s);
     }
 }
 
