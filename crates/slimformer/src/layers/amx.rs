@@ -109,14 +109,14 @@ mod imp {
         asm!("tilezero tmm{t}", t = const T, options(nostack, nomem));
     }
 
-    /// Tile `C` (16×16 i32) += tile `A` (16 rows × 64 u8) · tile `B` (16 quads of
+    /// Tile `C` (16×16 i32) += tile `A` (16 rows × 64 i8) · tile `B` (16 quads of
     /// rows × 16 columns × 4 i8).
     ///
     /// # Safety
     /// Inside [`with_tiles`], on a CPU with [`int8`].
     #[inline(always)]
-    pub unsafe fn dot_u8i8<const C: u8, const A: u8, const B: u8>() {
-        asm!("tdpbusd tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B,
+    pub unsafe fn dot_i8i8<const C: u8, const A: u8, const B: u8>() {
+        asm!("tdpbssd tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B,
             options(nostack, nomem));
     }
 
@@ -150,4 +150,4 @@ mod imp {
 
 pub use imp::{bf16, int8, with_tiles};
 #[cfg(target_arch = "x86_64")]
-pub use imp::{dot_bf16, dot_u8i8, load, store, zero};
+pub use imp::{dot_bf16, dot_i8i8, load, store, zero};

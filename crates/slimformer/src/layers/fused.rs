@@ -5,7 +5,7 @@
 //! LayerNorm. Used only where no gradient flows.
 
 use super::fast::{contiguous_f32, exp, lane_max, lane_sum, lane_sum_squares};
-use super::gemm::OutPtr;
+use super::gemm::{written_by, OutPtr};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -49,8 +49,6 @@ impl CustomOp1 for Attention {
             candle_core::bail!("fused attention: the projections and the mask disagree in shape");
         }
         let d = hidden / self.heads;
-        let mut out = vec![0f32; b * l * hidden];
-        let ptr = OutPtr(out.as_mut_ptr());
         let shape = Head {
             l,
             hidden,
@@ -65,61 +63,67 @@ impl CustomOp1 for Attention {
         );
         #[cfg(not(target_arch = "x86_64"))]
         let (wide, amx) = (false, false);
-        #[cfg(target_arch = "x86_64")]
-        if amx && super::attend_amx::per_sequence(b) {
-            (0..b).into_par_iter().for_each(|s| {
-                let (qkv, bias) = (&qkv[s * l * width..][..l * width], &self.bias[s * l..][..l]);
-                // SAFETY: `available(d)`; sequence s's output rows are this task's.
-                unsafe {
-                    let out = OutPtr(ptr.get().add(s * l * hidden));
-                    super::attend_amx::attend_sequence(qkv, self.heads, bias, out, shape)
+        let fill = |out: &mut [f32]| {
+            let ptr = OutPtr(out.as_mut_ptr());
+            #[cfg(target_arch = "x86_64")]
+            if amx && super::attend_amx::per_sequence(b) {
+                (0..b).into_par_iter().for_each(|s| {
+                    let (qkv, bias) =
+                        (&qkv[s * l * width..][..l * width], &self.bias[s * l..][..l]);
+                    // SAFETY: `available(d)`; sequence s's output rows are this task's.
+                    unsafe {
+                        let out = OutPtr(ptr.get().add(s * l * hidden));
+                        super::attend_amx::attend_sequence(qkv, self.heads, bias, out, shape)
+                    }
+                });
+                return;
+            }
+            (0..b * self.heads).into_par_iter().for_each(|task| {
+                let (s, h) = (task / self.heads, task % self.heads);
+                let input = s * l * width + h * d;
+                if amx {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `available(d)`; the output rows as for `attend`.
+                    unsafe {
+                        super::attend_amx::attend_head(
+                            &qkv[input..],
+                            &qkv[input + hidden..],
+                            &qkv[input + 2 * hidden..],
+                            &self.bias[s * l..(s + 1) * l],
+                            OutPtr(ptr.get().add(s * l * hidden + h * d)),
+                            shape,
+                        )
+                    };
+                    return;
                 }
-            });
-            return Ok((CpuStorage::F32(out), Shape::from((b, l, hidden))));
-        }
-        (0..b * self.heads).into_par_iter().for_each(|task| {
-            let (s, h) = (task / self.heads, task % self.heads);
-            let input = s * l * width + h * d;
-            if amx {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `available(d)`; the output rows as for `attend`.
-                unsafe {
-                    super::attend_amx::attend_head(
+                SCRATCH.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    buf.resize(scratch_len(l, d), 0.0);
+                    // The heads of one sequence interleave in memory: the task gets a
+                    // pointer, and makes a slice of each head-row it alone writes.
+                    // SAFETY: the offset is inside the output; see `attend`.
+                    let out = OutPtr(unsafe { ptr.get().add(s * l * hidden + h * d) });
+                    let (q, k, v) = (
                         &qkv[input..],
                         &qkv[input + hidden..],
                         &qkv[input + 2 * hidden..],
-                        &self.bias[s * l..(s + 1) * l],
-                        OutPtr(ptr.get().add(s * l * hidden + h * d)),
-                        shape,
-                    )
-                };
-                return;
-            }
-            SCRATCH.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                buf.resize(scratch_len(l, d), 0.0);
-                // The heads of one sequence interleave in memory: the task gets a
-                // pointer, and makes a slice of each head-row it alone writes.
-                // SAFETY: the offset is inside the output; see `attend`.
-                let out = OutPtr(unsafe { ptr.get().add(s * l * hidden + h * d) });
-                let (q, k, v) = (
-                    &qkv[input..],
-                    &qkv[input + hidden..],
-                    &qkv[input + 2 * hidden..],
-                );
-                let bias = &self.bias[s * l..(s + 1) * l];
-                if wide {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `available(d)`; the scratch is at least as long as
-                    // that path needs; the output rows as for `attend`.
-                    unsafe {
-                        super::attend_avx512::attend(q, k, v, bias, out, &mut buf, shape)
-                    };
-                } else {
-                    attend(q, k, v, bias, out, &mut buf, shape);
-                }
+                    );
+                    let bias = &self.bias[s * l..(s + 1) * l];
+                    if wide {
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: `available(d)`; the scratch is at least as long as
+                        // that path needs; the output rows as for `attend`.
+                        unsafe {
+                            super::attend_avx512::attend(q, k, v, bias, out, &mut buf, shape)
+                        };
+                    } else {
+                        attend(q, k, v, bias, out, &mut buf, shape);
+                    }
+                });
             });
-        });
+        };
+        // SAFETY: each task writes all rows of its sequence (and head).
+        let out = unsafe { written_by(b * l * hidden, fill) };
         Ok((CpuStorage::F32(out), Shape::from((b, l, hidden))))
     }
 }
@@ -354,13 +358,17 @@ impl CustomOp2 for ResidualLayerNorm {
         if x.len() != r.len() || dim == 0 || !x.len().is_multiple_of(dim) {
             candle_core::bail!("residual LayerNorm: shapes disagree");
         }
-        let mut out = vec![0f32; x.len()];
         let rows = (4096 / dim).max(1) * dim;
-        out.par_chunks_mut(rows)
-            .zip(x.par_chunks(rows).zip(r.par_chunks(rows)))
-            .for_each(|(o, (x, r))| {
-                residual_norm_rows(o, x, r, &self.weight, &self.bias, self.eps)
-            });
+        // SAFETY: `residual_norm_rows` sets each value of a row before it reads it.
+        let out = unsafe {
+            written_by(x.len(), |out| {
+                out.par_chunks_mut(rows)
+                    .zip(x.par_chunks(rows).zip(r.par_chunks(rows)))
+                    .for_each(|(o, (x, r))| {
+                        residual_norm_rows(o, x, r, &self.weight, &self.bias, self.eps)
+                    })
+            })
+        };
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }
@@ -376,11 +384,17 @@ impl CustomOp1 for ResidualLayerNorm {
         if dim == 0 || !x.len().is_multiple_of(dim) {
             candle_core::bail!("LayerNorm: shapes disagree");
         }
-        let mut out = vec![0f32; x.len()];
         let rows = (4096 / dim).max(1) * dim;
-        out.par_chunks_mut(rows)
-            .zip(x.par_chunks(rows))
-            .for_each(|(o, x)| residual_norm_rows(o, x, &[], &self.weight, &self.bias, self.eps));
+        // SAFETY: as for the residual LayerNorm.
+        let out = unsafe {
+            written_by(x.len(), |out| {
+                out.par_chunks_mut(rows)
+                    .zip(x.par_chunks(rows))
+                    .for_each(|(o, x)| {
+                        residual_norm_rows(o, x, &[], &self.weight, &self.bias, self.eps)
+                    })
+            })
+        };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }

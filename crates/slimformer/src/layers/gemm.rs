@@ -154,6 +154,20 @@ pub fn linear(
     }
 }
 
+/// `len` values, every one written by `fill` (in parallel as it likes), with no
+/// zero fill first. Freed memory is kept for reuse (`alloc::keep_freed_memory`), so
+/// a zeroed output is not fresh zero pages but a `memset` of the whole block, on
+/// one thread before the parallel work: 2.4% of a bf16 forward's samples.
+///
+/// # Safety
+/// `fill` writes every value before it reads it.
+pub(super) unsafe fn written_by(len: usize, fill: impl FnOnce(&mut [f32])) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    fill(std::slice::from_raw_parts_mut(out.as_mut_ptr(), len));
+    out.set_len(len);
+    out
+}
+
 /// The m × n output of a linear layer, computed in parallel by `tiles(rows, panels,
 /// out)` over the blocks of [`for_each_tile`]; each task then runs the bias and the
 /// epilogue on its block while it is still in cache. The output is not zeroed first.
@@ -169,21 +183,21 @@ pub(super) unsafe fn tiled_output(
     epilogue: Epilogue,
     tiles: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>, OutPtr) + Send + Sync,
 ) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let ptr = OutPtr(out.as_mut_ptr());
-    for_each_tile(m, mc, panels, |rows, panels| {
-        tiles(rows.clone(), panels.clone(), ptr);
-        let c0 = panels.start * NR;
-        let c1 = (panels.end * NR).min(n);
-        for r in rows {
-            // SAFETY: this task's own rows and columns, all stored by `tiles`.
-            let row = std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0);
-            finish_row(row, bias.map(|b| &b[c0..c1]), epilogue);
-        }
-    });
-    // SAFETY: the blocks cover all m·n values, each stored by its task.
-    out.set_len(m * n);
-    out
+    // SAFETY: the blocks cover all m·n values, each stored by its task before the
+    // epilogue reads it.
+    written_by(m * n, |out| {
+        let ptr = OutPtr(out.as_mut_ptr());
+        for_each_tile(m, mc, panels, |rows, panels| {
+            tiles(rows.clone(), panels.clone(), ptr);
+            let c0 = panels.start * NR;
+            let c1 = (panels.end * NR).min(n);
+            for r in rows {
+                // SAFETY: this task's own rows and columns, all stored by `tiles`.
+                let row = std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0);
+                finish_row(row, bias.map(|b| &b[c0..c1]), epilogue);
+            }
+        })
+    })
 }
 
 /// One task: rows × panels of the output, all of K.

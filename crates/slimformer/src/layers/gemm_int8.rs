@@ -5,7 +5,8 @@
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, so activations are stored
 //! shifted by 128 (`u = q + 128`) and the shift is taken back out with the
-//! weights' column sums: Σ u·w = Σ q·w + 128·Σ w.
+//! weights' column sums: Σ u·w = Σ q·w + 128·Σ w. AMX has a signed × signed
+//! product (`tdpbssd`), so its activations are stored unshifted.
 
 use super::aligned::AlignedVec;
 use super::gemm::{tiled_output, Epilogue, OutPtr, NR};
@@ -101,29 +102,30 @@ impl PackedInt8Weight {
     }
 }
 
-/// Rows quantized to u8 (q + 128), one scale per row and group (row-major); rows
-/// padded to k4 with 128 (zero), and `rows` ≥ m rows of zeros (scale 1) in all.
-/// The bytes go into `q`, a buffer reused from call to call.
+/// Rows quantized to bytes q + `zero` (128 for `vpdpbusd`'s unsigned operand, 0
+/// for AMX's signed one), one scale per row and group (row-major); rows padded to
+/// k4 with `zero`, and `rows` ≥ m rows of zeros (scale 1) in all. The bytes go
+/// into `q`, a buffer reused from call to call.
 fn quantize_rows(
     q: &mut AlignedVec<u8>,
     a: &[f32],
     (m, rows): (usize, usize),
     (k, k4): (usize, usize),
-    vnni: bool,
+    (vnni, zero): (bool, u8),
 ) -> Vec<f32> {
     let groups = k4.div_ceil(GROUP);
     q.reuse(rows * k4);
     let (valid, padding) = q.split_at_mut(m * k4);
-    padding.fill(128);
+    padding.fill(zero);
     if k < k4 {
-        valid.fill(128); // the rows' tails
+        valid.fill(zero); // the rows' tails
     }
     let mut scales = vec![1f32; rows * groups];
     valid
         .par_chunks_mut(k4)
         .zip(scales.par_chunks_mut(groups))
         .zip(a.par_chunks(k.max(1)))
-        .for_each(|((q, scales), row)| quantize_row(q, scales, row, vnni));
+        .for_each(|((q, scales), row)| quantize_row(q, scales, row, vnni, zero));
     scales
 }
 
@@ -133,19 +135,19 @@ thread_local! {
         std::cell::RefCell::new(AlignedVec::default());
 }
 
-fn quantize_row(q: &mut [u8], scales: &mut [f32], row: &[f32], vnni: bool) {
+fn quantize_row(q: &mut [u8], scales: &mut [f32], row: &[f32], vnni: bool, zero: u8) {
     #[cfg(target_arch = "x86_64")]
     if vnni {
         // SAFETY: `vnni` is only true where the CPU has the features (`has_vnni`);
         // the slices' lengths are what `quantize_rows` made.
-        return unsafe { vnni::quantize_row(q, scales, row) };
+        return unsafe { vnni::quantize_row(q, scales, row, zero) };
     }
     for ((q, scale), values) in q.chunks_mut(GROUP).zip(scales).zip(row.chunks(GROUP)) {
-        quantize_group(q, scale, values);
+        quantize_group(q, scale, values, zero);
     }
 }
 
-dispatch!(quantize_group, (q: &mut [u8], scale: &mut f32, row: &[f32]), {
+dispatch!(quantize_group, (q: &mut [u8], scale: &mut f32, row: &[f32], zero: u8), {
     let max = super::fast::lane_max_abs(row);
     *scale = if max > 0.0 { max / 127.0 } else { 1.0 };
     let inv = 1.0 / *scale;
@@ -153,7 +155,7 @@ dispatch!(quantize_group, (q: &mut [u8], scale: &mut f32, row: &[f32]), {
         // Round to nearest without libm's `round` (which would stop vectorization).
         const SHIFTER: f32 = 12_582_912.0;
         let r = (v * inv + SHIFTER) - SHIFTER;
-        *q = (r.clamp(-127.0, 127.0) as i32 + 128) as u8;
+        *q = (r.clamp(-127.0, 127.0) as i32 + zero as i32) as u8;
     }
 });
 
@@ -214,7 +216,8 @@ fn linear_on(
         _ => (m, MC),
     };
     let mut qa = QUANTIZED.with(|q| q.take());
-    let row_scales = quantize_rows(&mut qa, a, (m, rows), (k, k4), vnni);
+    let zero = if kernel == Kernel::Amx { 0 } else { 128 };
+    let row_scales = quantize_rows(&mut qa, a, (m, rows), (k, k4), (vnni, zero));
     let groups = w.groups;
     let tiles = |rows: std::ops::Range<usize>, panels: std::ops::Range<usize>, out: OutPtr| {
         if kernel == Kernel::Amx {
@@ -317,8 +320,8 @@ mod vnni {
     /// `quantize_group` over a row, a group (4 vectors) at a time in registers: the
     /// generic version's `f32::max` and saturating casts cost as much as the product.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn quantize_row(q: &mut [u8], scales: &mut [f32], row: &[f32]) {
-        let offset = _mm512_set1_epi32(128);
+    pub unsafe fn quantize_row(q: &mut [u8], scales: &mut [f32], row: &[f32], zero: u8) {
+        let offset = _mm512_set1_epi32(zero as i32);
         for (g, scale) in scales.iter_mut().enumerate() {
             let d0 = g * GROUP;
             let len = GROUP.min(row.len().saturating_sub(d0));
@@ -414,26 +417,33 @@ mod vnni {
 
 #[cfg(target_arch = "x86_64")]
 mod amx {
-    use super::super::amx::{dot_u8i8, load, store, with_tiles, zero};
+    use super::super::amx::{dot_i8i8, load, store, with_tiles, zero};
     use super::super::gemm::OutPtr;
     use super::{PackedInt8Weight, AMX_ROWS, GROUP, NR};
     use std::arch::x86_64::*;
 
     pub use super::super::amx::int8 as usable;
 
+    /// Groups whose i32 tiles are stored before they are rescaled together: their
+    /// f32 sums then stay in a register across the batch, where one group at a time
+    /// loaded and stored every sum once per group (the stores, not the tile unit,
+    /// set the pace). Six 32×32 blocks of i32 are 24 KB, half of L1.
+    const BATCH: usize = 6;
+
     /// A 32×32 block of i32 or f32 sums on a cache line.
     #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
     struct Block<T>([T; AMX_ROWS * NR]);
 
     /// Rows `rows` × panels `panels` of the output: per 32×32 block and group of
-    /// 64 depths, four `tdpbusd` into 16×16 i32 tiles, stored and added into f32
-    /// sums at the rows' scales (less the activations' shift of 128); then the
-    /// columns' scales.
+    /// 64 depths, four `tdpbssd` into 16×16 i32 tiles, stored; per batch of groups,
+    /// each i32 sum converted and added into an f32 sum at its row's group scale;
+    /// then the columns' scales.
     ///
     /// # Safety
-    /// `usable()`; `w.k4` a multiple of GROUP; `qa` (rows `w.k4` bytes apart) and
-    /// `row_scales` (`w.groups` per row) hold whole 32-row blocks; rows and panels
-    /// are this task's alone.
+    /// `usable()`; `w.k4` a multiple of GROUP; `qa` (signed bytes, rows `w.k4`
+    /// apart) and `row_scales` (`w.groups` per row) hold whole 32-row blocks; rows
+    /// and panels are this task's alone.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn task(
         qa: &[u8],
@@ -444,63 +454,70 @@ mod amx {
         out: OutPtr,
     ) {
         let (k4, n, groups) = (w.k4, w.n, w.groups);
-        let mut ints = Block([0i32; AMX_ROWS * NR]);
+        let mut ints = [Block([0i32; AMX_ROWS * NR]); BATCH];
         let mut sums = Block([0f32; AMX_ROWS * NR]);
         with_tiles(|| {
             for r0 in rows.clone().step_by(AMX_ROWS) {
                 let a = qa[r0 * k4..(r0 + AMX_ROWS) * k4].as_ptr();
                 let scales = &row_scales[r0 * groups..(r0 + AMX_ROWS) * groups];
+                let valid_rows = AMX_ROWS.min(rows.end - r0);
                 for j in panels.clone() {
                     let panel = w.data[j * k4 * NR..][..k4 * NR].as_ptr() as *const u8;
-                    let shifts = &w.shifts[j * groups * NR..][..groups * NR];
-                    for g in 0..groups {
-                        // One group: 16 quads of depths × NR columns × 4 bytes of W.
-                        let (pa, pb) = (a.add(g * GROUP), panel.add(g * GROUP * NR));
-                        zero::<0>();
-                        zero::<1>();
-                        zero::<2>();
-                        zero::<3>();
-                        load::<4>(pa, k4);
-                        load::<6>(pb, NR * 4);
-                        dot_u8i8::<0, 4, 6>();
-                        load::<7>(pb.add(64), NR * 4);
-                        dot_u8i8::<1, 4, 7>();
-                        load::<5>(pa.add(16 * k4), k4);
-                        dot_u8i8::<2, 5, 6>();
-                        dot_u8i8::<3, 5, 7>();
-                        let c = ints.0.as_mut_ptr() as *mut u8;
-                        store::<0>(c, NR * 4);
-                        store::<1>(c.add(64), NR * 4);
-                        store::<2>(c.add(16 * NR * 4), NR * 4);
-                        store::<3>(c.add(16 * NR * 4 + 64), NR * 4);
-                        let shift = [0, 16]
-                            .map(|c| _mm512_loadu_si512(shifts[g * NR + c..].as_ptr() as *const _));
-                        for r in 0..AMX_ROWS {
-                            let s = _mm512_set1_ps(scales[r * groups + g]);
-                            for (h, &shift) in shift.iter().enumerate() {
-                                let at = r * NR + 16 * h;
-                                let i = _mm512_load_si512(ints.0.as_ptr().add(at) as *const _);
-                                let i = _mm512_cvtepi32_ps(_mm512_sub_epi32(i, shift));
-                                let sum = sums.0.as_mut_ptr().add(at);
-                                let v = match g {
-                                    0 => _mm512_mul_ps(i, s),
-                                    _ => _mm512_fmadd_ps(i, s, _mm512_load_ps(sum)),
-                                };
-                                _mm512_store_ps(sum, v);
-                            }
-                        }
-                    }
                     let cols = NR.min(n - j * NR);
                     let mask = |lanes: usize| ((1u32 << lanes.min(16)) - 1) as __mmask16;
                     let masks = [mask(cols), mask(cols.saturating_sub(16))];
                     let col_scales =
                         [0, 16].map(|c| _mm512_loadu_ps(w.scales[j * NR + c..].as_ptr()));
-                    for r in 0..AMX_ROWS.min(rows.end - r0) {
-                        let dst = out.get().add((r0 + r) * n + j * NR);
-                        for h in 0..2 {
-                            let sum = _mm512_load_ps(sums.0.as_ptr().add(r * NR + 16 * h));
-                            let v = _mm512_mul_ps(sum, col_scales[h]);
-                            _mm512_mask_storeu_ps(dst.add(16 * h), masks[h], v);
+                    for g0 in (0..groups).step_by(BATCH) {
+                        let batch = BATCH.min(groups - g0);
+                        for (b, ints) in ints[..batch].iter_mut().enumerate() {
+                            // One group: 16 quads of depths × NR columns × 4 bytes of W.
+                            let g = g0 + b;
+                            let (pa, pb) = (a.add(g * GROUP), panel.add(g * GROUP * NR));
+                            zero::<0>();
+                            zero::<1>();
+                            zero::<2>();
+                            zero::<3>();
+                            load::<4>(pa, k4);
+                            load::<6>(pb, NR * 4);
+                            dot_i8i8::<0, 4, 6>();
+                            load::<7>(pb.add(64), NR * 4);
+                            dot_i8i8::<1, 4, 7>();
+                            load::<5>(pa.add(16 * k4), k4);
+                            dot_i8i8::<2, 5, 6>();
+                            dot_i8i8::<3, 5, 7>();
+                            let c = ints.0.as_mut_ptr() as *mut u8;
+                            store::<0>(c, NR * 4);
+                            store::<1>(c.add(64), NR * 4);
+                            store::<2>(c.add(16 * NR * 4), NR * 4);
+                            store::<3>(c.add(16 * NR * 4 + 64), NR * 4);
+                        }
+                        let last = g0 + batch == groups;
+                        for r in 0..AMX_ROWS {
+                            let row_scales = &scales[r * groups + g0..][..batch];
+                            for h in 0..2 {
+                                let at = r * NR + 16 * h;
+                                let sum = sums.0.as_mut_ptr().add(at);
+                                let mut acc = match g0 {
+                                    0 => _mm512_setzero_ps(),
+                                    _ => _mm512_load_ps(sum),
+                                };
+                                for (ints, &s) in ints.iter().zip(row_scales) {
+                                    let i = _mm512_load_si512(ints.0.as_ptr().add(at) as *const _);
+                                    acc = _mm512_fmadd_ps(
+                                        _mm512_cvtepi32_ps(i),
+                                        _mm512_set1_ps(s),
+                                        acc,
+                                    );
+                                }
+                                if !last {
+                                    _mm512_store_ps(sum, acc);
+                                } else if r < valid_rows {
+                                    let dst = out.get().add((r0 + r) * n + j * NR + 16 * h);
+                                    let v = _mm512_mul_ps(acc, col_scales[h]);
+                                    _mm512_mask_storeu_ps(dst, masks[h], v);
+                                }
+                            }
                         }
                     }
                 }
@@ -591,17 +608,19 @@ mod tests {
             let w = PackedInt8Weight::pack(&values(n * k, 5), n, k);
             let bias = values(n, 6);
             let k4 = k.div_ceil(4) * 4;
-            // Same bytes and scales from both quantizers.
-            let quantized = |vnni| {
-                let mut q = AlignedVec::default();
-                let scales = quantize_rows(&mut q, &a, (m, m), (k, k4), vnni);
-                (q.to_vec(), scales)
-            };
-            assert_eq!(
-                quantized(true),
-                quantized(false),
-                "{m}×{k}: quantized activations differ"
-            );
+            // Same bytes and scales from both quantizers, at both zero points.
+            for zero in [0, 128] {
+                let quantized = |vnni| {
+                    let mut q = AlignedVec::default();
+                    let scales = quantize_rows(&mut q, &a, (m, m), (k, k4), (vnni, zero));
+                    (q.to_vec(), scales)
+                };
+                assert_eq!(
+                    quantized(true),
+                    quantized(false),
+                    "{m}×{k}, zero {zero}: quantized activations differ"
+                );
+            }
             let run = |kernel| linear_on(&a, m, &w, Some(&bias), Epilogue::GeluErf, kernel);
             let portable = run(Kernel::Portable);
             let mut kernels = vec![Kernel::Vnni];
