@@ -34,6 +34,16 @@ impl FeedForward {
 
     pub fn forward(&self, xs: &Tensor, train: Option<&TrainRng>) -> candle_core::Result<Tensor> {
         // GELU (exact in most checkpoints, tanh in ALBERT's) runs in the product's epilogue.
+        let epilogue = match self.activation {
+            Activation::Gelu => Some(Epilogue::GeluErf),
+            Activation::GeluTanh => Some(Epilogue::GeluTanh),
+            _ => None,
+        };
+        if let (Some(epilogue), None) = (epilogue, train) {
+            if let Some(out) = Linear::chained(&self.up, &self.down, xs, epilogue)? {
+                return Ok(out);
+            }
+        }
         let h = match self.activation {
             Activation::Gelu => self.up.forward_with(xs, Epilogue::GeluErf)?,
             Activation::GeluTanh => self.up.forward_with(xs, Epilogue::GeluTanh)?,

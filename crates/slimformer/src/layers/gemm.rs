@@ -83,17 +83,82 @@ impl PackedWeight {
     }
 }
 
-/// The output pointer, shared by parallel tasks that write disjoint parts of it.
-#[derive(Clone, Copy)]
-pub(super) struct OutPtr(pub(super) *mut f32);
+/// The output pointer (or another buffer's), shared by parallel tasks that write
+/// disjoint parts of it.
+pub(super) struct OutPtr<T = f32>(pub(super) *mut T);
 // SAFETY: every user hands each task a part of the output no other task writes.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
+unsafe impl<T> Send for OutPtr<T> {}
+unsafe impl<T> Sync for OutPtr<T> {}
 
-impl OutPtr {
+impl<T> Clone for OutPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for OutPtr<T> {}
+
+impl<T> OutPtr<T> {
     /// Through a method, so closures capture the whole (Send) wrapper.
-    pub(super) fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut T {
         self.0
+    }
+}
+
+/// How [`for_each_tile`] splits an m-row output of `panels` panels.
+struct Split {
+    mc: usize,
+    row_blocks: usize,
+    col_splits: usize,
+    panels_per_split: usize,
+}
+
+impl Split {
+    fn of(m: usize, mc: usize, panels: usize) -> Self {
+        let threads = rayon::current_num_threads().max(1);
+        // Up to a few blocks of rows (one or a few sentences), every task takes all
+        // the rows and a range of columns: each panel of W is then read once, not
+        // once per row block (W does not fit in L2; A does).
+        let mc = if m <= 4 * mc { m.max(1) } else { mc };
+        let row_blocks = m.div_ceil(mc);
+        let col_splits = (2 * threads).div_ceil(row_blocks).clamp(1, panels.max(1));
+        let panels_per_split = panels.div_ceil(col_splits).max(1);
+        Split {
+            mc,
+            row_blocks,
+            col_splits: panels.div_ceil(panels_per_split),
+            panels_per_split,
+        }
+    }
+}
+
+/// Whether every task of [`for_each_tile`] holds whole rows (all the panels), so
+/// that [`Finish::then`] sees every row.
+pub(super) fn whole_rows(m: usize, mc: usize, panels: usize) -> bool {
+    Split::of(m, mc, panels).col_splits == 1
+}
+
+/// Called with a finished row's index and values.
+pub(super) type RowHook<'a> = dyn Fn(usize, &[f32]) + Sync + 'a;
+
+/// What each task of [`tiled_output`] does to its rows once they are computed,
+/// while they are still in cache.
+#[derive(Clone, Copy)]
+pub(super) struct Finish<'a> {
+    pub(super) bias: Option<&'a [f32]>,
+    pub(super) epilogue: Epilogue,
+    /// Called with each finished row and its index, by tasks that hold whole
+    /// rows (all of them where [`whole_rows`]): to hand the row on to the next
+    /// product in its input format.
+    pub(super) then: Option<&'a RowHook<'a>>,
+}
+
+impl<'a> Finish<'a> {
+    pub(super) fn new(bias: Option<&'a [f32]>, epilogue: Epilogue) -> Self {
+        Finish {
+            bias,
+            epilogue,
+            then: None,
+        }
     }
 }
 
@@ -106,15 +171,12 @@ pub(super) fn for_each_tile(
     panels: usize,
     task: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Send + Sync,
 ) {
-    let threads = rayon::current_num_threads().max(1);
-    // Up to a few blocks of rows (one or a few sentences), every task takes all the
-    // rows and a range of columns: each panel of W is then read once, not once per
-    // row block (W does not fit in L2; A does).
-    let mc = if m <= 4 * mc { m.max(1) } else { mc };
-    let row_blocks = m.div_ceil(mc);
-    let col_splits = (2 * threads).div_ceil(row_blocks).clamp(1, panels.max(1));
-    let panels_per_split = panels.div_ceil(col_splits).max(1);
-    let col_splits = panels.div_ceil(panels_per_split);
+    let Split {
+        mc,
+        row_blocks,
+        col_splits,
+        panels_per_split,
+    } = Split::of(m, mc, panels);
     (0..row_blocks * col_splits).into_par_iter().for_each(|t| {
         let (rb, cs) = (t / col_splits, t % col_splits);
         task(
@@ -148,9 +210,14 @@ pub fn linear(
     // SAFETY: `tile` stores every value of its block (its first depth block stores,
     // the others add).
     unsafe {
-        tiled_output(m, n, MC, w.panels, bias, epilogue, |rows, panels, out| {
-            tile(a, k, w, rows, panels, out)
-        })
+        tiled_output(
+            m,
+            n,
+            MC,
+            w.panels,
+            Finish::new(bias, epilogue),
+            |rows, panels, out| tile(a, k, w, rows, panels, out),
+        )
     }
 }
 
@@ -170,7 +237,8 @@ pub(super) unsafe fn written_by(len: usize, fill: impl FnOnce(&mut [f32])) -> Ve
 
 /// The m × n output of a linear layer, computed in parallel by `tiles(rows, panels,
 /// out)` over the blocks of [`for_each_tile`]; each task then runs the bias and the
-/// epilogue on its block while it is still in cache. The output is not zeroed first.
+/// epilogue on its block while it is still in cache (and `finish.then` on each whole
+/// row). The output is not zeroed first.
 ///
 /// # Safety
 /// `tiles` stores every value of its rows × panels block of `out` (rows n apart).
@@ -179,8 +247,7 @@ pub(super) unsafe fn tiled_output(
     n: usize,
     mc: usize,
     panels: usize,
-    bias: Option<&[f32]>,
-    epilogue: Epilogue,
+    finish: Finish,
     tiles: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>, OutPtr) + Send + Sync,
 ) -> Vec<f32> {
     // SAFETY: the blocks cover all m·n values, each stored by its task before the
@@ -194,7 +261,10 @@ pub(super) unsafe fn tiled_output(
             for r in rows {
                 // SAFETY: this task's own rows and columns, all stored by `tiles`.
                 let row = std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0);
-                finish_row(row, bias.map(|b| &b[c0..c1]), epilogue);
+                finish_row(row, finish.bias.map(|b| &b[c0..c1]), finish.epilogue);
+                if let (Some(then), true) = (finish.then, c1 - c0 == n) {
+                    then(r, row);
+                }
             }
         })
     })

@@ -12,7 +12,7 @@
 //! multiple of 32 (one AMX tile) with zeros.
 
 use super::aligned::AlignedVec;
-use super::gemm::{tiled_output, Epilogue, OutPtr, NR};
+use super::gemm::{tiled_output, whole_rows, Epilogue, Finish, OutPtr, NR};
 use rayon::prelude::*;
 
 /// Rows of the register tile (24 of the 32 zmm registers hold its sums).
@@ -147,14 +147,60 @@ pub fn product(
     bias: Option<&[f32]>,
     epilogue: Epilogue,
 ) -> Vec<f32> {
-    let kernel = if amx::usable() {
-        Kernel::Amx
-    } else if has_bf16() {
-        Kernel::Avx512
-    } else {
-        Kernel::Portable
+    linear_on(a, m, w, bias, epilogue, Kernel::here())
+}
+
+/// `down(epilogue(a·upᵀ + up_bias)) + down_bias`, a feed-forward block: the inner
+/// activation is converted to bf16 row by row as the up product's tasks finish
+/// it, while the row is still in cache, not in a pass of its own over memory.
+pub fn chained(
+    a: &[f32],
+    m: usize,
+    (up, up_bias): (&PackedBf16Weight, Option<&[f32]>),
+    epilogue: Epilogue,
+    (down, down_bias): (&PackedBf16Weight, Option<&[f32]>),
+) -> Vec<f32> {
+    assert_eq!(up.n, down.k, "{} outputs feed {} inputs", up.n, down.k);
+    let kernel = Kernel::here();
+    if m == 0 || up.n == 0 || down.n == 0 || !whole_rows(m, MC, up.panels) {
+        let inner = linear_on(Lhs::Rows(a), m, up, up_bias, epilogue, kernel);
+        return linear_on(
+            Lhs::Rows(&inner),
+            m,
+            down,
+            down_bias,
+            Epilogue::None,
+            kernel,
+        );
+    }
+    let mut rows = ROWS.with(|r| r.take());
+    rows_of(&mut rows, Lhs::Rows(a), m, up.k, up.k2, kernel);
+    let mut next = HANDED_OVER.with(|r| r.take());
+    let (k, k2) = (down.k, down.k2);
+    next.reuse(padded_rows(m) * k2);
+    next[m * k2..].fill(0);
+    let (native, q) = (kernel.native(), OutPtr(next.as_mut_ptr()));
+    let then = |r: usize, row: &[f32]| {
+        // SAFETY: row r < m, which only the task holding that row writes.
+        let q = unsafe { std::slice::from_raw_parts_mut(q.get().add(r * k2), k2) };
+        convert_row(q, row, native);
+        q[k..].fill(0);
     };
-    linear_on(a, m, w, bias, epilogue, kernel)
+    let finish = Finish {
+        then: Some(&then),
+        ..Finish::new(up_bias, epilogue)
+    };
+    product_of_rows(&rows, m, up, finish, kernel);
+    ROWS.with(|r| r.replace(rows));
+    let out = product_of_rows(
+        &next,
+        m,
+        down,
+        Finish::new(down_bias, Epilogue::None),
+        kernel,
+    );
+    HANDED_OVER.with(|r| r.replace(next));
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +208,30 @@ enum Kernel {
     Amx,
     Avx512,
     Portable,
+}
+
+impl Kernel {
+    /// The fastest this CPU has.
+    fn here() -> Self {
+        if amx::usable() {
+            Kernel::Amx
+        } else if has_bf16() {
+            Kernel::Avx512
+        } else {
+            Kernel::Portable
+        }
+    }
+
+    /// Whether rows are converted with AVX512-BF16's `vcvtne2ps2bf16` (which an
+    /// AMX CPU need not expose).
+    fn native(self) -> bool {
+        self != Kernel::Portable && has_bf16()
+    }
+}
+
+/// Rows the kernels read for m rows: the AMX kernel reads whole blocks of 32.
+fn padded_rows(m: usize) -> usize {
+    m.div_ceil(AMX_ROWS) * AMX_ROWS
 }
 
 /// Whether this CPU runs the AVX512-BF16 kernel (else the portable one).
@@ -193,15 +263,22 @@ fn linear_on(
     if m == 0 || n == 0 {
         return vec![0f32; m * n];
     }
-    // Rows as bf16, padded to k2 with zero (and to whole AMX blocks of rows).
     let mut rows = ROWS.with(|r| r.take());
-    rows.reuse(m.div_ceil(AMX_ROWS) * AMX_ROWS * k2);
+    rows_of(&mut rows, a, m, k, k2, kernel);
+    let out = product_of_rows(&rows, m, w, Finish::new(bias, epilogue), kernel);
+    ROWS.with(|r| r.replace(rows));
+    out
+}
+
+/// `rows` = A's m rows as bf16, padded to k2 with zero (and to whole AMX blocks
+/// of rows).
+fn rows_of(rows: &mut AlignedVec<u16>, a: Lhs, m: usize, k: usize, k2: usize, kernel: Kernel) {
+    rows.reuse(padded_rows(m) * k2);
     let (valid, padding) = rows.split_at_mut(m * k2);
     padding.fill(0);
     match a {
         Lhs::Rows(a) => {
-            // vcvtne2ps2bf16 is AVX512-BF16's, which an AMX CPU need not expose.
-            let native = kernel != Kernel::Portable && has_bf16();
+            let native = kernel.native();
             valid
                 .par_chunks_mut(k2)
                 .zip(a.par_chunks(k.max(1)))
@@ -212,10 +289,21 @@ fn linear_on(
         }
         Lhs::Columns(at) => convert_columns(valid, k2, at, m, k),
     }
+}
+
+/// The product of m bf16 rows (what `rows_of` made) and W, finished by `finish`.
+fn product_of_rows(
+    rows: &[u16],
+    m: usize,
+    w: &PackedBf16Weight,
+    finish: Finish,
+    kernel: Kernel,
+) -> Vec<f32> {
+    let (k2, n) = (w.k2, w.n);
     let tiles = |rs: std::ops::Range<usize>, panels: std::ops::Range<usize>, ptr: OutPtr| {
         if kernel == Kernel::Amx {
             // SAFETY: AMX is usable; the rows buffer holds whole 32-row blocks.
-            return unsafe { amx::task(&rows, k2, rs, &w.data, panels, n, ptr) };
+            return unsafe { amx::task(rows, k2, rs, &w.data, panels, n, ptr) };
         }
         for j in panels {
             for r0 in rs.clone().step_by(MR) {
@@ -239,15 +327,16 @@ fn linear_on(
         }
     };
     // SAFETY: the AMX task and every micro-tile store all of their outputs.
-    let out = unsafe { tiled_output(m, n, MC, w.panels, bias, epilogue, tiles) };
-    ROWS.with(|r| r.replace(rows));
-    out
+    unsafe { tiled_output(m, n, MC, w.panels, finish, tiles) }
 }
 
 thread_local! {
     /// The last product's bf16 rows, kept for the next call on this thread: a fresh
     /// buffer costs a zero fill, and page faults for a large one, at every call.
     static ROWS: std::cell::RefCell<AlignedVec<u16>> =
+        std::cell::RefCell::new(AlignedVec::default());
+    /// [`chained`]'s inner activation as bf16 rows, kept likewise.
+    static HANDED_OVER: std::cell::RefCell<AlignedVec<u16>> =
         std::cell::RefCell::new(AlignedVec::default());
 }
 
@@ -536,6 +625,27 @@ mod tests {
             convert_row(&mut native, &row, true);
             convert_row(&mut portable, &row, false);
             assert_eq!(native, portable);
+        }
+    }
+
+    #[test]
+    fn chained_products_equal_the_two_products() {
+        // As for int8: short inputs take the pass of their own, long ones hand over.
+        for &(m, k, inner, n) in &[(5, 64, 128, 64), (400, 64, 192, 96), (33, 70, 131, 20)] {
+            let a = values(m * k, 7);
+            let up = PackedBf16Weight::pack(&values(inner * k, 8), inner, k);
+            let down = PackedBf16Weight::pack(&values(n * inner, 9), n, inner);
+            let (up_bias, down_bias) = (values(inner, 10), values(n, 11));
+            let h = linear(&a, m, &up, Some(&up_bias), Epilogue::GeluErf);
+            let two = linear(&h, m, &down, Some(&down_bias), Epilogue::None);
+            let one = chained(
+                &a,
+                m,
+                (&up, Some(&up_bias)),
+                Epilogue::GeluErf,
+                (&down, Some(&down_bias)),
+            );
+            assert_eq!(one, two, "{m}×{k}→{inner}→{n}");
         }
     }
 

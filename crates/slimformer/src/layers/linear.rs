@@ -101,9 +101,12 @@ impl Linear {
     /// `xs·Wᵀ + b`, then GELU when `epilogue` says so.
     pub fn forward_with(&self, xs: &Tensor, epilogue: Epilogue) -> candle_core::Result<Tensor> {
         if let Some(packed) = self.packed_for(xs) {
-            return xs
-                .contiguous()?
-                .apply_op1_no_bwd(&PackedLinear { packed, epilogue });
+            let op = PackedLinear {
+                packed,
+                epilogue,
+                then: None,
+            };
+            return xs.contiguous()?.apply_op1_no_bwd(&op);
         }
         let (weight, bias) = (self.inner.weight(), self.inner.bias());
         let out = if super::fast::enabled() && super::linear_train::takes(xs, weight, bias) {
@@ -123,6 +126,34 @@ impl Linear {
             Epilogue::GeluErf => super::fast::gelu_erf(&out),
             Epilogue::GeluTanh => super::fast::gelu_tanh(&out),
         }
+    }
+
+    /// `down(epilogue(up(xs)))` as one op where both layers run int8 or bf16: the
+    /// inner activation goes from one product to the next in the low-precision
+    /// kernels' input format, without a pass over memory of its own. `None` where
+    /// they do not.
+    pub fn chained(
+        up: &Linear,
+        down: &Linear,
+        xs: &Tensor,
+        epilogue: Epilogue,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (Some(first), Some(second)) = (up.packed_for(xs), down.packed_for(xs)) else {
+            return Ok(None);
+        };
+        if !matches!(
+            (&first.weight, &second.weight),
+            (PackedWeights::Int8(_), PackedWeights::Int8(_))
+                | (PackedWeights::Bf16(_), PackedWeights::Bf16(_))
+        ) {
+            return Ok(None);
+        }
+        let op = PackedLinear {
+            packed: first,
+            epilogue,
+            then: Some(second),
+        };
+        xs.contiguous()?.apply_op1_no_bwd(&op).map(Some)
     }
 
     /// The packed weights when this call may use them: nothing is trained through
@@ -175,6 +206,19 @@ impl Module for Linear {
 struct PackedLinear<'a> {
     packed: &'a Packed,
     epilogue: Epilogue,
+    /// A second layer applied to the output in the same op (see [`Linear::chained`]).
+    then: Option<&'a Packed>,
+}
+
+impl Packed {
+    /// (in, out) features.
+    fn features(&self) -> (usize, usize) {
+        match &self.weight {
+            PackedWeights::F32(w) => (w.in_features(), w.out_features()),
+            PackedWeights::Int8(w) => (w.in_features(), w.out_features()),
+            PackedWeights::Bf16(w) => (w.in_features(), w.out_features()),
+        }
+    }
 }
 
 impl CustomOp1 for PackedLinear<'_> {
@@ -188,10 +232,14 @@ impl CustomOp1 for PackedLinear<'_> {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let xs = super::fast::contiguous_f32(storage, layout)?;
-        let (k, n) = match &self.packed.weight {
-            PackedWeights::F32(w) => (w.in_features(), w.out_features()),
-            PackedWeights::Int8(w) => (w.in_features(), w.out_features()),
-            PackedWeights::Bf16(w) => (w.in_features(), w.out_features()),
+        let (k, inner) = self.packed.features();
+        let n = match self.then {
+            Some(then) if then.features().0 == inner => then.features().1,
+            Some(then) => candle_core::bail!(
+                "a layer of {inner} outputs chained to one of {} inputs",
+                then.features().0
+            ),
+            None => inner,
         };
         let mut dims = layout.shape().dims().to_vec();
         match dims.last_mut() {
@@ -203,6 +251,19 @@ impl CustomOp1 for PackedLinear<'_> {
         }
         let m = xs.len() / k.max(1);
         let bias = self.packed.bias.as_deref();
+        if let Some(then) = self.then {
+            let down_bias = then.bias.as_deref();
+            let out = match (&self.packed.weight, &then.weight) {
+                (PackedWeights::Int8(up), PackedWeights::Int8(down)) => {
+                    gemm_int8::chained(xs, m, (up, bias), self.epilogue, (down, down_bias))
+                }
+                (PackedWeights::Bf16(up), PackedWeights::Bf16(down)) => {
+                    gemm_bf16::chained(xs, m, (up, bias), self.epilogue, (down, down_bias))
+                }
+                _ => candle_core::bail!("only int8 or bf16 layers are chained"),
+            };
+            return Ok((CpuStorage::F32(out), Shape::from(dims)));
+        }
         let out = match &self.packed.weight {
             PackedWeights::F32(w) => gemm::linear(xs, m, w, bias, self.epilogue),
             PackedWeights::Int8(w) => gemm_int8::linear(xs, m, w, bias, self.epilogue),
