@@ -4,7 +4,7 @@
 //! that the compiler vectorizes, run in parallel chunks. Used only where no gradient
 //! flows (training keeps candle's differentiable ops).
 
-use super::gemm::Epilogue;
+use super::gemm::{Epilogue, NR};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -160,6 +160,30 @@ fn map_biased(row: &mut [f32], bias: &[f32], act: impl Fn(f32) -> f32) {
         for (v, &b) in row.iter_mut().zip(bias) {
             *v = act(*v + b);
         }
+    }
+}
+
+/// A block row's bias: `NR` values from column `c0` of `bias`, zero past its end
+/// (or all zero without one).
+pub(crate) fn bias_block(bias: Option<&[f32]>, c0: usize) -> [f32; NR] {
+    let mut block = [0f32; NR];
+    if let Some(bias) = bias {
+        let values = &bias[c0.min(bias.len())..];
+        let len = values.len().min(NR);
+        block[..len].copy_from_slice(&values[..len]);
+    }
+    block
+}
+
+/// `row = act(row + bias)` for one 32-column row of a block, inlined into an AMX
+/// kernel's AVX-512 code: the row is finished while it is in registers, where a
+/// pass over the output rows afterwards read them back from L2.
+#[inline(always)]
+pub(crate) fn finish_block_row(row: &mut [f32; NR], bias: &[f32; NR], epilogue: Epilogue) {
+    match epilogue {
+        Epilogue::None => map_biased(row, bias, |x| x),
+        Epilogue::GeluErf => map_biased(row, bias, gelu_erf_value),
+        Epilogue::GeluTanh => map_biased(row, bias, gelu_tanh_value),
     }
 }
 

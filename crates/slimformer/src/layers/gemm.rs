@@ -160,6 +160,15 @@ impl<'a> Finish<'a> {
             then: None,
         }
     }
+
+    /// Only the hook on whole rows: for kernels that add the bias and run the
+    /// epilogue themselves.
+    pub(super) fn rows_only(self) -> Self {
+        Finish {
+            then: self.then,
+            ..Finish::new(None, Epilogue::None)
+        }
+    }
 }
 
 /// Runs `task(rows, panels)` in parallel over the output split into blocks of `mc`

@@ -300,10 +300,13 @@ fn product_of_rows(
     kernel: Kernel,
 ) -> Vec<f32> {
     let (k2, n) = (w.k2, w.n);
+    // The AMX kernel runs the bias and the epilogue on each block itself.
+    let in_kernel = kernel == Kernel::Amx;
     let tiles = |rs: std::ops::Range<usize>, panels: std::ops::Range<usize>, ptr: OutPtr| {
-        if kernel == Kernel::Amx {
+        if in_kernel {
+            let (w, then) = ((&w.data[..], n), (finish.bias, finish.epilogue));
             // SAFETY: AMX is usable; the rows buffer holds whole 32-row blocks.
-            return unsafe { amx::task(rows, k2, rs, &w.data, panels, n, ptr) };
+            return unsafe { amx::task(rows, k2, rs, w, panels, ptr, then) };
         }
         for j in panels {
             for r0 in rs.clone().step_by(MR) {
@@ -325,6 +328,10 @@ fn product_of_rows(
                 };
             }
         }
+    };
+    let finish = match in_kernel {
+        true => finish.rows_only(),
+        false => finish,
     };
     // SAFETY: the AMX task and every micro-tile store all of their outputs.
     unsafe { tiled_output(m, n, MC, w.panels, finish, tiles) }
@@ -492,12 +499,14 @@ mod avx512 {
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use super::super::amx::{dot_bf16, load, store, with_tiles, zero};
-    use super::super::gemm::OutPtr;
+    use super::super::fast::{bias_block, finish_block_row};
+    use super::super::gemm::{Epilogue, OutPtr};
     use super::{AMX_ROWS, DEPTH_STEP, NR};
 
     pub use super::super::amx::bf16 as usable;
 
-    /// Rows `rows` × panels `panels` of the output, all of the depth.
+    /// Rows `rows` × panels `panels` of the output (of `n` columns), all of the
+    /// depth, plus the bias, then the epilogue.
     ///
     /// # Safety
     /// `usable()`; `a` holds whole 32-row blocks of `lda` bf16 each (a multiple of
@@ -506,11 +515,12 @@ mod amx {
         a: &[u16],
         lda: usize,
         rows: std::ops::Range<usize>,
-        w: &[u16],
+        (w, n): (&[u16], usize),
         panels: std::ops::Range<usize>,
-        n: usize,
         out: OutPtr,
+        (bias, epilogue): (Option<&[f32]>, Epilogue),
     ) {
+        let plain = bias.is_none() && epilogue == Epilogue::None;
         with_tiles(|| {
             let mut sums = Block([0f32; AMX_ROWS * NR]);
             for r0 in rows.clone().step_by(AMX_ROWS) {
@@ -520,13 +530,15 @@ mod amx {
                     let cols = NR.min(n - j * NR);
                     let dst = out.get().add(r0 * n + j * NR);
                     let whole = cols == NR && rows.end - r0 >= AMX_ROWS;
-                    if whole && (dst as usize).is_multiple_of(64) && n.is_multiple_of(16) {
+                    if plain && whole && (dst as usize).is_multiple_of(64) && n.is_multiple_of(16) {
                         // Tiles go straight into the output where its lines allow.
                         block(block_rows.as_ptr(), lda, panel, dst, n);
                         continue;
                     }
                     block(block_rows.as_ptr(), lda, panel, sums.0.as_mut_ptr(), NR);
-                    copy_rows(&sums, AMX_ROWS.min(rows.end - r0), cols, dst, n);
+                    let bias = bias_block(bias, j * NR);
+                    let rows = AMX_ROWS.min(rows.end - r0);
+                    finish_rows(&sums, rows, (cols, dst, n), &bias, epilogue);
                 }
             }
         })
@@ -537,16 +549,24 @@ mod amx {
     #[repr(C, align(64))]
     struct Block([f32; AMX_ROWS * NR]);
 
-    /// The first `rows` × `cols` of `block` into `dst` (rows `ldc` apart), by
-    /// AVX-512 moves (every AMX CPU has AVX-512).
+    /// The first `rows` × `cols` of `block`, plus `bias`, then the epilogue, into
+    /// `dst` (rows `ldc` apart), in AVX-512 (every AMX CPU has AVX-512).
     #[target_feature(enable = "avx512f")]
-    unsafe fn copy_rows(block: &Block, rows: usize, cols: usize, dst: *mut f32, ldc: usize) {
+    unsafe fn finish_rows(
+        block: &Block,
+        rows: usize,
+        (cols, dst, ldc): (usize, *mut f32, usize),
+        bias: &[f32; NR],
+        epilogue: Epilogue,
+    ) {
         use std::arch::x86_64::*;
         let mask = |lanes: usize| ((1u32 << lanes.min(16)) - 1) as __mmask16;
         let masks = [mask(cols), mask(cols.saturating_sub(16))];
         for i in 0..rows {
+            let mut row: [f32; NR] = block.0[i * NR..][..NR].try_into().unwrap();
+            finish_block_row(&mut row, bias, epilogue);
             for (h, &m) in masks.iter().enumerate() {
-                let v = _mm512_load_ps(block.0.as_ptr().add(i * NR + 16 * h));
+                let v = _mm512_loadu_ps(row.as_ptr().add(16 * h));
                 _mm512_mask_storeu_ps(dst.add(i * ldc + 16 * h), m, v);
             }
         }
@@ -595,10 +615,10 @@ mod amx {
         _: &[u16],
         _: usize,
         _: std::ops::Range<usize>,
-        _: &[u16],
+        _: (&[u16], usize),
         _: std::ops::Range<usize>,
-        _: usize,
         _: super::super::gemm::OutPtr,
+        _: (Option<&[f32]>, super::super::gemm::Epilogue),
     ) {
         unreachable!("no AMX off x86-64")
     }

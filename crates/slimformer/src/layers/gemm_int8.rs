@@ -358,11 +358,14 @@ fn product(
 ) -> Vec<f32> {
     let (k4, n, groups) = (w.k4, w.n, w.groups);
     let vnni = kernel.vnni();
+    // The AMX kernel runs the bias and the epilogue on each block itself.
+    let in_kernel = kernel == Kernel::Amx;
     let tiles = |rows: std::ops::Range<usize>, panels: std::ops::Range<usize>, out: OutPtr| {
-        if kernel == Kernel::Amx {
+        if in_kernel {
+            let then = (finish.bias, finish.epilogue);
             // SAFETY: AMX is usable, k4 a multiple of GROUP; qa and row_scales hold
             // whole blocks of 32 rows; rows and panels are this task's.
-            return unsafe { amx::task(qa, row_scales, w, rows, panels, out) };
+            return unsafe { amx::task((qa, row_scales), w, rows, panels, out, then) };
         }
         for j in panels {
             for r0 in rows.clone().step_by(MR) {
@@ -381,6 +384,10 @@ fn product(
                 unsafe { micro_tile(&tile, out.get().add(r0 * n + j * NR), n, vnni) };
             }
         }
+    };
+    let finish = match in_kernel {
+        true => finish.rows_only(),
+        false => finish,
     };
     // SAFETY: the AMX task and every micro-tile store all of their outputs.
     unsafe { tiled_output(m, n, kernel.mc(), w.panels, finish, tiles) }
@@ -555,7 +562,8 @@ mod vnni {
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use super::super::amx::{dot_i8i8, load, store, with_tiles, zero};
-    use super::super::gemm::OutPtr;
+    use super::super::fast::{bias_block, finish_block_row};
+    use super::super::gemm::{Epilogue, OutPtr};
     use super::{PackedInt8Weight, AMX_ROWS, GROUP, NR};
     use std::arch::x86_64::*;
 
@@ -575,7 +583,7 @@ mod amx {
     /// Rows `rows` × panels `panels` of the output: per 32×32 block and group of
     /// 64 depths, four `tdpbssd` into 16×16 i32 tiles, stored; per batch of groups,
     /// each i32 sum converted and added into an f32 sum at its row's group scale;
-    /// then the columns' scales.
+    /// then the columns' scales, the bias and the epilogue.
     ///
     /// # Safety
     /// `usable()`; `w.k4` a multiple of GROUP; `qa` (signed bytes, rows `w.k4`
@@ -583,12 +591,12 @@ mod amx {
     /// and panels are this task's alone.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn task(
-        qa: &[u8],
-        row_scales: &[f32],
+        (qa, row_scales): (&[u8], &[f32]),
         w: &PackedInt8Weight,
         rows: std::ops::Range<usize>,
         panels: std::ops::Range<usize>,
         out: OutPtr,
+        (bias, epilogue): (Option<&[f32]>, Epilogue),
     ) {
         let (k4, n, groups) = (w.k4, w.n, w.groups);
         let mut ints = [Block([0i32; AMX_ROWS * NR]); BATCH];
@@ -605,6 +613,7 @@ mod amx {
                     let masks = [mask(cols), mask(cols.saturating_sub(16))];
                     let col_scales =
                         [0, 16].map(|c| _mm512_loadu_ps(w.scales[j * NR + c..].as_ptr()));
+                    let bias = bias_block(bias, j * NR);
                     for g0 in (0..groups).step_by(BATCH) {
                         let batch = BATCH.min(groups - g0);
                         for (b, ints) in ints[..batch].iter_mut().enumerate() {
@@ -632,7 +641,8 @@ mod amx {
                         let last = g0 + batch == groups;
                         for r in 0..AMX_ROWS {
                             let row_scales = &scales[r * groups + g0..][..batch];
-                            for h in 0..2 {
+                            let mut row = [0f32; NR];
+                            for (h, &col_scale) in col_scales.iter().enumerate() {
                                 let at = r * NR + 16 * h;
                                 let sum = sums.0.as_mut_ptr().add(at);
                                 let mut acc = match g0 {
@@ -649,10 +659,17 @@ mod amx {
                                 }
                                 if !last {
                                     _mm512_store_ps(sum, acc);
-                                } else if r < valid_rows {
-                                    let dst = out.get().add((r0 + r) * n + j * NR + 16 * h);
-                                    let v = _mm512_mul_ps(acc, col_scales[h]);
-                                    _mm512_mask_storeu_ps(dst, masks[h], v);
+                                } else {
+                                    let v = _mm512_mul_ps(acc, col_scale);
+                                    _mm512_storeu_ps(row.as_mut_ptr().add(16 * h), v);
+                                }
+                            }
+                            if last && r < valid_rows {
+                                finish_block_row(&mut row, &bias, epilogue);
+                                let dst = out.get().add((r0 + r) * n + j * NR);
+                                for (h, &mask) in masks.iter().enumerate() {
+                                    let v = _mm512_loadu_ps(row.as_ptr().add(16 * h));
+                                    _mm512_mask_storeu_ps(dst.add(16 * h), mask, v);
                                 }
                             }
                         }
@@ -671,12 +688,12 @@ mod amx {
 
     /// Never called: no AMX off x86-64.
     pub unsafe fn task(
-        _: &[u8],
-        _: &[f32],
+        _: (&[u8], &[f32]),
         _: &super::PackedInt8Weight,
         _: std::ops::Range<usize>,
         _: std::ops::Range<usize>,
         _: super::OutPtr,
+        _: (Option<&[f32]>, super::Epilogue),
     ) {
         unreachable!("AMX off x86-64")
     }

@@ -223,7 +223,7 @@ impl CustomOp2 for WeightGrad {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gemm::tests::max_diff;
+    use super::super::gemm::tests::{max_diff, values};
     use super::*;
     use candle_core::{Device, Var};
 
@@ -233,12 +233,20 @@ mod tests {
             .iter()
             .flat_map(|s| [(s, Precision::Fp32), (s, Precision::Bf16)])
         {
-            let dev = Device::Cpu;
-            let x = Var::randn(0f32, 1.0, (rows, k), &dev)?;
-            let w = Var::randn(0f32, 0.1, (n, k), &dev)?;
-            let up = Tensor::randn(0f32, 1.0, (rows, n), &dev)?;
+            // Fixed values in [-scale, scale], so the bounds below hold by arithmetic,
+            // not by the luck of a random draw (x up to 1, W up to 0.1).
+            let uniform = |shape: (usize, usize), seed, scale: f32| {
+                let v: Vec<f32> = values(shape.0 * shape.1, seed)
+                    .iter()
+                    .map(|v| 2.0 * scale * v)
+                    .collect();
+                Tensor::from_vec(v, shape, &Device::Cpu)
+            };
+            let x = Var::from_tensor(&uniform((rows, k), 1, 1.0)?)?;
+            let w = Var::from_tensor(&uniform((n, k), 2, 0.1)?)?;
+            let up = uniform((rows, n), 3, 1.0)?;
             let loss = |y: Tensor| (y * &up)?.sum_all();
-            let b = Var::randn(0f32, 1.0, n, &dev)?;
+            let b = Var::from_tensor(&uniform((1, n), 4, 1.0)?.flatten_all()?)?;
             let y = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), precision)?;
             let grads = loss(y.clone())?.backward()?;
             let y_ref = x
