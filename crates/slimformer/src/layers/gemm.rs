@@ -146,9 +146,9 @@ pub(super) type RowHook<'a> = dyn Fn(usize, &[f32]) + Sync + 'a;
 pub(super) struct Finish<'a> {
     pub(super) bias: Option<&'a [f32]>,
     pub(super) epilogue: Epilogue,
-    /// Called with each finished row and its index, by tasks that hold whole
-    /// rows (all of them where [`whole_rows`]): to hand the row on to the next
-    /// product in its input format.
+    /// Called with each finished row and its index: to hand the row on to the
+    /// next product in its input format. Where it is given, the rows go only
+    /// here (see [`tiled_output`]).
     pub(super) then: Option<&'a RowHook<'a>>,
 }
 
@@ -245,12 +245,14 @@ pub(super) unsafe fn written_by(len: usize, fill: impl FnOnce(&mut [f32])) -> Ve
 }
 
 /// The m × n output of a linear layer, computed in parallel by `tiles(rows, panels,
-/// out)` over the blocks of [`for_each_tile`]; each task then runs the bias and the
-/// epilogue on its block while it is still in cache (and `finish.then` on each whole
-/// row). The output is not zeroed first.
+/// block)` over the blocks of [`for_each_tile`] (`block` points at row `rows.start`
+/// of the output); each task then runs the bias and the epilogue on its block while
+/// it is still in cache. The output is not zeroed first. Where `finish.then` is
+/// given, the rows only go to it (see [`tiled_rows`]) and the output is empty.
 ///
 /// # Safety
-/// `tiles` stores every value of its rows × panels block of `out` (rows n apart).
+/// `tiles` stores every value of its rows × panels block (rows n apart from `block`);
+/// with `finish.then`, [`whole_rows`]`(m, mc, panels)`.
 pub(super) unsafe fn tiled_output(
     m: usize,
     n: usize,
@@ -259,24 +261,76 @@ pub(super) unsafe fn tiled_output(
     finish: Finish,
     tiles: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>, OutPtr) + Send + Sync,
 ) -> Vec<f32> {
+    if finish.then.is_some() {
+        tiled_rows(m, n, mc, panels, finish, tiles);
+        return Vec::new();
+    }
     // SAFETY: the blocks cover all m·n values, each stored by its task before the
     // epilogue reads it.
     written_by(m * n, |out| {
         let ptr = OutPtr(out.as_mut_ptr());
         for_each_tile(m, mc, panels, |rows, panels| {
-            tiles(rows.clone(), panels.clone(), ptr);
-            let c0 = panels.start * NR;
-            let c1 = (panels.end * NR).min(n);
-            for r in rows {
-                // SAFETY: this task's own rows and columns, all stored by `tiles`.
-                let row = std::slice::from_raw_parts_mut(ptr.get().add(r * n + c0), c1 - c0);
-                finish_row(row, finish.bias.map(|b| &b[c0..c1]), finish.epilogue);
-                if let (Some(then), true) = (finish.then, c1 - c0 == n) {
-                    then(r, row);
-                }
-            }
+            let block = OutPtr(ptr.get().add(rows.start * n));
+            tiles(rows.clone(), panels.clone(), block);
+            finish_block(block, n, rows, panels, finish);
         })
     })
+}
+
+/// As [`tiled_output`], but each task computes its block into a buffer of its
+/// thread's, kept from call to call, and only hands the finished rows to
+/// `finish.then`: where nothing else reads the output, it is never written to
+/// memory (its first write missed every cache line of a block that size).
+///
+/// # Safety
+/// As for [`tiled_output`]; and [`whole_rows`]`(m, mc, panels)`.
+unsafe fn tiled_rows(
+    m: usize,
+    n: usize,
+    mc: usize,
+    panels: usize,
+    finish: Finish,
+    tiles: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>, OutPtr) + Send + Sync,
+) {
+    assert!(whole_rows(m, mc, panels), "every task holds whole rows");
+    for_each_tile(m, mc, panels, |rows, panels| {
+        BLOCK.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            buffer.reuse(rows.len() * n);
+            let block = OutPtr(buffer.as_mut_ptr());
+            tiles(rows.clone(), panels.clone(), block);
+            finish_block(block, n, rows, panels, finish);
+        })
+    })
+}
+
+thread_local! {
+    /// [`tiled_rows`]'s block of rows, kept for the next task on this thread.
+    static BLOCK: std::cell::RefCell<AlignedVec<f32>> =
+        std::cell::RefCell::new(AlignedVec::default());
+}
+
+/// The bias, the epilogue and `finish.then` on a task's block of rows (`block`
+/// points at row `rows.start`, rows n apart; `panels` are the task's columns).
+///
+/// # Safety
+/// The block's values are all stored, and are this task's alone.
+unsafe fn finish_block(
+    block: OutPtr,
+    n: usize,
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    finish: Finish,
+) {
+    let c0 = panels.start * NR;
+    let c1 = (panels.end * NR).min(n);
+    for (i, r) in rows.enumerate() {
+        let row = std::slice::from_raw_parts_mut(block.get().add(i * n + c0), c1 - c0);
+        finish_row(row, finish.bias.map(|b| &b[c0..c1]), finish.epilogue);
+        if let (Some(then), true) = (finish.then, c1 - c0 == n) {
+            then(r, row);
+        }
+    }
 }
 
 /// One task: rows × panels of the output, all of K.
@@ -304,7 +358,7 @@ fn tile(
                 // SAFETY: rows r0..r0+mr and columns j·NR..j·NR+cols are in bounds
                 // and belong to this task alone.
                 unsafe {
-                    let c = out.get().add(r0 * n + j * NR);
+                    let c = out.get().add((r0 - rows.start) * n + j * NR);
                     micro_tile(&slice, b, c, n, cols, p0 > 0);
                 }
             }

@@ -321,7 +321,7 @@ fn product_of_rows(
                 unsafe {
                     micro_tile(
                         &tile,
-                        ptr.get().add(r0 * n + j * NR),
+                        ptr.get().add((r0 - rs.start) * n + j * NR),
                         n,
                         kernel == Kernel::Avx512,
                     )
@@ -505,8 +505,8 @@ mod amx {
 
     pub use super::super::amx::bf16 as usable;
 
-    /// Rows `rows` × panels `panels` of the output (of `n` columns), all of the
-    /// depth, plus the bias, then the epilogue.
+    /// Rows `rows` × panels `panels` of the output (of `n` columns; `out` points at
+    /// row `rows.start`), all of the depth, plus the bias, then the epilogue.
     ///
     /// # Safety
     /// `usable()`; `a` holds whole 32-row blocks of `lda` bf16 each (a multiple of
@@ -528,7 +528,7 @@ mod amx {
                 for j in panels.clone() {
                     let panel = w[j * lda * NR..][..lda * NR].as_ptr();
                     let cols = NR.min(n - j * NR);
-                    let dst = out.get().add(r0 * n + j * NR);
+                    let dst = out.get().add((r0 - rows.start) * n + j * NR);
                     let whole = cols == NR && rows.end - r0 >= AMX_ROWS;
                     if plain && whole && (dst as usize).is_multiple_of(64) && n.is_multiple_of(16) {
                         // Tiles go straight into the output where its lines allow.

@@ -381,7 +381,10 @@ fn product(
                     cols: NR.min(n - j * NR),
                 };
                 // SAFETY: rows r0..r0+rows, columns j·NR..j·NR+cols are this task's.
-                unsafe { micro_tile(&tile, out.get().add(r0 * n + j * NR), n, vnni) };
+                unsafe {
+                    let c = out.get().add((r0 - rows.start) * n + j * NR);
+                    micro_tile(&tile, c, n, vnni)
+                };
             }
         }
     };
@@ -583,7 +586,8 @@ mod amx {
     /// Rows `rows` × panels `panels` of the output: per 32×32 block and group of
     /// 64 depths, four `tdpbssd` into 16×16 i32 tiles, stored; per batch of groups,
     /// each i32 sum converted and added into an f32 sum at its row's group scale;
-    /// then the columns' scales, the bias and the epilogue.
+    /// then the columns' scales, the bias and the epilogue. `out` points at row
+    /// `rows.start` of the output.
     ///
     /// # Safety
     /// `usable()`; `w.k4` a multiple of GROUP; `qa` (signed bytes, rows `w.k4`
@@ -666,7 +670,7 @@ mod amx {
                             }
                             if last && r < valid_rows {
                                 finish_block_row(&mut row, &bias, epilogue);
-                                let dst = out.get().add((r0 + r) * n + j * NR);
+                                let dst = out.get().add((r0 - rows.start + r) * n + j * NR);
                                 for (h, &mask) in masks.iter().enumerate() {
                                     let v = _mm512_loadu_ps(row.as_ptr().add(16 * h));
                                     _mm512_mask_storeu_ps(dst.add(16 * h), mask, v);
