@@ -551,6 +551,33 @@ pub(super) mod tests {
             .unwrap()
     }
 
+    /// `chained` (a feed-forward block as one op) gives exactly `linear` twice. Short
+    /// inputs split the columns between tasks (the inner activation then takes a
+    /// pass of its own); long ones hand over whole rows.
+    pub(in crate::layers) fn chained_equals_two_products<W>(
+        pack: impl Fn(&[f32], usize, usize) -> W,
+        linear: impl Fn(&[f32], usize, &W, Option<&[f32]>, Epilogue) -> Vec<f32>,
+        chained: impl Fn(
+            &[f32],
+            usize,
+            (&W, Option<&[f32]>),
+            Epilogue,
+            (&W, Option<&[f32]>),
+        ) -> Vec<f32>,
+    ) {
+        for &(m, k, inner, n) in &[(5, 64, 128, 64), (400, 64, 192, 96), (33, 70, 131, 20)] {
+            let a = values(m * k, 7);
+            let up = pack(&values(inner * k, 8), inner, k);
+            let down = pack(&values(n * inner, 9), n, inner);
+            let (up_bias, down_bias) = (values(inner, 10), values(n, 11));
+            let h = linear(&a, m, &up, Some(&up_bias), Epilogue::GeluErf);
+            let two = linear(&h, m, &down, Some(&down_bias), Epilogue::None);
+            let up = (&up, Some(&up_bias[..]));
+            let one = chained(&a, m, up, Epilogue::GeluErf, (&down, Some(&down_bias)));
+            assert_eq!(one, two, "{m}×{k}→{inner}→{n}");
+        }
+    }
+
     /// Deterministic values in [-0.5, 0.5) (xorshift), for the kernels' tests.
     pub(in crate::layers) fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut x = seed.wrapping_mul(2_654_435_761).max(1);

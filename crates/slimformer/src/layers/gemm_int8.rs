@@ -749,24 +749,11 @@ mod tests {
 
     #[test]
     fn chained_products_equal_the_two_products() {
-        // Short inputs split the columns between tasks (the inner activation is
-        // then quantized in a pass of its own); long ones hand over whole rows.
-        for &(m, k, inner, n) in &[(5, 64, 128, 64), (400, 64, 192, 96), (33, 70, 130, 20)] {
-            let a = values(m * k, 7);
-            let up = PackedInt8Weight::pack(&values(inner * k, 8), inner, k);
-            let down = PackedInt8Weight::pack(&values(n * inner, 9), n, inner);
-            let (up_bias, down_bias) = (values(inner, 10), values(n, 11));
-            let h = linear(&a, m, &up, Some(&up_bias), Epilogue::GeluErf);
-            let two = linear(&h, m, &down, Some(&down_bias), Epilogue::None);
-            let one = chained(
-                &a,
-                m,
-                (&up, Some(&up_bias)),
-                Epilogue::GeluErf,
-                (&down, Some(&down_bias)),
-            );
-            assert_eq!(one, two, "{m}×{k}→{inner}→{n}");
-        }
+        super::super::gemm::tests::chained_equals_two_products(
+            PackedInt8Weight::pack,
+            linear,
+            chained,
+        );
     }
 
     #[test]
