@@ -180,6 +180,12 @@ pub(crate) fn bias_block(bias: Option<&[f32]>, c0: usize) -> [f32; NR] {
 /// pass over the output rows afterwards read them back from L2.
 #[inline(always)]
 pub(crate) fn finish_block_row(row: &mut [f32; NR], bias: &[f32; NR], epilogue: Epilogue) {
+    bias_then_act(row, bias, epilogue)
+}
+
+/// `row = act(row + bias)`, inlined into each caller's instruction-set variant.
+#[inline(always)]
+fn bias_then_act(row: &mut [f32], bias: &[f32], epilogue: Epilogue) {
     match epilogue {
         Epilogue::None => map_biased(row, bias, |x| x),
         Epilogue::GeluErf => map_biased(row, bias, gelu_erf_value),
@@ -188,11 +194,7 @@ pub(crate) fn finish_block_row(row: &mut [f32; NR], bias: &[f32; NR], epilogue: 
 }
 
 dispatch!(bias_then_act_slice, (row: &mut [f32], bias: &[f32], epilogue: Epilogue), {
-    match epilogue {
-        Epilogue::None => map_biased(row, bias, |x| x),
-        Epilogue::GeluErf => map_biased(row, bias, gelu_erf_value),
-        Epilogue::GeluTanh => map_biased(row, bias, gelu_tanh_value),
-    }
+    bias_then_act(row, bias, epilogue)
 });
 
 /// `row += bias`, then the activation: the epilogue of the packed linear layers.

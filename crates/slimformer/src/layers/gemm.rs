@@ -327,7 +327,9 @@ unsafe fn finish_block(
     for (i, r) in rows.enumerate() {
         let row = std::slice::from_raw_parts_mut(block.get().add(i * n + c0), c1 - c0);
         finish_row(row, finish.bias.map(|b| &b[c0..c1]), finish.epilogue);
-        if let (Some(then), true) = (finish.then, c1 - c0 == n) {
+        if let Some(then) = finish.then {
+            // Only `tiled_rows` hands rows on, and its tasks hold whole rows.
+            debug_assert_eq!(c1 - c0, n);
             then(r, row);
         }
     }

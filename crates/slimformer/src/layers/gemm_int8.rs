@@ -197,7 +197,9 @@ pub fn chained(
 ) -> Vec<f32> {
     assert_eq!(up.n, down.k, "{} outputs feed {} inputs", up.n, down.k);
     let (up_kernel, down_kernel) = (Kernel::for_weight(up), Kernel::for_weight(down));
-    if m == 0 || up.n == 0 || down.n == 0 || up.k == 0 {
+    let empty = m == 0 || up.k == 0 || up.n == 0 || down.n == 0;
+    if empty || !whole_rows(m, up_kernel.mc(), up.panels) {
+        // Tasks that split the columns (short inputs) never hold a whole row.
         let inner = linear_on(a, m, up, up_bias, epilogue, up_kernel);
         return linear_on(&inner, m, down, down_bias, Epilogue::None, down_kernel);
     }
@@ -209,48 +211,28 @@ pub fn chained(
         a.len()
     );
     let mut qa = QUANTIZED.with(|q| q.take());
-    let zero = up_kernel.zero();
-    let row_scales = quantize_rows(
-        &mut qa,
-        a,
-        (m, up_kernel.rows(m)),
-        (up.k, up.k4),
-        (up_kernel.vnni(), zero),
-    );
+    let row_scales = quantize_for(&mut qa, a, m, up, up_kernel);
     let mut next = HANDED_OVER.with(|q| q.take());
     let (k, k4, groups) = (down.k, down.k4, down.groups);
-    let (rows, vnni, zero) = (down_kernel.rows(m), down_kernel.vnni(), down_kernel.zero());
-    let next_scales = if whole_rows(m, up_kernel.mc(), up.panels) {
-        let mut scales = padded(&mut next, (m, rows), (k, k4), zero);
-        let (q, s) = (OutPtr(next.as_mut_ptr()), OutPtr(scales.as_mut_ptr()));
-        let then = |r: usize, row: &[f32]| {
-            // SAFETY: row r < m of both buffers, which only the task holding that
-            // row writes.
-            let (q, s) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(q.get().add(r * k4), k4),
-                    std::slice::from_raw_parts_mut(s.get().add(r * groups), groups),
-                )
-            };
-            quantize_row(q, s, row, vnni, zero);
+    let (vnni, zero) = (down_kernel.vnni(), down_kernel.zero());
+    let mut next_scales = padded(&mut next, (m, down_kernel.rows(m)), (k, k4), zero);
+    let (q, s) = (OutPtr(next.as_mut_ptr()), OutPtr(next_scales.as_mut_ptr()));
+    let then = |r: usize, row: &[f32]| {
+        // SAFETY: row r < m of both buffers, which only the task holding that row
+        // writes.
+        let (q, s) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(q.get().add(r * k4), k4),
+                std::slice::from_raw_parts_mut(s.get().add(r * groups), groups),
+            )
         };
-        let finish = Finish {
-            then: Some(&then),
-            ..Finish::new(up_bias, epilogue)
-        };
-        product(&qa, &row_scales, m, up, finish, up_kernel);
-        scales
-    } else {
-        let inner = product(
-            &qa,
-            &row_scales,
-            m,
-            up,
-            Finish::new(up_bias, epilogue),
-            up_kernel,
-        );
-        quantize_rows(&mut next, &inner, (m, rows), (k, k4), (vnni, zero))
+        quantize_row(q, s, row, vnni, zero);
     };
+    let finish = Finish {
+        then: Some(&then),
+        ..Finish::new(up_bias, epilogue)
+    };
+    product(&qa, &row_scales, m, up, finish, up_kernel);
     QUANTIZED.with(|q| q.replace(qa));
     let out = product(
         &next,
@@ -333,17 +315,29 @@ fn linear_on(
     epilogue: Epilogue,
     kernel: Kernel,
 ) -> Vec<f32> {
-    let (k, k4, n) = (w.k, w.k4, w.n);
+    let (k, n) = (w.k, w.n);
     assert_eq!(a.len(), m * k, "input of {m}×{k} has {} values", a.len());
     if m == 0 || n == 0 {
         return vec![0f32; m * n];
     }
     let mut qa = QUANTIZED.with(|q| q.take());
-    let io = (kernel.vnni(), kernel.zero());
-    let row_scales = quantize_rows(&mut qa, a, (m, kernel.rows(m)), (k, k4), io);
+    let row_scales = quantize_for(&mut qa, a, m, w, kernel);
     let out = product(&qa, &row_scales, m, w, Finish::new(bias, epilogue), kernel);
     QUANTIZED.with(|q| q.replace(qa));
     out
+}
+
+/// `a`'s m rows quantized into `q` as `kernel` reads them for a product with `w`;
+/// returns their scales.
+fn quantize_for(
+    q: &mut AlignedVec<u8>,
+    a: &[f32],
+    m: usize,
+    w: &PackedInt8Weight,
+    kernel: Kernel,
+) -> Vec<f32> {
+    let io = (kernel.vnni(), kernel.zero());
+    quantize_rows(q, a, (m, kernel.rows(m)), (w.k, w.k4), io)
 }
 
 /// The product of m quantized rows (`qa`, `row_scales`: what `quantize_rows` made
@@ -574,8 +568,9 @@ mod amx {
 
     /// Groups whose i32 tiles are stored before they are rescaled together: their
     /// f32 sums then stay in a register across the batch, where one group at a time
-    /// loaded and stored every sum once per group (the stores, not the tile unit,
-    /// set the pace). Six 32×32 blocks of i32 are 24 KB, half of L1.
+    /// loaded and stored every sum once per group. Six 32×32 blocks of i32 are
+    /// 24 KB, half of L1. (Measured within noise: the block's time goes to loading
+    /// W's tiles from L2, not to the rescaling; kept for the memory traffic it saves.)
     const BATCH: usize = 6;
 
     /// A 32×32 block of i32 or f32 sums on a cache line.
