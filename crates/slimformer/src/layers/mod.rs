@@ -63,3 +63,15 @@ pub fn linear(
 }
 
 pub use fast::softmax_last_dim;
+
+/// Runs `work` on a thread of rayon's pool, as its caller if it already is one.
+/// A caller outside the pool (the command's main thread, a server's blocking
+/// thread) would otherwise hand each parallel op to the pool and sleep until it
+/// ends: two wake-ups through the kernel per op, and on a machine with as many
+/// cores as pool threads, a third thread contending with the pool's.
+pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    match rayon::current_thread_index() {
+        Some(_) => work(),
+        None => rayon::scope(|_| work()),
+    }
+}

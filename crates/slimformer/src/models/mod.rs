@@ -29,7 +29,7 @@ pub trait Encoder: Send + Sync {
 
     /// Inference: [`Encoder::forward_t`] with dropout off.
     fn forward(&self, batch: &Batch) -> Result<Tensor> {
-        self.forward_t(batch, None)
+        crate::layers::on_pool(|| self.forward_t(batch, None))
     }
 
     /// The input embedding table [vocab, width], which MLM decoders may be tied to.

@@ -458,7 +458,20 @@ fn validate(config: &TrainConfig, n: usize) -> Result<()> {
 
 /// Runs training to the end of the step budget (or early stopping), resuming from
 /// `opts.out/resume` when it holds a matching run.
-pub fn train<T: TrainTask>(
+pub fn train<T: TrainTask + Sync>(
+    task: &T,
+    examples: &[T::Example],
+    varmap: &VarMap,
+    config: &TrainConfig,
+    opts: &RunOptions,
+) -> Result<TrainOutcome>
+where
+    T::Example: Sync,
+{
+    crate::layers::on_pool(|| train_on_pool(task, examples, varmap, config, opts))
+}
+
+fn train_on_pool<T: TrainTask>(
     task: &T,
     examples: &[T::Example],
     varmap: &VarMap,
