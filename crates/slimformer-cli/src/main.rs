@@ -90,7 +90,15 @@ fn main() -> ExitCode {
         std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
     }
     slimformer::layers::set_precision(cli.precision);
-    alloc::keep_freed_memory();
+    let trains = matches!(
+        cli.command,
+        Command::Finetune(_)
+            | Command::Pretrain(_)
+            | Command::Distill(_)
+            | Command::Compress(_)
+            | Command::Retrain(_)
+    );
+    alloc::keep_freed_memory(!trains);
     // The server logs each request (ids, routes, statuses; texts only if asked).
     let default_log = if matches!(cli.command, Command::Serve(_)) {
         "info"
