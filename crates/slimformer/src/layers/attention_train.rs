@@ -6,10 +6,10 @@
 //! probabilities, the transpose back; and for each node's input candle's backward
 //! zero-fills a gradient and adds to it. The backward recomputes the probabilities
 //! (a head's scores are len × len × head_dim of work) instead of storing them, and
-//! redraws the dropout mask from its seed (`dropout::kept`, indexed as the composed
+//! redraws the dropout mask from its seed (`dropout::mask_factors`, indexed as the composed
 //! path's mask tensor is, so both paths draw the same mask).
 
-use super::dropout::kept;
+use super::dropout::mask_factors;
 use super::fast::{contiguous_f32, lane_dot, softmax_in_place};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
@@ -137,14 +137,7 @@ impl TrainedAttention {
         let l = f.len();
         match self.keep {
             Some((keep, seed)) => {
-                let row = ((b * self.heads + h) * l + i) * l;
-                for (j, fj) in f.iter_mut().enumerate() {
-                    *fj = if kept(seed, row + j, keep) {
-                        1.0 / keep
-                    } else {
-                        0.0
-                    };
-                }
+                mask_factors(f, ((b * self.heads + h) * l + i) * l, seed, keep);
             }
             None => f.fill(1.0),
         }

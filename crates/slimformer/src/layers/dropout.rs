@@ -63,19 +63,19 @@ impl Masked {
     /// `out[i] (+)= x[i]·mask[i]` over the whole tensor, in parallel.
     fn apply(&self, x: &[f32], out: &mut [f32], accumulate: bool) {
         let (keep, seed) = (1.0 - self.p, self.seed);
-        let scale = 1.0 / keep;
         const CHUNK: usize = 1 << 14;
+        const BLOCK: usize = 1 << 10;
         out.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .enumerate()
             .for_each(|(c, (out, x))| {
-                for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-                    let m = if kept(seed, c * CHUNK + i, keep) {
-                        scale
-                    } else {
-                        0.0
-                    };
-                    *o = if accumulate { *o + v * m } else { v * m };
+                let mut factors = [0f32; BLOCK];
+                for (b, (out, x)) in out.chunks_mut(BLOCK).zip(x.chunks(BLOCK)).enumerate() {
+                    let factors = &mut factors[..out.len()];
+                    mask_factors(factors, c * CHUNK + b * BLOCK, seed, keep);
+                    for ((o, &v), &m) in out.iter_mut().zip(x).zip(factors.iter()) {
+                        *o = if accumulate { *o + v * m } else { v * m };
+                    }
                 }
             });
     }
@@ -142,25 +142,53 @@ impl CustomOp2 for Masked {
 
 /// The mask drawn with `seed`, shaped like `like` and scaled by 1/keep.
 pub(crate) fn mask(like: &Tensor, p: f32, seed: u64) -> candle_core::Result<Tensor> {
-    let keep = 1.0 - p;
-    let mask: Vec<f32> = (0..like.elem_count())
-        .into_par_iter()
-        .map(|i| if kept(seed, i, keep) { 1.0 / keep } else { 0.0 })
-        .collect();
+    const CHUNK: usize = 1 << 14;
+    let mut mask = vec![0f32; like.elem_count()];
+    mask.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, m)| mask_factors(m, c * CHUNK, seed, 1.0 - p));
     Tensor::from_vec(mask, like.shape(), like.device())?.to_dtype(like.dtype())
 }
 
 /// Whether value `index` survives a dropout mask drawn with `seed`: a hash of the
 /// two (SplitMix64's finalizer), so any part of the mask can be drawn in parallel,
 /// or drawn again in the backward pass, without storing it.
-#[inline]
-pub(crate) fn kept(seed: u64, index: usize, keep: f32) -> bool {
+#[inline(always)]
+fn kept(seed: u64, index: usize, keep: f32) -> bool {
     let mut z = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     // 24 random bits as a uniform value in [0, 1).
     ((z >> 40) as f32) * (1.0 / (1u64 << 24) as f32) < keep
+}
+
+/// `f[j]` = 1/keep where value `first + j` survives the mask drawn with `seed`
+/// ([`kept`]), else 0. Vectorized where the CPU multiplies 64-bit lanes
+/// (AVX512-DQ's `vpmullq`); else the hash's three products run one value at a
+/// time, which was 3% of a training step.
+pub(crate) fn mask_factors(f: &mut [f32], first: usize, seed: u64, keep: f32) {
+    #[inline(always)]
+    fn fill(f: &mut [f32], first: usize, seed: u64, keep: f32) {
+        let scale = 1.0 / keep;
+        for (j, fj) in f.iter_mut().enumerate() {
+            *fj = if kept(seed, first + j, keep) {
+                scale
+            } else {
+                0.0
+            };
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512dq") {
+        #[target_feature(enable = "avx512f,avx512dq")]
+        unsafe fn wide(f: &mut [f32], first: usize, seed: u64, keep: f32) {
+            fill(f, first, seed, keep)
+        }
+        // SAFETY: the CPU has the features `wide` was compiled for.
+        return unsafe { wide(f, first, seed, keep) };
+    }
+    fill(f, first, seed, keep)
 }
 
 #[cfg(test)]
