@@ -163,38 +163,61 @@ dispatch!(softmax_grad_row, (dx: &mut [f32], gm: &[f32], scale: f32), {
 // out[j] = Σ_c x[c]·mt[c·len + j] (len = out.len()): a row times a d × len matrix.
 dispatch!(row_times, (out: &mut [f32], x: &[f32], mt: &[f32]), {
     let len = out.len();
-    out.fill(0.0);
-    for (c, &xc) in x.iter().enumerate() {
-        for (o, &m) in out.iter_mut().zip(&mt[c * len..][..len]) {
-            *o = xc.mul_add(m, *o);
-        }
+    let mut j0 = 0;
+    while j0 + 64 <= len {
+        j0 += row_times_block::<64>(&mut out[j0..], x, &mt[j0..], len);
+    }
+    while j0 < len {
+        j0 += match len - j0 >= 16 {
+            true => row_times_block::<16>(&mut out[j0..], x, &mt[j0..], len),
+            false => row_times_block::<1>(&mut out[j0..], x, &mt[j0..], len),
+        };
     }
 });
+
+/// The first N values of [`row_times`]' output (`mt` from the block's first
+/// column, rows `len` apart), summed in registers: with the whole row as the
+/// accumulator, every multiply-add loaded and stored its output. Returns N.
+#[inline(always)]
+fn row_times_block<const N: usize>(out: &mut [f32], x: &[f32], mt: &[f32], len: usize) -> usize {
+    let mut acc = [0f32; N];
+    for (c, &xc) in x.iter().enumerate() {
+        for (a, &m) in acc.iter_mut().zip(&mt[c * len..][..N]) {
+            *a = xc.mul_add(m, *a);
+        }
+    }
+    out[..N].copy_from_slice(&acc);
+    N
+}
 
 // out = Σ_j w[j]·rows[j] (rows: w.len() × out.len()).
 dispatch!(weighted_sum, (out: &mut [f32], w: &[f32], rows: &[f32]), {
     let d = out.len();
-    out.fill(0.0);
-    for (j, &wj) in w.iter().enumerate() {
-        if wj != 0.0 {
-            for (o, &r) in out.iter_mut().zip(&rows[j * d..][..d]) {
-                *o = wj.mul_add(r, *o);
-            }
-        }
+    let mut c0 = 0;
+    while c0 < d {
+        c0 += match d - c0 {
+            32.. => weighted_sum_block::<32>(&mut out[c0..], w, &rows[c0..], d),
+            16.. => weighted_sum_block::<16>(&mut out[c0..], w, &rows[c0..], d),
+            _ => weighted_sum_block::<1>(&mut out[c0..], w, &rows[c0..], d),
+        };
     }
 });
 
-// m += col ⊗ row (m: col.len() × row.len()).
-dispatch!(add_outer, (m: &mut [f32], col: &[f32], row: &[f32]), {
-    let d = row.len();
-    for (j, &cj) in col.iter().enumerate() {
-        if cj != 0.0 {
-            for (x, &r) in m[j * d..][..d].iter_mut().zip(row) {
-                *x = cj.mul_add(r, *x);
+/// The first N values of [`weighted_sum`]'s output (`rows` from the block's first
+/// column, `d` apart), summed in registers. Returns N.
+#[inline(always)]
+fn weighted_sum_block<const N: usize>(out: &mut [f32], w: &[f32], rows: &[f32], d: usize) -> usize {
+    let mut acc = [0f32; N];
+    for (j, &wj) in w.iter().enumerate() {
+        if wj != 0.0 {
+            for (a, &r) in acc.iter_mut().zip(&rows[j * d..][..N]) {
+                *a = wj.mul_add(r, *a);
             }
         }
     }
-});
+    out[..N].copy_from_slice(&acc);
+    N
+}
 
 // x ⊙= f
 dispatch!(scale_by, (x: &mut [f32], f: &[f32]), {
@@ -301,7 +324,8 @@ impl CustomOp3 for TrainedAttention {
                 let bias = &self.bias[b * l..][..l];
                 let (mut p, mut f) = (vec![0f32; l], vec![0f32; l]);
                 let mut dp = vec![0f32; padded(l)];
-                let mut dropped = vec![0f32; l];
+                // Each query's dropped-out probabilities and score gradients, as rows.
+                let (mut dropped, mut ds) = (vec![0f32; l * l], vec![0f32; l * l]);
                 let (mut dqh, mut dkh, mut dvh) =
                     (vec![0f32; l * d], vec![0f32; l * d], vec![0f32; l * d]);
                 for h in 0..self.heads {
@@ -314,24 +338,34 @@ impl CustomOp3 for TrainedAttention {
                         d,
                     );
                     let gh = gather(sequence(g, b, seq), width, h, d);
-                    dkh.fill(0.0);
-                    dvh.fill(0.0);
                     for (i, dqi) in dqh.chunks_mut(d).enumerate() {
                         let gi = &gh[i * d..][..d];
                         // dp: scratch for the scores first.
                         self.probs(&head, bias, i, &mut p, &mut dp);
                         self.factors(b, h, i, &mut f);
-                        // dV += (p ⊙ f) ⊗ dO_i
+                        let dropped = &mut dropped[i * l..][..l];
                         dropped.copy_from_slice(&p);
-                        scale_by(&mut dropped, &f);
-                        add_outer(&mut dvh, &dropped, gi);
+                        scale_by(dropped, &f);
                         // dP = (dO_i · V_j)_j ⊙ f
                         row_times(&mut dp, gi, &head.vt);
                         scale_by(&mut dp[..l], &f);
                         // dS_i = scale · p ⊙ (dP − Σ dP ⊙ p), in `p`.
                         softmax_grad_row(&mut p, &dp[..l], self.scale);
                         weighted_sum(dqi, &p, &head.k);
-                        add_outer(&mut dkh, &p, &head.q[i * d..][..d]);
+                        ds[i * l..][..l].copy_from_slice(&p);
+                    }
+                    // dV = (p ⊙ f)ᵀ·dO and dK = dSᵀ·Q, a key at a time with its sums
+                    // over the queries in registers (added query by query as outer
+                    // products, every multiply-add loaded and stored its sum; the
+                    // order of the additions is the same).
+                    let lp = padded(l);
+                    for (sums, by_query, rows) in
+                        [(&mut dvh, &dropped, &gh), (&mut dkh, &ds, &head.q)]
+                    {
+                        let by_key = transpose(by_query, l);
+                        for (j, sum) in sums.chunks_mut(d).enumerate() {
+                            weighted_sum(sum, &by_key[j * lp..][..l], rows);
+                        }
                     }
                     scatter(dq, width, h, &dqh);
                     scatter(dk, width, h, &dkh);
