@@ -126,7 +126,7 @@ impl TrainedAttention {
     /// of `padded(len)` values.
     fn probs(&self, head: &Head, bias: &[f32], i: usize, p: &mut [f32], scores: &mut [f32]) {
         let d = head.q.len() / p.len();
-        row_times(scores, &head.q[i * d..][..d], &head.kt);
+        weighted_sum(scores, &head.q[i * d..][..d], &head.kt);
         softmax_row(p, &scores[..p.len()], bias, self.scale);
     }
 
@@ -160,57 +160,30 @@ dispatch!(softmax_grad_row, (dx: &mut [f32], gm: &[f32], scale: f32), {
     }
 });
 
-// out[j] = Σ_c x[c]·mt[c·len + j] (len = out.len()): a row times a d × len matrix.
-dispatch!(row_times, (out: &mut [f32], x: &[f32], mt: &[f32]), {
-    let len = out.len();
-    let mut j0 = 0;
-    while j0 + 64 <= len {
-        j0 += row_times_block::<64>(&mut out[j0..], x, &mt[j0..], len);
-    }
-    while j0 < len {
-        j0 += match len - j0 >= 16 {
-            true => row_times_block::<16>(&mut out[j0..], x, &mt[j0..], len),
-            false => row_times_block::<1>(&mut out[j0..], x, &mt[j0..], len),
-        };
-    }
-});
-
-/// The first N values of [`row_times`]' output (`mt` from the block's first
-/// column, rows `len` apart), summed in registers: with the whole row as the
-/// accumulator, every multiply-add loaded and stored its output. Returns N.
-#[inline(always)]
-fn row_times_block<const N: usize>(out: &mut [f32], x: &[f32], mt: &[f32], len: usize) -> usize {
-    let mut acc = [0f32; N];
-    for (c, &xc) in x.iter().enumerate() {
-        for (a, &m) in acc.iter_mut().zip(&mt[c * len..][..N]) {
-            *a = xc.mul_add(m, *a);
-        }
-    }
-    out[..N].copy_from_slice(&acc);
-    N
-}
-
-// out = Σ_j w[j]·rows[j] (rows: w.len() × out.len()).
+// out = Σ_j w[j]·rows[j] (rows: w.len() × out.len()): a weighted sum of rows, or
+// a row times a matrix (a query against the transposed keys: one row of scores).
 dispatch!(weighted_sum, (out: &mut [f32], w: &[f32], rows: &[f32]), {
-    let d = out.len();
+    let n = out.len();
     let mut c0 = 0;
-    while c0 < d {
-        c0 += match d - c0 {
-            32.. => weighted_sum_block::<32>(&mut out[c0..], w, &rows[c0..], d),
-            16.. => weighted_sum_block::<16>(&mut out[c0..], w, &rows[c0..], d),
-            _ => weighted_sum_block::<1>(&mut out[c0..], w, &rows[c0..], d),
+    while c0 < n {
+        c0 += match n - c0 {
+            64.. => weighted_sum_block::<64>(&mut out[c0..], w, &rows[c0..], n),
+            32.. => weighted_sum_block::<32>(&mut out[c0..], w, &rows[c0..], n),
+            16.. => weighted_sum_block::<16>(&mut out[c0..], w, &rows[c0..], n),
+            _ => weighted_sum_block::<1>(&mut out[c0..], w, &rows[c0..], n),
         };
     }
 });
 
 /// The first N values of [`weighted_sum`]'s output (`rows` from the block's first
-/// column, `d` apart), summed in registers. Returns N.
+/// column, `n` apart), summed in registers: with the whole output as the
+/// accumulator, every multiply-add loaded and stored its sum. Returns N.
 #[inline(always)]
-fn weighted_sum_block<const N: usize>(out: &mut [f32], w: &[f32], rows: &[f32], d: usize) -> usize {
+fn weighted_sum_block<const N: usize>(out: &mut [f32], w: &[f32], rows: &[f32], n: usize) -> usize {
     let mut acc = [0f32; N];
     for (j, &wj) in w.iter().enumerate() {
         if wj != 0.0 {
-            for (a, &r) in acc.iter_mut().zip(&rows[j * d..][..N]) {
+            for (a, &r) in acc.iter_mut().zip(&rows[j * n..][..N]) {
                 *a = wj.mul_add(r, *a);
             }
         }
@@ -347,7 +320,7 @@ impl CustomOp3 for TrainedAttention {
                         dropped.copy_from_slice(&p);
                         scale_by(dropped, &f);
                         // dP = (dO_i · V_j)_j ⊙ f
-                        row_times(&mut dp, gi, &head.vt);
+                        weighted_sum(&mut dp, gi, &head.vt);
                         scale_by(&mut dp[..l], &f);
                         // dS_i = scale · p ⊙ (dP − Σ dP ⊙ p), in `p`.
                         softmax_grad_row(&mut p, &dp[..l], self.scale);
