@@ -144,7 +144,11 @@ struct ColumnSums;
 
 fn column_sums_of<T: WithDType>(t: &[T], n: usize) -> Vec<T> {
     let n = n.max(1);
-    t.par_chunks(rows_per_task(n) * n)
+    // Each task's sums collected in order, then added in order: rayon's `reduce`
+    // pairs them as its tasks were stolen, so the rounding (and a seeded training
+    // run's gradients) would vary from run to run.
+    let partial: Vec<Vec<T>> = t
+        .par_chunks(rows_per_task(n) * n)
         .map(|chunk| {
             let mut sums = vec![T::zero(); n];
             for values in chunk.chunks(n) {
@@ -154,13 +158,12 @@ fn column_sums_of<T: WithDType>(t: &[T], n: usize) -> Vec<T> {
             }
             sums
         })
-        .reduce(
-            || vec![T::zero(); n],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                a
-            },
-        )
+        .collect();
+    let mut sums = vec![T::zero(); n];
+    for part in partial {
+        sums.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+    }
+    sums
 }
 
 impl CustomOp1 for ColumnSums {
@@ -307,6 +310,35 @@ mod tests {
 
     /// max |a − b| over all values.
     use crate::layers::gemm::tests::max_diff;
+
+    /// Column sums (bias gradients) add their tasks' sums in one order, whatever
+    /// the threads do: with `reduce`, two runs of a seeded fine-tuning differed.
+    #[test]
+    fn column_sums_are_the_same_sum_every_time() {
+        let (rows, n) = (4096, 64);
+        let t: Vec<f32> = (0..rows * n)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 10f32.powi((i % 7) as i32 - 3))
+            .collect();
+        let task = rows_per_task(n) * n;
+        assert!(t.len() / task >= 8, "enough tasks for the order to matter");
+        let mut want = vec![0f32; n];
+        for chunk in t.chunks(task) {
+            let mut part = vec![0f32; n];
+            for values in chunk.chunks(n) {
+                part.iter_mut().zip(values).for_each(|(s, v)| *s += v);
+            }
+            want.iter_mut().zip(part).for_each(|(s, p)| *s += p);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        for _ in 0..20 {
+            let got = pool.install(|| column_sums_of(&t, n));
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want));
+        }
+    }
 
     #[test]
     fn gradients_match_candles_broadcast_ops() {

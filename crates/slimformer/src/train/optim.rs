@@ -151,11 +151,15 @@ impl AdamW {
     pub fn clip(&self, grads: &mut Grads, max_norm: f64) -> Result<f64> {
         let mut sq = 0f64;
         for g in grads.tensors.iter().flatten() {
-            sq += with_f32(g, |g| {
+            // Chunk sums collected in order, then added in order: rayon's own `sum`
+            // groups them by how its tasks were stolen, and the last bits of the norm,
+            // so of a clipped step, would vary from run to run.
+            let chunks: Vec<f64> = with_f32(g, |g| {
                 g.par_chunks(CHUNK)
                     .map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>())
-                    .sum::<f64>()
+                    .collect()
             })?;
+            sq += chunks.iter().sum::<f64>();
         }
         let norm = sq.sqrt() * grads.scale;
         if max_norm > 0.0 && norm > max_norm {
