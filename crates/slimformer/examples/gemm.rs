@@ -10,6 +10,25 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// GFLOP/s of twelve independent chains of 16-lane FMAs (more than the units'
+/// latency × width), `steps` deep.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_peak(steps: usize) -> f64 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 12];
+    let (x, y) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    let start = Instant::now();
+    for _ in 0..steps {
+        for a in &mut acc {
+            *a = _mm512_fmadd_ps(*a, x, y);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::hint::black_box(&acc);
+    (steps * 12 * 32) as f64 / seconds / 1e9
+}
+
 fn main() -> candle_core::Result<()> {
     let threads: usize = std::env::args()
         .nth(1)
@@ -19,6 +38,17 @@ fn main() -> candle_core::Result<()> {
         .num_threads(threads)
         .build_global()
         .ok();
+    // The ceilings: the FMA units alone, then our kernel with everything in L1.
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        let peak = unsafe { fma_peak(200_000_000) };
+        println!("AVX-512 FMA peak, one thread: {peak:.1} GFLOP/s");
+    }
+    println!(
+        "f32 kernel with A, W and C in L1, one thread: {:.1} GFLOP/s",
+        gemm::kernel_rate_in_l1(2_000_000)
+    );
     let dev = candle_core::Device::Cpu;
     for &(m, n, k) in &[
         (4096, 384, 384),

@@ -520,6 +520,30 @@ mod avx512 {
     }
 }
 
+/// GFLOP/s of the register-tile kernel alone on this thread over `calls` calls,
+/// its A slice, W panel and output tile all in L1: the ceiling of [`linear`]'s
+/// rate, which `examples/gemm.rs` prints beside the products' own.
+pub fn kernel_rate_in_l1(calls: usize) -> f64 {
+    let a: Vec<f32> = (0..MR * KC).map(|i| (i % 7) as f32 * 1e-3).collect();
+    let w: Vec<f32> = (0..NR * KC).map(|i| (i % 5) as f32 * 1e-3).collect();
+    let w = PackedWeight::pack(&w, NR, KC);
+    let slice = ASlice {
+        a: &a,
+        lda: KC,
+        rows: MR,
+        kc: KC,
+    };
+    let mut c = vec![0f32; MR * NR];
+    let start = std::time::Instant::now();
+    for _ in 0..calls {
+        // SAFETY: `c` is an MR × NR block with rows NR apart.
+        unsafe { micro_tile(&slice, w.panel(0, KC, 0), c.as_mut_ptr(), NR, NR, true) };
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::hint::black_box(&c);
+    (calls * MR * NR * KC * 2) as f64 / seconds / 1e9
+}
+
 /// Bias, then the epilogue, on one row (or a column range of one).
 fn finish_row(row: &mut [f32], bias: Option<&[f32]>, epilogue: Epilogue) {
     super::fast::add_bias_then(row, bias, epilogue);
