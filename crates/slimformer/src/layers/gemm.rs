@@ -370,41 +370,51 @@ fn tile(
             while j + 1 < panels.end {
                 let (b0, b1) = (w.panel(p0, kc, j), w.panel(p0, kc, j + 1));
                 let cols = NR.min(n - (j + 1) * NR);
-                for r0 in rows.clone().step_by(WR) {
-                    let slice = ASlice {
-                        a: &a[r0 * k + p0..],
-                        lda: k,
-                        rows: WR.min(rows.end - r0),
-                        kc,
-                    };
-                    // SAFETY: `wide` checked AVX-512F; rows r0..r0+mr and columns
+                for_each_slice(a, k, rows.clone(), (p0, kc), WR, |slice, i| {
+                    // SAFETY: `wide` checked AVX-512F; the slice's rows and columns
                     // j·NR..(j+1)·NR+cols are in bounds and belong to this task alone.
                     unsafe {
-                        let c = out.get().add((r0 - rows.start) * n + j * NR);
-                        avx512::wide_kernel(&slice, (b0, b1), c, n, cols, p0 > 0);
+                        let c = out.get().add(i * n + j * NR);
+                        avx512::wide_kernel(slice, (b0, b1), c, n, cols, p0 > 0);
                     }
-                }
+                });
                 j += 2;
             }
         }
         for j in j..panels.end {
             let b = w.panel(p0, kc, j);
             let cols = NR.min(n - j * NR);
-            for r0 in rows.clone().step_by(MR) {
-                let slice = ASlice {
-                    a: &a[r0 * k + p0..],
-                    lda: k,
-                    rows: MR.min(rows.end - r0),
-                    kc,
-                };
-                // SAFETY: rows r0..r0+mr and columns j·NR..j·NR+cols are in bounds
+            for_each_slice(a, k, rows.clone(), (p0, kc), MR, |slice, i| {
+                // SAFETY: the slice's rows and columns j·NR..j·NR+cols are in bounds
                 // and belong to this task alone.
                 unsafe {
-                    let c = out.get().add((r0 - rows.start) * n + j * NR);
-                    micro_tile(&slice, b, c, n, cols, p0 > 0);
+                    let c = out.get().add(i * n + j * NR);
+                    micro_tile(slice, b, c, n, cols, p0 > 0);
                 }
-            }
+            });
         }
+    }
+}
+
+/// Calls `f(slice, i)` for each slice of `height` rows (fewer at the end) of `rows`
+/// of A (rows `k` apart) at depths p0..p0+kc; `i` is the slice's first row within
+/// `rows`.
+fn for_each_slice(
+    a: &[f32],
+    k: usize,
+    rows: std::ops::Range<usize>,
+    (p0, kc): (usize, usize),
+    height: usize,
+    mut f: impl FnMut(&ASlice, usize),
+) {
+    for r0 in rows.clone().step_by(height) {
+        let slice = ASlice {
+            a: &a[r0 * k + p0..],
+            lda: k,
+            rows: height.min(rows.end - r0),
+            kc,
+        };
+        f(&slice, r0 - rows.start);
     }
 }
 
@@ -497,10 +507,11 @@ mod avx512 {
         cols: usize,
         accumulate: bool,
     ) {
+        let b = [b];
         match a.rows {
-            0..=4 => kernel_rows::<4>(a, b, out, ldc, cols, accumulate),
-            5..=8 => kernel_rows::<8>(a, b, out, ldc, cols, accumulate),
-            _ => kernel_rows::<MR>(a, b, out, ldc, cols, accumulate),
+            0..=4 => kernel_rows::<4, 1, 2>(a, b, out, ldc, cols, accumulate),
+            5..=8 => kernel_rows::<8, 1, 2>(a, b, out, ldc, cols, accumulate),
+            _ => kernel_rows::<MR, 1, 2>(a, b, out, ldc, cols, accumulate),
         }
     }
 
@@ -509,47 +520,67 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn wide_kernel(
         a: &ASlice,
-        (b0, b1): (&[f32], &[f32]),
+        b: (&[f32], &[f32]),
         out: *mut f32,
         ldc: usize,
         cols: usize,
         accumulate: bool,
     ) {
-        const R: usize = WR;
+        kernel_rows::<WR, 2, 4>(a, [b.0, b.1], out, ldc, cols, accumulate)
+    }
+
+    /// R rows × P panels (V = 2·P vectors of 16 columns); `cols`: the last panel's
+    /// columns.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn kernel_rows<const R: usize, const P: usize, const V: usize>(
+        a: &ASlice,
+        b: [&[f32]; P],
+        out: *mut f32,
+        ldc: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
         let (kc, mr) = (a.kc, a.rows);
-        debug_assert!(mr <= R && b0.len() >= kc * NR && b1.len() >= kc * NR);
-        let mut c = [[_mm512_setzero_ps(); 4]; R];
+        debug_assert!(V == 2 * P && mr <= R && b.iter().all(|b| b.len() >= kc * NR));
+        debug_assert!(a.a.len() > (mr - 1) * a.lda + kc - 1);
+        let mut c = [[_mm512_setzero_ps(); V]; R];
+        // Rows past `mr` read row 0 again (their sums are never stored).
         let rows: [*const f32; R] =
             std::array::from_fn(|i| a.a.as_ptr().add(if i < mr { i * a.lda } else { 0 }));
-        let (mut p0b, mut p1b) = (b0.as_ptr(), b1.as_ptr());
+        let mut pb: [*const f32; P] = b.map(|b| b.as_ptr());
         let ahead = B_AHEAD * NR;
         for p0 in (0..kc).step_by(16) {
+            // The next cache line of each row of A (16 floats on), which the
+            // hardware does not fetch ahead for twelve interleaved streams.
             for &row in &rows {
                 _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(p0 + 16) as *const i8);
             }
             for p in p0..(p0 + 16).min(kc) {
-                _mm_prefetch::<_MM_HINT_T0>(p0b.wrapping_add(ahead) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(p0b.wrapping_add(ahead + 16) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(p1b.wrapping_add(ahead) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(p1b.wrapping_add(ahead + 16) as *const i8);
-                let w = [
-                    _mm512_loadu_ps(p0b),
-                    _mm512_loadu_ps(p0b.add(16)),
-                    _mm512_loadu_ps(p1b),
-                    _mm512_loadu_ps(p1b.add(16)),
-                ];
+                // W's panels a few steps ahead: the first row tile reads them from L3.
+                for &pb in &pb {
+                    _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(ahead) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(ahead + 16) as *const i8);
+                }
+                let w: [__m512; V] =
+                    std::array::from_fn(|v| _mm512_loadu_ps(pb[v / 2].add(16 * (v % 2))));
                 for (ci, &row) in c.iter_mut().zip(&rows) {
                     let ai = _mm512_set1_ps(*row.add(p));
                     for (c, &w) in ci.iter_mut().zip(&w) {
                         *c = _mm512_fmadd_ps(ai, w, *c);
                     }
                 }
-                p0b = p0b.add(NR);
-                p1b = p1b.add(NR);
+                for pb in &mut pb {
+                    *pb = pb.add(NR);
+                }
             }
         }
         let mask = |lanes: usize| -> __mmask16 { ((1u32 << lanes.min(16)) - 1) as __mmask16 };
-        let masks = [!0, !0, mask(cols), mask(cols.saturating_sub(16))];
+        // Every panel but the last is whole.
+        let masks: [__mmask16; V] = std::array::from_fn(|v| match v + 2 >= V {
+            true => mask(cols.saturating_sub(16 * (v % 2))),
+            false => !0,
+        });
         for (i, ci) in c.iter().enumerate().take(mr) {
             let row = out.add(i * ldc);
             for (v, (&s, &m)) in ci.iter().zip(&masks).enumerate() {
@@ -560,61 +591,6 @@ mod avx512 {
                 };
                 _mm512_mask_storeu_ps(dst, m, s);
             }
-        }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn kernel_rows<const R: usize>(
-        a: &ASlice,
-        b: &[f32],
-        out: *mut f32,
-        ldc: usize,
-        cols: usize,
-        accumulate: bool,
-    ) {
-        let (kc, mr) = (a.kc, a.rows);
-        debug_assert!(mr <= R && a.a.len() > (mr - 1) * a.lda + kc - 1 && b.len() >= kc * NR);
-        let mut c = [[_mm512_setzero_ps(); 2]; R];
-        // Rows past `mr` read row 0 again (their sums are never stored).
-        let rows: [*const f32; R] =
-            std::array::from_fn(|i| a.a.as_ptr().add(if i < mr { i * a.lda } else { 0 }));
-        let mut pb = b.as_ptr();
-        let ahead = B_AHEAD * NR;
-        for p0 in (0..kc).step_by(16) {
-            // The next cache line of each row of A (16 floats on), which the
-            // hardware does not fetch ahead for twelve interleaved streams.
-            for &row in &rows {
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(p0 + 16) as *const i8);
-            }
-            for p in p0..(p0 + 16).min(kc) {
-                // W's panel a few steps ahead: the first row tile reads it from L3.
-                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(ahead) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(ahead + 16) as *const i8);
-                let b0 = _mm512_loadu_ps(pb);
-                let b1 = _mm512_loadu_ps(pb.add(16));
-                for (ci, &row) in c.iter_mut().zip(&rows) {
-                    let ai = _mm512_set1_ps(*row.add(p));
-                    ci[0] = _mm512_fmadd_ps(ai, b0, ci[0]);
-                    ci[1] = _mm512_fmadd_ps(ai, b1, ci[1]);
-                }
-                pb = pb.add(NR);
-            }
-        }
-        let mask = |lanes: usize| -> __mmask16 { ((1u32 << lanes.min(16)) - 1) as __mmask16 };
-        let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
-        for (i, ci) in c.iter().enumerate() {
-            if i >= mr {
-                break;
-            }
-            let row = out.add(i * ldc);
-            let (mut v0, mut v1) = (ci[0], ci[1]);
-            if accumulate {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, row));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, row.add(16)));
-            }
-            _mm512_mask_storeu_ps(row, m0, v0);
-            _mm512_mask_storeu_ps(row.add(16), m1, v1);
         }
     }
 }
