@@ -63,12 +63,12 @@ pub fn erf(x: f32) -> f32 {
 /// `join`: a plain fold is one serial chain (floating-point order is kept), which
 /// the compiler cannot vectorize.
 #[inline(always)]
-fn lane_fold(
+pub(crate) fn lane_fold<A: Copy>(
     xs: &[f32],
-    init: f32,
-    step: impl Fn(f32, f32) -> f32,
-    join: impl Fn(f32, f32) -> f32,
-) -> f32 {
+    init: A,
+    step: impl Fn(A, f32) -> A,
+    join: impl Fn(A, A) -> A,
+) -> A {
     let mut acc = [init; 16];
     let chunks = xs.chunks_exact(16);
     let tail = chunks.remainder().iter().fold(init, |a, &v| step(a, v));

@@ -29,7 +29,7 @@ const WIDE_ROWS: usize = 48;
 pub const NR: usize = 32;
 /// Depth of one block: MiniLM's whole 384, a third or quarter of BERT's 768 or
 /// 3072, so each output tile is stored once or a few times, not once per 128 (a
-/// KC×NR panel of W is then 48 KiB, L1's size, and comes from L2). Against 128,
+/// KC×NR panel of W is then 48 KiB, L1's whole size). Against 128,
 /// alternating, eight rounds: MiniLM 1×128 0.88–0.98 of the time (all eight),
 /// 32×128 0.92–1.02 (six of eight ahead).
 const KC: usize = 384;

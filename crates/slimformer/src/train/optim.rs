@@ -10,29 +10,12 @@
 //! full-size temporaries per parameter and step, a gigabyte of memory traffic for
 //! MiniLM, most of it the 30k×384 word embeddings.
 
+use crate::layers::fast::lane_fold;
 use crate::Result;
 use candle_core::{backprop::GradStore, CpuStorage, DType, Storage, Tensor, Var};
 use candle_nn::VarMap;
 use rayon::prelude::*;
 use std::collections::HashMap;
-
-/// Σ x² in f64 over 16 independent lanes: a plain `sum` is one serial chain of
-/// additions (the compiler keeps their order): latency-bound, 2.4% of a step.
-fn sum_of_squares(xs: &[f32]) -> f64 {
-    let mut lanes = [0f64; 16];
-    let chunks = xs.chunks_exact(16);
-    let tail: f64 = chunks
-        .remainder()
-        .iter()
-        .map(|&x| x as f64 * x as f64)
-        .sum();
-    for chunk in chunks {
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane += x as f64 * x as f64;
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
-}
 
 /// Calls `f` with the values of an f32 tensor: its storage in place where it is
 /// contiguous f32, else a copy.
@@ -172,8 +155,14 @@ impl AdamW {
             // Chunk sums collected in order, then added in order: rayon's own `sum`
             // groups them by how its tasks were stolen, and the last bits of the norm,
             // so of a clipped step, would vary from run to run.
-            let chunks: Vec<f64> =
-                with_f32(g, |g| g.par_chunks(CHUNK).map(sum_of_squares).collect())?;
+            // Each chunk's Σ x² in f64 over 16 lanes: a plain `sum` is one serial
+            // chain of additions, latency-bound (2.4% of a step).
+            let square = |a: f64, x: f32| a + x as f64 * x as f64;
+            let chunks: Vec<f64> = with_f32(g, |g| {
+                g.par_chunks(CHUNK)
+                    .map(|c| lane_fold(c, 0f64, square, |a, b| a + b))
+                    .collect()
+            })?;
             sq += chunks.iter().sum::<f64>();
         }
         let norm = sq.sqrt() * grads.scale;
