@@ -20,6 +20,10 @@ fi
   sentencepiece \
   protobuf \
   numpy \
+  pandas \
+  pyarrow \
+  polars \
+  duckdb \
   fastapi==0.121.0 \
   uvicorn==0.38.0
 "$VENV/bin/python" -c "import torch, transformers; print('reference venv ready: torch', torch.__version__, 'transformers', transformers.__version__)"

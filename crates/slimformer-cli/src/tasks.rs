@@ -1,16 +1,16 @@
-//! One function per command: load, stream the inputs through the pipeline in
-//! batches, write JSON Lines.
+//! One function per command: load, stream the inputs through the pipeline's
+//! length-sorted batches, write the results in input order.
 
-use crate::input::{self, InputArgs};
+use crate::input::InputArgs;
 use anyhow::Context;
 use candle_core::Tensor;
 use serde::Serialize;
-use slimformer::heads::{MaskedLmHead, SequenceClassifier, TokenClassifier};
-use slimformer::pipeline::{self, LengthLimit};
+use slimformer::heads::{MaskedLmHead, ProblemType, SequenceClassifier, TokenClassifier};
+use slimformer::pipeline::{self, LengthLimit, StreamItem};
 use slimformer::pooling::{EmbeddingSettings, Pooling};
-use slimformer::tokenize::{Encoded, TextInput};
+use slimformer::tokenize::Encoded;
 use slimformer::{hub, params, Model, Pipeline};
-use std::io::Write;
+use slimformer_corpus::{Columnar, Shape, Writer};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,9 +26,6 @@ pub struct TaskArgs {
     /// Reject texts that are too long instead of truncating them.
     #[arg(long)]
     pub no_truncate: bool,
-    /// Texts run through the model together.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
 }
 
 #[derive(clap::Args)]
@@ -101,87 +98,66 @@ fn limit(args: &TaskArgs) -> LengthLimit {
     }
 }
 
-#[derive(Serialize)]
-struct Record<'a, T> {
-    text: &'a str,
-    #[serde(flatten)]
-    output: T,
-}
+/// The window a command reads ahead by default: `encode` keeps every token's
+/// states until its window is written, so it reads fewer texts at a time.
+const WINDOW: usize = 4096;
+const ENCODE_WINDOW: usize = 256;
 
-#[derive(Serialize)]
-struct ErrorRecord<'a> {
-    text: &'a str,
-    error: String,
-}
-
-/// Streams the inputs through `task` in batches and writes one JSON line per
-/// input, in order. Per-text failures are written in place and make the exit
-/// code non-zero; the other texts still run.
-fn stream<T: Serialize>(
+/// Streams the inputs through `task` ([`Pipeline::stream`]: read ahead, sorted by
+/// length, batched under a token budget) and writes one result per input, in
+/// input order. Per-text failures are written in place and make the exit code
+/// non-zero; the other texts still run.
+fn stream<T: Columnar + Send>(
     pipeline: &Pipeline,
     args: &TaskArgs,
-    check: impl Fn(&Encoded) -> slimformer::Result<()>,
+    shape: Shape,
+    window: usize,
+    check: impl Fn(&Encoded) -> slimformer::Result<()> + Sync,
     task: impl Fn(&[&Encoded], Vec<Tensor>) -> slimformer::Result<Vec<T>>,
 ) -> anyhow::Result<ExitCode> {
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut lines = input::lines(&args.input)?;
+    let input = &args.input;
+    let mut writer = Writer::create(input.output.as_deref(), shape, input.id_col.is_some())?;
+    let items = input.rows()?.map(|row| {
+        row.map(|mut row| {
+            let input = std::mem::replace(&mut row.input, Err(String::new()));
+            StreamItem {
+                payload: row,
+                input,
+            }
+        })
+    });
+    let max_len = pipeline.tokenizer.max_len();
     let (mut seen, mut failed) = (0usize, 0usize);
-    loop {
-        let mut batch = Vec::new();
-        for line in lines.by_ref().take(args.batch_size as usize) {
-            batch.push(line?);
-        }
-        if batch.is_empty() {
-            break;
-        }
-        let inputs: Vec<TextInput> = batch.iter().filter_map(|l| l.input.clone().ok()).collect();
-        let mut results = pipeline.run(&inputs, &check, &task).into_iter();
-        for line in &batch {
+    pipeline.stream(
+        items,
+        input.stream_options(window),
+        check,
+        task,
+        |row, result| {
             seen += 1;
-            let outcome = match &line.input {
-                Err(e) => Err(e.clone()),
-                Ok(_) => results
-                    .next()
-                    .expect("one result per input")
-                    .map_err(|e| e.to_string()),
-            };
-            match outcome {
+            match result {
                 Ok((output, truncated_from)) => {
                     if let Some(n) = truncated_from {
                         eprintln!(
                             "slimformer: warning: text {seen} has {n} tokens, truncated to {} \
                              (--no-truncate makes this an error)",
-                            pipeline.tokenizer.max_len().unwrap_or(n)
+                            max_len.unwrap_or(n)
                         );
                     }
-                    serde_json::to_writer(
-                        &mut out,
-                        &Record {
-                            text: &line.text,
-                            output,
-                        },
-                    )?;
+                    writer.write(&row, Ok(&output))
                 }
                 Err(error) => {
                     failed += 1;
                     eprintln!("slimformer: error: text {seen}: {error}");
-                    serde_json::to_writer(
-                        &mut out,
-                        &ErrorRecord {
-                            text: &line.text,
-                            error,
-                        },
-                    )?;
+                    writer.write::<T>(&row, Err(&error))
                 }
             }
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
-    }
+        },
+    )?;
     if seen == 0 {
         anyhow::bail!("no input texts");
     }
+    writer.finish()?;
     Ok(if failed > 0 {
         eprintln!("slimformer: {failed} of {seen} texts failed");
         ExitCode::FAILURE
@@ -196,7 +172,14 @@ fn no_check(_: &Encoded) -> slimformer::Result<()> {
 
 pub fn encode(args: TaskArgs) -> anyhow::Result<ExitCode> {
     let pipeline = Pipeline::load(&model_dir(&args.model)?, limit(&args), None)?;
-    stream(&pipeline, &args, no_check, pipeline::encode)
+    stream(
+        &pipeline,
+        &args,
+        Shape::Records,
+        ENCODE_WINDOW,
+        no_check,
+        pipeline::encode,
+    )
 }
 
 pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
@@ -212,15 +195,29 @@ pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         settings.normalize = false;
     }
     let pipeline = Pipeline::load(&dir, limit(&args.task), settings.max_seq_length)?;
-    stream(&pipeline, &args.task, no_check, |_, hidden| {
-        pipeline::embed(&settings, hidden)
-    })
+    let shape = Shape::Embedding {
+        dim: pipeline.model.config.hidden_size() * settings.pooling.len(),
+    };
+    stream(
+        &pipeline,
+        &args.task,
+        shape,
+        WINDOW,
+        no_check,
+        |_, hidden| pipeline::embed(&settings, hidden),
+    )
 }
 
 pub fn classify(args: TaskArgs) -> anyhow::Result<ExitCode> {
     let pipeline = Pipeline::load(&model_dir(&args.model)?, limit(&args), None)?;
     let head = SequenceClassifier::load(&pipeline.model)?;
-    stream(&pipeline, &args, no_check, |_, hidden| {
+    let shape = match head.labels.problem_type {
+        ProblemType::Regression => Shape::Score,
+        _ => Shape::Labels {
+            names: head.labels.names.clone(),
+        },
+    };
+    stream(&pipeline, &args, shape, WINDOW, no_check, |_, hidden| {
         pipeline::classify(&head, hidden)
     })
 }
@@ -228,9 +225,14 @@ pub fn classify(args: TaskArgs) -> anyhow::Result<ExitCode> {
 pub fn tag(args: TaskArgs) -> anyhow::Result<ExitCode> {
     let pipeline = Pipeline::load(&model_dir(&args.model)?, limit(&args), None)?;
     let head = TokenClassifier::load(&pipeline.model)?;
-    stream(&pipeline, &args, no_check, |texts, hidden| {
-        pipeline::tag(&head, texts, hidden)
-    })
+    stream(
+        &pipeline,
+        &args,
+        Shape::Records,
+        WINDOW,
+        no_check,
+        |texts, hidden| pipeline::tag(&head, texts, hidden),
+    )
 }
 
 pub fn fill_mask(args: FillMaskArgs) -> anyhow::Result<ExitCode> {
@@ -240,6 +242,8 @@ pub fn fill_mask(args: FillMaskArgs) -> anyhow::Result<ExitCode> {
     stream(
         &pipeline,
         &args.task,
+        Shape::Records,
+        WINDOW,
         |text| pipeline::require_mask(&pipeline.tokenizer, text),
         |texts, hidden| pipeline::fill_mask(&head, &pipeline.tokenizer, top_k, texts, hidden),
     )

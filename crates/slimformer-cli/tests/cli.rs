@@ -178,7 +178,7 @@ fn classify_multilabel_uses_sigmoid_and_regression_a_score() {
 #[test]
 fn classify_pairs_from_a_file() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("pairs.tsv");
+    let file = dir.path().join("pairs.txt");
     std::fs::write(&file, "the first\tthe second\nno tab here\n").unwrap();
     let out = slimformer(&[
         "classify",

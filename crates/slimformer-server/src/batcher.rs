@@ -6,6 +6,7 @@
 
 use crate::engine::{Engine, Task, TaskOutput};
 use crate::metrics::Metrics;
+use slimformer::batching::BatchLimits;
 use slimformer::tokenize::Encoded;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -86,78 +87,39 @@ fn run(rx: mpsc::Receiver<Job>, budget: usize, metrics: Arc<Metrics>) {
                 break;
             }
         }
-        run_batch(batch, &metrics);
+        run_batch(batch, budget, &metrics);
     }
 }
 
-fn run_batch(batch: Vec<Job>, metrics: &Metrics) {
+fn run_batch(batch: Vec<Job>, budget: usize, metrics: &Metrics) {
     let live: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
     if live.is_empty() {
         return;
     }
     let engine = live[0].engine.clone();
     let texts: Vec<&Encoded> = live.iter().flat_map(|j| j.texts.iter()).collect();
-    let started = Instant::now();
-    let hidden = forward_by_length(&engine, &texts, metrics);
-    metrics.observe_seconds(started.elapsed().as_secs_f64());
-    let mut hidden = match hidden {
-        Ok(h) => h.into_iter(),
-        Err(e) => {
-            let message = e.to_string();
-            for job in live {
-                let _ = job.reply.send(Err(message.clone()));
-            }
-            return;
-        }
+    let limits = BatchLimits {
+        max_tokens: budget,
+        max_rows: usize::MAX,
     };
-    for job in live {
-        let mine: Vec<_> = hidden.by_ref().take(job.texts.len()).collect();
-        let refs: Vec<&Encoded> = job.texts.iter().collect();
-        let out = engine
-            .finish(&job.task, &refs, mine)
-            .map_err(|e| e.to_string());
-        let _ = job.reply.send(out);
-    }
-}
-
-/// Runs the texts in groups of similar length, so a batch of mixed lengths does not
-/// pay for padding every text to the longest: sorted by length, a group grows while
-/// its padded size stays within a quarter of its real tokens. Returns the hidden
-/// states in the texts' order.
-fn forward_by_length(
-    engine: &Engine,
-    texts: &[&Encoded],
-    metrics: &Metrics,
-) -> slimformer::Result<Vec<candle_core::Tensor>> {
-    let mut order: Vec<usize> = (0..texts.len()).collect();
-    order.sort_by_key(|&i| texts[i].ids.len());
-    let mut out: Vec<Option<candle_core::Tensor>> = vec![None; texts.len()];
-    let mut start = 0;
-    while start < order.len() {
-        let mut end = start + 1;
-        let mut real = texts[order[start]].ids.len();
-        while end < order.len() {
-            let len = texts[order[end]].ids.len();
-            let padded = len * (end + 1 - start);
-            if padded * 4 > (real + len) * 5 {
-                break;
-            }
-            real += len;
-            end += 1;
-        }
-        let group: Vec<&Encoded> = order[start..end].iter().map(|&i| texts[i]).collect();
+    let started = Instant::now();
+    // The same length-sorted packing as the batch commands: a batch of mixed
+    // lengths does not pay for padding every text to the longest.
+    let hidden = engine.pipeline.run_packed(&texts, limits, |group, hidden| {
         let longest = group.last().map_or(0, |t| t.ids.len());
         metrics.observe_batch(group.len(), group.len() * longest);
-        for (&i, h) in order[start..end]
-            .iter()
-            .zip(engine.pipeline.hidden_states(&group)?)
-        {
-            out[i] = Some(h);
-        }
-        start = end;
+        Ok(hidden)
+    });
+    metrics.observe_seconds(started.elapsed().as_secs_f64());
+    let mut hidden = hidden.into_iter();
+    for job in live {
+        let mine: Result<Vec<_>, String> = hidden.by_ref().take(job.texts.len()).collect();
+        let refs: Vec<&Encoded> = job.texts.iter().collect();
+        let out = mine.and_then(|states| {
+            engine
+                .finish(&job.task, &refs, states)
+                .map_err(|e| e.to_string())
+        });
+        let _ = job.reply.send(out);
     }
-    Ok(out
-        .into_iter()
-        .map(|h| h.expect("every text ran"))
-        .collect())
 }

@@ -2,6 +2,7 @@
 //!
 //!     cargo run --release --example rank -- MODEL_DIR "query" "sentence" "sentence" ...
 
+use slimformer::batching::BatchLimits;
 use slimformer::pipeline::{self, LengthLimit};
 use slimformer::pooling::EmbeddingSettings;
 use slimformer::tokenize::TextInput;
@@ -25,14 +26,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .chain(&sentences)
         .map(|t| TextInput::Single(t.clone()))
         .collect();
+    let encoded = inputs
+        .iter()
+        .map(|input| p.tokenizer.encode(input))
+        .collect::<Result<Vec<_>, _>>()?;
+    let texts: Vec<_> = encoded.iter().collect();
     let embeddings = p
-        .run(
-            &inputs,
-            |_| Ok(()),
-            |_, hidden| pipeline::embed(&settings, hidden),
-        )
+        .run_packed(&texts, BatchLimits::DEFAULT, |_, hidden| {
+            pipeline::embed(&settings, hidden)
+        })
         .into_iter()
-        .map(|r| r.map(|(e, _)| e.embedding))
+        .map(|r| r.map(|e| e.embedding))
         .collect::<Result<Vec<_>, _>>()?;
     let (q, rest) = embeddings.split_first().ok_or("no embeddings")?;
     let mut ranked: Vec<(f32, &String)> = rest

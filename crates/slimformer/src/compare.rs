@@ -3,10 +3,12 @@
 //! classifier. The command runs this in a child process per model, so that the peak
 //! memory is that model's alone.
 
+use crate::batching::BatchLimits;
 use crate::bench::{bench_shape, BenchResult};
 use crate::heads::SequenceClassifier;
 use crate::model::Model;
 use crate::params::{count_parameters, ParamCounts};
+use crate::pipeline::Pipeline;
 use crate::tokenize::{Encoded, TextTokenizer};
 use crate::train::data::{self, Columns};
 use crate::train::finetune::{evaluate_checkpoint, DEFAULT_MAX_LEN};
@@ -108,6 +110,8 @@ pub fn measure(dir: &Path, opts: &MeasureOptions) -> Result<Measurement> {
         .max_input_len()
         .map_or(DEFAULT_MAX_LEN, |m| m.min(DEFAULT_MAX_LEN));
     let tokenizer = TextTokenizer::load(dir, &model.config, Some(max_len), true)?;
+    let pipeline = Pipeline::new(model, tokenizer);
+    let (model, tokenizer) = (&pipeline.model, &pipeline.tokenizer);
     let load_ms = started.elapsed().as_secs_f64() * 1e3;
     let threads = candle_core::utils::get_num_threads();
 
@@ -117,11 +121,11 @@ pub fn measure(dir: &Path, opts: &MeasureOptions) -> Result<Measurement> {
         .shapes
         .iter()
         .filter(|s| s.1 <= limit)
-        .map(|&s| bench_shape(&model, s, opts.warmup, opts.runs, threads).map(Into::into))
+        .map(|&s| bench_shape(model, s, opts.warmup, opts.runs, threads).map(Into::into))
         .collect::<Result<Vec<BenchRecord>>>()?;
 
     let rows = data::read_rows(&opts.eval, &opts.columns)?;
-    let mut encoded: Vec<Encoded> = rows
+    let encoded: Vec<Encoded> = rows
         .iter()
         .map(|r| {
             tokenizer
@@ -129,16 +133,15 @@ pub fn measure(dir: &Path, opts: &MeasureOptions) -> Result<Measurement> {
                 .map_err(|e| Error::file(&opts.eval, format!("line {}: {e}", r.line)))
         })
         .collect::<Result<_>>()?;
-    encoded.sort_by_key(|e| std::cmp::Reverse(e.ids.len()));
+    // Throughput as the batch commands run: the pipeline's length-sorted batches.
+    let refs: Vec<&Encoded> = encoded.iter().collect();
     let t0 = Instant::now();
-    for chunk in encoded.chunks(32) {
-        let refs: Vec<&Encoded> = chunk.iter().collect();
-        let batch = tokenizer.collate(&refs, &candle_core::Device::Cpu)?;
-        model.encoder.forward(&batch)?;
+    for result in pipeline.run_packed(&refs, BatchLimits::DEFAULT, |_, hidden| Ok(hidden)) {
+        result.map_err(Error::Input)?;
     }
     let throughput = encoded.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9);
 
-    let metrics = match SequenceClassifier::load(&model) {
+    let metrics = match SequenceClassifier::load(model) {
         Ok(head) => {
             let labels_known = rows
                 .iter()

@@ -30,6 +30,51 @@ pub fn replace_file(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
     result
 }
 
+/// A file written in place of `path` over time (a stream of results): it is
+/// filled under a temporary name beside `path` and renamed over it by
+/// [`PendingFile::commit`]; dropped without a commit, the temporary is removed
+/// and `path` is left as it was.
+pub struct PendingFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    committed: bool,
+}
+
+impl PendingFile {
+    /// Creates the temporary file; returns the guard and the file to write.
+    pub fn create(path: &Path) -> Result<(PendingFile, std::fs::File)> {
+        let tmp = temp_path(path);
+        let file = std::fs::File::create(&tmp)
+            .map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
+        let guard = PendingFile {
+            path: path.to_path_buf(),
+            tmp,
+            committed: false,
+        };
+        Ok((guard, file))
+    }
+
+    /// Syncs `file` (the one [`PendingFile::create`] returned) and renames it over `path`.
+    pub fn commit(mut self, file: std::fs::File) -> Result<()> {
+        let finish = || -> std::io::Result<()> {
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(&self.tmp, &self.path)
+        };
+        finish().map_err(|e| Error::file(&self.path, format!("cannot write: {e}")))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     replace_file(path, |tmp| {
@@ -52,6 +97,24 @@ mod tests {
         });
         assert!(err.is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_pending_file_replaces_the_old_one_only_when_committed() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        write_atomic(&path, b"old").unwrap();
+        let (pending, mut file) = PendingFile::create(&path).unwrap();
+        file.write_all(b"half").unwrap();
+        drop((pending, file));
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let (pending, mut file) = PendingFile::create(&path).unwrap();
+        file.write_all(b"new").unwrap();
+        pending.commit(file).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

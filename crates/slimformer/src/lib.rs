@@ -11,6 +11,7 @@
 //! - [`train`]: the trainer, pretraining and fine-tuning; [`shrink`]: distillation,
 //!   ALBERT-style compression, quantization.
 
+pub mod batching;
 pub mod bench;
 pub mod checkpoint;
 pub mod compare;

@@ -1,15 +1,19 @@
 //! The tasks behind `encode`, `embed`, `classify`, `tag` and `fill-mask`: texts in,
-//! serializable results out, batched. Shared by the command line and the server.
+//! serializable results out, in length-sorted batches ([`crate::batching`]).
+//! Shared by the command line and the server.
 
+use crate::batching::{self, BatchLimits};
 use crate::heads::{MaskedLmHead, ProblemType, SequenceClassifier, TokenClassifier};
 use crate::model::Model;
 use crate::pooling::{self, EmbeddingSettings};
 use crate::tokenize::{Encoded, TextInput, TextTokenizer};
 use crate::{Error, Result};
 use candle_core::{Device, IndexOp, Tensor};
+use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::mpsc;
 
 /// How texts longer than the model allows are handled.
 #[derive(Debug, Clone, Copy, Default)]
@@ -45,11 +49,16 @@ impl Pipeline {
             None => [model_limit, extra_limit].into_iter().flatten().min(),
         };
         let tokenizer = TextTokenizer::load(dir, &model.config, max_len, !limit.no_truncate)?;
-        Ok(Self {
+        Ok(Self::new(model, tokenizer))
+    }
+
+    /// A loaded model with the tokenizer to feed it.
+    pub fn new(model: Model, tokenizer: TextTokenizer) -> Self {
+        Self {
             model,
             tokenizer,
             device: Device::Cpu,
-        })
+        }
     }
 
     /// Runs the encoder on already tokenized texts; one [n_tokens, hidden] tensor
@@ -71,40 +80,191 @@ impl Pipeline {
             .collect()
     }
 
-    /// Tokenizes every input and checks it with `check`, then runs `task` once
-    /// over those that passed; each input gets its own result, in input order,
-    /// with the length it was truncated from, if it was.
-    pub fn run<T>(
+    /// Runs `task` over the texts in length-sorted batches under `limits`; each
+    /// text gets its own result, in the texts' order. A batch that fails gives
+    /// its error to each of its texts; the other batches still run.
+    pub fn run_packed<T>(
         &self,
-        inputs: &[TextInput],
-        check: impl Fn(&Encoded) -> Result<()>,
-        task: impl FnOnce(&[&Encoded], Vec<Tensor>) -> Result<Vec<T>>,
-    ) -> Vec<Result<(T, Option<usize>)>> {
-        let encoded: Vec<Result<Encoded>> = inputs
-            .iter()
-            .map(|i| self.tokenizer.encode(i).and_then(|e| check(&e).map(|_| e)))
-            .collect();
-        let ok: Vec<&Encoded> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
-        let outputs = self.hidden_states(&ok).and_then(|hidden| task(&ok, hidden));
-        let mut outputs = match outputs {
-            Ok(outputs) => outputs.into_iter(),
-            Err(e) => {
-                let message = e.to_string();
-                return encoded
-                    .into_iter()
-                    .map(|r| r.and(Err(Error::Input(message.clone()))))
-                    .collect();
+        texts: &[&Encoded],
+        limits: BatchLimits,
+        task: impl Fn(&[&Encoded], Vec<Tensor>) -> Result<Vec<T>>,
+    ) -> Vec<std::result::Result<T, String>> {
+        let mut results: Vec<Option<std::result::Result<T, String>>> =
+            std::iter::repeat_with(|| None).take(texts.len()).collect();
+        for (batch, group) in batching::batches(texts, |t| t.ids.len(), limits) {
+            let group: Vec<&Encoded> = group.into_iter().copied().collect();
+            let outputs = self
+                .hidden_states(&group)
+                .and_then(|hidden| task(&group, hidden));
+            match outputs {
+                Ok(outputs) => {
+                    assert_eq!(outputs.len(), batch.len(), "one output per text");
+                    for (&i, out) in batch.iter().zip(outputs) {
+                        results[i] = Some(Ok(out));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for &i in &batch {
+                        results[i] = Some(Err(message.clone()));
+                    }
+                }
             }
-        };
-        encoded
+        }
+        results
             .into_iter()
-            .map(|r| {
-                let e = r?;
-                let out = outputs.next().expect("one output per encoded text");
-                Ok((out, e.truncated_from))
-            })
+            .map(|r| r.expect("every text is in one batch"))
             .collect()
     }
+
+    /// Streams `items` through `task` and hands each result to `sink` in input
+    /// order, as three stages joined by queues of one window each, so the model
+    /// runs while the next window is read and tokenized and the last one is
+    /// written. Reading: up to `options.window` items, tokenized in parallel and
+    /// checked with `check`; the model: length-sorted batches under
+    /// `options.limits`; writing: `sink`, on a thread of its own. Memory is
+    /// bounded by a few windows however long the input.
+    ///
+    /// An item is a payload the sink gets back (the row's id and text) and the
+    /// input, or why the row is unusable; its result is the task's output and the
+    /// token count it was truncated from, or the row's error. An `Err` item (a
+    /// read failure) or a sink error stops the stream after the results before it
+    /// are written, and is returned.
+    pub fn stream<P: Send, T: Send>(
+        &self,
+        items: impl Iterator<Item = Result<StreamItem<P>>> + Send,
+        options: StreamOptions,
+        check: impl Fn(&Encoded) -> Result<()> + Sync,
+        task: impl Fn(&[&Encoded], Vec<Tensor>) -> Result<Vec<T>>,
+        sink: impl FnMut(P, StreamResult<T>) -> Result<()> + Send,
+    ) -> Result<()> {
+        let window = options.window.max(1);
+        let (to_model, tokenized) = mpsc::sync_channel::<Window<P>>(1);
+        let (to_sink, finished) = mpsc::sync_channel::<Vec<(P, StreamResult<T>)>>(1);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| self.read_windows(items, window, &check, to_model));
+            let writer = scope.spawn(|| write_windows(finished, sink));
+            for Window { rows, encoded } in tokenized {
+                let ok: Vec<&Encoded> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
+                let mut outputs = self.run_packed(&ok, options.limits, &task).into_iter();
+                let results = rows
+                    .into_iter()
+                    .zip(encoded.iter())
+                    .map(|(payload, e)| {
+                        let result = match e {
+                            Ok(e) => outputs
+                                .next()
+                                .expect("one output per encoded text")
+                                .map(|out| (out, e.truncated_from)),
+                            Err(message) => Err(message.clone()),
+                        };
+                        (payload, result)
+                    })
+                    .collect();
+                if to_sink.send(results).is_err() {
+                    break; // the sink failed: its error is returned below
+                }
+            }
+            drop(to_sink);
+            let written = writer.join().expect("the writing stage does not panic");
+            let read = reader.join().expect("the reading stage does not panic");
+            written.and(read)
+        })
+    }
+
+    /// The reading stage of [`Pipeline::stream`].
+    fn read_windows<P>(
+        &self,
+        mut items: impl Iterator<Item = Result<StreamItem<P>>>,
+        window: usize,
+        check: &(impl Fn(&Encoded) -> Result<()> + Sync),
+        to_model: mpsc::SyncSender<Window<P>>,
+    ) -> Result<()> {
+        loop {
+            let mut rows = Vec::with_capacity(window);
+            let mut inputs = Vec::with_capacity(window);
+            let mut failure = None;
+            for item in items.by_ref().take(window) {
+                match item {
+                    Ok(StreamItem { payload, input }) => {
+                        rows.push(payload);
+                        inputs.push(input);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if rows.is_empty() {
+                return failure.map_or(Ok(()), Err);
+            }
+            let encoded = inputs
+                .into_par_iter()
+                .map(|input| {
+                    let input = input?;
+                    self.tokenizer
+                        .encode(&input)
+                        .and_then(|e| check(&e).map(|_| e))
+                        .map_err(|e| e.to_string())
+                })
+                .collect();
+            if to_model.send(Window { rows, encoded }).is_err() {
+                return Ok(()); // the model stage stopped: the sink's error says why
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// One row of a stream: what the sink gets back, and the input or why the row
+/// cannot run.
+pub struct StreamItem<P> {
+    pub payload: P,
+    pub input: std::result::Result<TextInput, String>,
+}
+
+/// A row's result: the task's output and the token count it was truncated
+/// from, or the row's error.
+pub type StreamResult<T> = std::result::Result<(T, Option<usize>), String>;
+
+/// How [`Pipeline::stream`] reads ahead and batches.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamOptions {
+    /// Rows read, tokenized and sorted together; results are written a window at
+    /// a time.
+    pub window: usize,
+    pub limits: BatchLimits,
+}
+
+impl Default for StreamOptions {
+    fn default() -> Self {
+        StreamOptions {
+            window: 4096,
+            limits: BatchLimits::DEFAULT,
+        }
+    }
+}
+
+/// A window of tokenized rows on its way to the model.
+struct Window<P> {
+    rows: Vec<P>,
+    encoded: Vec<std::result::Result<Encoded, String>>,
+}
+
+/// The writing stage of [`Pipeline::stream`]: stops at the sink's first error.
+fn write_windows<P, T>(
+    finished: mpsc::Receiver<Vec<(P, StreamResult<T>)>>,
+    mut sink: impl FnMut(P, StreamResult<T>) -> Result<()>,
+) -> Result<()> {
+    for results in finished {
+        for (payload, result) in results {
+            sink(payload, result)?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -11,6 +11,7 @@ use super::student::{
     evenly_spaced_layers, from_teacher_layers, layer_count, write_checkpoint, StudentCheckpoint,
 };
 use super::teacher_cache::{self, TeacherOutputs};
+use crate::batching::{self, BatchLimits};
 use crate::heads::{Labels, MaskedLmHead, ProblemType, SequenceClassifier};
 use crate::model::Model;
 use crate::models::Batch;
@@ -291,10 +292,10 @@ impl DistillTask {
             unreachable!("general mode")
         };
         let (mut cos_sum, mut n) = (0f64, 0f64);
-        let refs: Vec<&DistillExample> = dev.iter().collect();
-        for chunk in refs.chunks(self.eval_batch.max(1)) {
-            let tokens: usize = chunk.iter().map(|e| e.encoded.ids.len()).sum();
-            let (_, _, cos) = self.general_terms(chunk, None, true)?;
+        let limits = BatchLimits::rows(self.eval_batch);
+        for (_, batch) in batching::batches(dev, |e| e.encoded.ids.len(), limits) {
+            let tokens: usize = batch.iter().map(|e| e.encoded.ids.len()).sum();
+            let (_, _, cos) = self.general_terms(&batch, None, true)?;
             if let Some(c) = cos {
                 cos_sum += (1.0 - c.to_scalar::<f32>()? as f64) * tokens as f64;
                 n += tokens as f64;
@@ -443,8 +444,8 @@ fn max_len_for(opts: &DistillOptions, model: &Model) -> Result<usize> {
         .unwrap_or_else(|| limit.map_or(DEFAULT_MAX_LEN, |m| m.min(DEFAULT_MAX_LEN))))
 }
 
-/// The teacher's logits (and real-token hidden states, f16) on `examples`, longest
-/// first in batches.
+/// The teacher's logits (and real-token hidden states, f16) on `examples`, in
+/// length-sorted batches.
 fn teacher_outputs(
     teacher: &Teacher,
     head: &SequenceClassifier,
@@ -452,16 +453,17 @@ fn teacher_outputs(
     with_hidden: bool,
     batch: usize,
 ) -> Result<TeacherOutputs> {
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(examples[i].encoded.ids.len()));
     let mut logits: Vec<Option<Tensor>> = vec![None; examples.len()];
     let mut hidden: Vec<Option<Tensor>> = vec![None; examples.len()];
     let started = std::time::Instant::now();
-    for (done, chunk) in order.chunks(batch.max(1)).enumerate() {
-        let texts: Vec<&Encoded> = chunk.iter().map(|&i| &examples[i].encoded).collect();
+    let (mut ran, limits) = (0, BatchLimits::rows(batch));
+    let packed = batching::batches(examples, |e| e.encoded.ids.len(), limits);
+    for (done, (indices, group)) in packed.enumerate() {
+        let texts: Vec<&Encoded> = group.iter().map(|e| &e.encoded).collect();
         let (h, b) = teacher.hidden(&texts)?;
         let l = head.forward(&h)?;
-        for (k, &i) in chunk.iter().enumerate() {
+        ran += indices.len();
+        for (k, &i) in indices.iter().enumerate() {
             logits[i] = Some(l.get(k)?);
             if with_hidden {
                 let one = real_rows(&h.narrow(0, k, 1)?, &b.attention_mask.narrow(0, k, 1)?)?;
@@ -471,7 +473,7 @@ fn teacher_outputs(
         if done % 20 == 0 {
             tracing::info!(
                 "teacher outputs: {}/{} examples ({:.0}s)",
-                (done * batch).min(examples.len()),
+                ran,
                 examples.len(),
                 started.elapsed().as_secs_f64()
             );

@@ -4,6 +4,7 @@
 use super::data::{self, Columns, Row};
 use super::save::{save_sequence_classifier, SEQUENCE_HEAD_PREFIXES};
 use super::trainer::{self, Metrics, RunOptions, TrainConfig, TrainOutcome, TrainTask};
+use crate::batching::{self, BatchLimits};
 use crate::heads::{Labels, ProblemType, SequenceClassifier};
 use crate::model::Model;
 use crate::rng::{Rng, TrainRng};
@@ -71,18 +72,18 @@ impl ClassificationTask {
 
     /// Accuracy, macro-F1, MCC and mean loss over `examples`, dropout off.
     pub fn evaluate_on(&self, examples: &[Example]) -> Result<Metrics> {
-        let mut preds = Vec::with_capacity(examples.len());
+        let mut preds = vec![0u32; examples.len()];
         let mut loss_sum = 0f64;
-        let refs: Vec<&Example> = examples.iter().collect();
-        for chunk in refs.chunks(self.eval_batch.max(1)) {
-            let logits = self.logits(chunk, None)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &Self::targets(chunk)?)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-            for row in logits.to_vec2::<f32>()? {
+        let limits = BatchLimits::rows(self.eval_batch);
+        for (indices, batch) in batching::batches(examples, |e| e.encoded.ids.len(), limits) {
+            let logits = self.logits(&batch, None)?;
+            let loss = candle_nn::loss::cross_entropy(&logits, &Self::targets(&batch)?)?;
+            loss_sum += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
+            for (i, row) in indices.into_iter().zip(logits.to_vec2::<f32>()?) {
                 let best = (0..row.len())
                     .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
                     .unwrap_or(0);
-                preds.push(best as u32);
+                preds[i] = best as u32;
             }
         }
         let gold: Vec<u32> = examples.iter().map(|e| e.label).collect();
