@@ -87,6 +87,13 @@ if any(rss.values()):
 if text("load.txt"):
     print(f"Load (`cargo run --release -p slimformer --example load`, median of 10): {text('load.txt')}.")
 try:
+    # The whole-job section is scripts/bench_jobs.sh's; it keeps its place between these markers.
+    jobs = open("docs/PERFORMANCE-jobs.md").read().rstrip()
+    print()
+    print(f"<!-- whole-jobs -->\n{jobs}\n<!-- /whole-jobs -->")
+except OSError:
+    pass
+try:
     print()
     print(open("docs/PERFORMANCE-notes.md").read().rstrip())
 except OSError:

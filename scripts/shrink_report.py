@@ -90,7 +90,7 @@ rows = [
     ("3-layer student before distillation (layers 0,2,5 of the teacher)", "distil3-before"),
     ("3-layer DistilBERT student (layers 0,2,5), 3 epochs", "distil3"),
     ("ALBERT-style: E=128, all shared in 3 groups, 3 epochs", "albert-e128-all-g3"),
-    ("the same from the SVD start alone (no embedding fit; fourth session)", "albert-e128-all-g3-svd"),
+    ("the same from the SVD start alone (no embedding fit)", "albert-e128-all-g3-svd"),
     ("teacher, int8", "teacher-int8"),
     ("3-layer student, int8", "distil3-int8"),
 ]
@@ -120,7 +120,7 @@ for label, name in rows:
 w("")
 w("Rows marked — share the architecture (and so the speed) of the timed row beside them.")
 w("")
-w("Targets (issue 4): 3-layer student ≥ 97% of the teacher's accuracy and ≥ 1.8× its")
+w("Targets: 3-layer student ≥ 97% of the teacher's accuracy and ≥ 1.8× its")
 w("speed; ALBERT-style student ≥ 95% of the accuracy at ≤ 45% of the parameters; int8")
 w("≤ 1 point accuracy loss at ≤ 30% of the fp32 size.")
 w("")

@@ -5,13 +5,14 @@ use crate::input::InputArgs;
 use anyhow::Context;
 use candle_core::Tensor;
 use serde::Serialize;
+use slimformer::batching::BatchLimits;
 use slimformer::heads::{MaskedLmHead, ProblemType, SequenceClassifier, TokenClassifier};
 use slimformer::pipeline::{self, LengthLimit, StreamItem};
 use slimformer::pooling::{EmbeddingSettings, Pooling};
 use slimformer::tokenize::Encoded;
 use slimformer::{hub, params, Model, Pipeline};
-use slimformer_corpus::{Columnar, Shape, Writer};
-use std::path::PathBuf;
+use slimformer_corpus::{ColumnNames, Columnar, Shape, Writer};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -74,6 +75,11 @@ pub struct BenchArgs {
     /// Print a JSON array.
     #[arg(long)]
     pub json: bool,
+    /// Time forward passes over this file's texts instead (.txt, .csv, .tsv,
+    /// .jsonl or .parquet; the texts in `text`), tokenized, truncated and packed as
+    /// `embed --input` packs them; one run is a pass over every batch.
+    #[arg(long, value_name = "FILE", conflicts_with = "shapes")]
+    pub input: Option<PathBuf>,
 }
 
 pub fn parse_shape(s: &str) -> Result<(usize, usize), String> {
@@ -358,8 +364,11 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let dir = model_dir(&args.model)?;
-    let model = Model::load(&dir)?;
     let threads = candle_core::utils::get_num_threads();
+    if let Some(path) = &args.input {
+        return bench_corpus(&dir, path, &args, threads);
+    }
+    let model = Model::load(&dir)?;
     let mut results = Vec::new();
     for &shape in &args.shapes {
         let r = slimformer::bench::bench_shape(
@@ -380,6 +389,52 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.json {
         println!("{}", serde_json::to_string(&results)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench --input`: the model stage of `embed --input FILE` alone.
+fn bench_corpus(
+    dir: &Path,
+    path: &Path,
+    args: &BenchArgs,
+    threads: usize,
+) -> anyhow::Result<ExitCode> {
+    let settings = EmbeddingSettings::from_dir(dir)?;
+    let pipeline = Pipeline::load(dir, LengthLimit::default(), settings.max_seq_length)?;
+    let source = slimformer_corpus::Source::File(path.to_path_buf());
+    let mut texts = Vec::new();
+    for row in slimformer_corpus::input::open(&source, false, &ColumnNames::default())? {
+        let row = row?;
+        let input = row
+            .input
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        texts.push(input);
+    }
+    if texts.is_empty() {
+        anyhow::bail!("{}: no texts", path.display());
+    }
+    let encoded = texts
+        .iter()
+        .map(|t| pipeline.tokenizer.encode(t))
+        .collect::<slimformer::Result<Vec<_>>>()?;
+    let r = slimformer::bench::bench_packed(
+        &pipeline,
+        &encoded,
+        BatchLimits::DEFAULT,
+        args.warmup as usize,
+        args.runs as usize,
+        threads,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} texts, {} tokens ({} padded) in {} batches  {}  threads {}  median {:.3} s  p95 {:.3} s  \
+             ({} runs)  {:.0} texts/s  {:.0} tokens/s",
+            r.texts, r.tokens, r.padded_tokens, r.batches, r.precision, r.threads, r.median_s,
+            r.p95_s, r.runs, r.texts_per_s, r.tokens_per_s
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

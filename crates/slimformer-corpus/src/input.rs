@@ -208,6 +208,24 @@ fn position(path: &Path, header: &[String], name: &str, flag: &str) -> Result<us
     })
 }
 
+/// Where the text, pair and id columns sit in `header`.
+fn positions(
+    path: &Path,
+    header: &[String],
+    columns: &ColumnNames,
+) -> Result<(usize, Option<usize>, Option<usize>)> {
+    let optional = |name: &Option<String>, flag| {
+        name.as_ref()
+            .map(|name| position(path, header, name, flag))
+            .transpose()
+    };
+    Ok((
+        position(path, header, &columns.text, "--text-col")?,
+        optional(&columns.pair, "--pair-col")?,
+        optional(&columns.id, "--id-col")?,
+    ))
+}
+
 fn delimited(file: File, path: &Path, delimiter: u8, columns: &ColumnNames) -> Result<Rows> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -219,15 +237,7 @@ fn delimited(file: File, path: &Path, delimiter: u8, columns: &ColumnNames) -> R
         .iter()
         .map(|h| String::from_utf8_lossy(h).trim().to_string())
         .collect();
-    let text = position(path, &header, &columns.text, "--text-col")?;
-    let pair = match &columns.pair {
-        Some(name) => Some(position(path, &header, name, "--pair-col")?),
-        None => None,
-    };
-    let id = match &columns.id {
-        Some(name) => Some(position(path, &header, name, "--id-col")?),
-        None => None,
-    };
+    let (text, pair, id) = positions(path, &header, columns)?;
     let path = path.to_path_buf();
     let mut records = reader.into_byte_records();
     Ok(Box::new(std::iter::from_fn(move || {
@@ -324,15 +334,7 @@ fn parquet_rows(file: File, path: &Path, columns: ColumnNames) -> Result<Rows> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(&e))?;
     let schema = builder.schema().clone();
     let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
-    let text = position(path, &header, &columns.text, "--text-col")?;
-    let pair = match &columns.pair {
-        Some(name) => Some(position(path, &header, name, "--pair-col")?),
-        None => None,
-    };
-    let id = match &columns.id {
-        Some(name) => Some(position(path, &header, name, "--id-col")?),
-        None => None,
-    };
+    let (text, pair, id) = positions(path, &header, &columns)?;
     // Read only the columns used; the projected batch keeps the file's order.
     let mut wanted: Vec<usize> = [Some(text), pair, id].into_iter().flatten().collect();
     wanted.sort_unstable();

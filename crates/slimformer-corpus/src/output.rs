@@ -462,3 +462,67 @@ impl Parquet {
         self.pending.commit(file)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn row(i: usize) -> Row {
+        Row {
+            id: Some(format!("id{i}")),
+            text: format!("text {i}"),
+            input: Err(String::new()),
+        }
+    }
+
+    #[test]
+    fn a_large_parquet_output_is_written_in_bounded_row_groups_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.parquet");
+        let rows = PARQUET_ROW_GROUP + 904;
+        let mut writer = Writer::create(Some(&path), Shape::Embedding { dim: 3 }, true).unwrap();
+        for i in 0..rows {
+            let output = EmbedOutput {
+                embedding: vec![i as f32, 0.5, -1.0],
+            };
+            // One row in the middle failed: it keeps its place, with its error.
+            let result = if i == 7 { Err("too long") } else { Ok(&output) };
+            writer.write(&row(i), result).unwrap();
+        }
+        assert!(!path.exists(), "the file appears only when it is complete");
+        writer.finish().unwrap();
+
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap()).unwrap();
+        assert_eq!(builder.metadata().num_row_groups(), 2);
+        let mut seen = 0;
+        for batch in builder.build().unwrap() {
+            let batch = batch.unwrap();
+            let ids = batch.column_by_name("id").unwrap();
+            let ids = ids.as_any().downcast_ref::<StringArray>().unwrap();
+            let vectors = batch.column_by_name("embedding").unwrap();
+            let vectors = vectors
+                .as_any()
+                .downcast_ref::<FixedSizeListArray>()
+                .unwrap();
+            let errors = batch.column_by_name("error").unwrap();
+            let errors = errors.as_any().downcast_ref::<StringArray>().unwrap();
+            for j in 0..batch.num_rows() {
+                let i = seen + j;
+                assert_eq!(ids.value(j), format!("id{i}"));
+                if i == 7 {
+                    assert!(vectors.is_null(j));
+                    assert_eq!(errors.value(j), "too long");
+                } else {
+                    let v = vectors.value(j);
+                    let v = v.as_any().downcast_ref::<Float32Array>().unwrap();
+                    assert_eq!(v.values(), &[i as f32, 0.5, -1.0]);
+                    assert!(errors.is_null(j));
+                }
+            }
+            seen += batch.num_rows();
+        }
+        assert_eq!(seen, rows);
+    }
+}
