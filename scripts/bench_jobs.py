@@ -160,7 +160,8 @@ def render(out_dir: str) -> None:
     if walls("classify") and walls("classify-ref"):
         p("### Classifying the corpus")
         p()
-        p(f"all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes with `slimformer finetune` ({meta.get('classifier', '')}); "
+        trained = (d / "classifier.txt").read_text().strip() if (d / "classifier.txt").exists() else ""
+        p(f"all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes with `slimformer finetune` ({trained}); "
           "the same checkpoint loaded by transformers.")
         p()
         p("| job | whole process, s (range) | texts/s | in-Python run only, s |")

@@ -73,8 +73,6 @@ out, threads = sys.argv[1], int(sys.argv[2])
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 bench = json.load(open(f"{out}/bench-input.json"))
 meta = {"threads": threads, "cores": os.cpu_count(), "cpu": cpu, "tokens": bench["tokens"], "bench_input": bench}
-if os.path.exists(f"{out}/classifier.txt"):
-    meta["classifier"] = open(f"{out}/classifier.txt").read().strip()
 json.dump(meta, open(f"{out}/meta.json", "w"), indent=1)
 PY
 
@@ -105,9 +103,9 @@ if has classify; then
     $SF --threads "$THREADS" finetune "$MODEL" --train assets/data/rotten_tomatoes/train.csv \
       --dev assets/data/rotten_tomatoes/dev.csv --epochs 1 --max-steps 200 --batch 32 --max-len 128 \
       --out "$OUT/finetune" --overwrite > "$OUT/finetune.json" 2> "$OUT/finetune.log"
-    rm -rf "$CLASSIFIER" && cp -r "$OUT/finetune/best" "$CLASSIFIER"
+    rm -rf "$CLASSIFIER" && cp -r "$OUT/finetune" "$CLASSIFIER" && rm -rf "$CLASSIFIER/resume"
     python3 -c "import json,sys; r=json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); \
-print(f\"200 steps of batch 32, dev accuracy {r['dev']['accuracy']:.3f}\")" "$OUT/finetune.json" \
+print(f\"200 steps of batch 32; dev accuracy {r['dev']['accuracy']:.3f}\")" "$OUT/finetune.json" \
       > "$OUT/classifier.txt" || true
   fi
   for r in $(seq 1 "$ROUNDS"); do

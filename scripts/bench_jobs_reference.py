@@ -147,7 +147,9 @@ def run_classify(args) -> None:
     classifier = pipeline("text-classification", model=args.model, device="cpu")
     loaded = time.perf_counter()
     labels = [classifier.model.config.id2label[i] for i in range(classifier.model.config.num_labels)]
-    results = classifier(texts, batch_size=BATCH, truncation=True, max_length=MAX_LEN, top_k=None)
+    # Truncated at the tokenizer's model_max_length (512 here), the model's position limit, as
+    # `slimformer classify` truncates; MAX_LEN is sentence-transformers' limit for embeddings.
+    results = classifier(texts, batch_size=BATCH, truncation=True, top_k=None)
     done = time.perf_counter()
     scores = np.array([[{r["label"]: r["score"] for r in row}[label] for label in labels] for row in results])
     save_npy(args.out, scores)
@@ -197,7 +199,7 @@ def run_check(args) -> None:
         frame = pd.read_parquet(parquet)
         vectors = np.stack(frame["embedding"].to_numpy())
         polars_rows = pl.read_parquet(parquet).height
-        duck_rows = duckdb.sql(f"select count(*) from read_parquet('{parquet}')").fetchone()[0]
+        duck_rows = duckdb.sql(f"select count(*) from read_parquet('{parquet}')").fetchall()[0][0]
         checks["parquet"] = {
             "pandas_rows": int(len(frame)), "polars_rows": int(polars_rows), "duckdb_rows": int(duck_rows),
             "columns": list(frame.columns),

@@ -3,7 +3,8 @@
 -- POST /v1/embed, and the results print as one JSON line with texts/s beside requests/s.
 --   CORPUS=runs/bench-jobs/corpus.jsonl wrk -t1 -c32 -d20s -s scripts/wrk_corpus.lua URL
 local texts = {}
-local sent_requests, sent_texts = 0, 0
+-- Globals, so that done() can read each thread's counts with thread:get.
+sent_requests, sent_texts = 0, 0
 local threads = {}
 
 function setup(thread)

@@ -108,6 +108,8 @@ fn limit(args: &TaskArgs) -> LengthLimit {
 /// states until its window is written, so it reads fewer texts at a time.
 const WINDOW: usize = 4096;
 const ENCODE_WINDOW: usize = 256;
+/// Truncated texts warned about one by one; the rest are counted.
+const TRUNCATION_WARNINGS: usize = 5;
 
 /// Streams the inputs through `task` ([`Pipeline::stream`]: read ahead, sorted by
 /// length, batched under a token budget) and writes one result per input, in
@@ -133,7 +135,7 @@ fn stream<T: Columnar + Send>(
         })
     });
     let max_len = pipeline.tokenizer.max_len();
-    let (mut seen, mut failed) = (0usize, 0usize);
+    let (mut seen, mut failed, mut truncated) = (0usize, 0usize, 0usize);
     pipeline.stream(
         items,
         input.stream_options(window),
@@ -144,11 +146,15 @@ fn stream<T: Columnar + Send>(
             match result {
                 Ok((output, truncated_from)) => {
                     if let Some(n) = truncated_from {
-                        eprintln!(
-                            "slimformer: warning: text {seen} has {n} tokens, truncated to {} \
-                             (--no-truncate makes this an error)",
-                            max_len.unwrap_or(n)
-                        );
+                        truncated += 1;
+                        // The first few by line, then a count: a corpus can hold millions.
+                        if truncated <= TRUNCATION_WARNINGS {
+                            eprintln!(
+                                "slimformer: warning: text {seen} has {n} tokens, truncated to {} \
+                                 (--no-truncate makes this an error)",
+                                max_len.unwrap_or(n)
+                            );
+                        }
                     }
                     writer.write(&row, Ok(&output))
                 }
@@ -162,6 +168,13 @@ fn stream<T: Columnar + Send>(
     )?;
     if seen == 0 {
         anyhow::bail!("no input texts");
+    }
+    if truncated > TRUNCATION_WARNINGS {
+        eprintln!(
+            "slimformer: warning: {truncated} of {seen} texts were truncated to {} tokens \
+             (warnings for the first {TRUNCATION_WARNINGS} above)",
+            max_len.unwrap_or(0)
+        );
     }
     writer.finish()?;
     Ok(if failed > 0 {

@@ -371,6 +371,25 @@ fn tensor_of_the_wrong_shape() {
 }
 
 #[test]
+fn many_truncated_texts_warn_a_few_times_then_give_a_count() {
+    let model = fixture("bert-base");
+    let long = "word ".repeat(200);
+    let mut args = vec!["encode", dir_str(&model), "--text", "fine"];
+    for _ in 0..7 {
+        args.extend(["--text", long.as_str()]);
+    }
+    let out = slimformer(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("tokens, truncated to 64").count(), 5, "{err}");
+    assert!(
+        err.contains("7 of 8 texts were truncated to 64 tokens"),
+        "{err}"
+    );
+    assert_eq!(json_lines(&out).len(), 8);
+}
+
+#[test]
 fn too_long_text_is_truncated_with_a_warning_or_rejected() {
     let model = fixture("bert-base");
     let long = "word ".repeat(200);

@@ -9,8 +9,9 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Storage, 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
-/// The arithmetic of every linear layer at inference, for the whole process
-/// (`slimformer --precision`): weights and training are f32 either way.
+/// The arithmetic of every linear layer for the whole process (`slimformer
+/// --precision`): weights are stored f32 either way; training runs its products
+/// in bf16 under `Bf16` and in f32 otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     Fp32,

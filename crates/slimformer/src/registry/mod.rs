@@ -8,8 +8,8 @@
 //! ```
 //!
 //! The pointer is replaced atomically (written to a temporary file, synced,
-//! renamed), so a reader sees the old version or the new one, never a mix. The
-//! retraining issue adds its metadata beside this layout.
+//! renamed), so a reader sees the old version or the new one, never a mix.
+//! Scheduled retraining keeps its metadata beside this layout (`db`).
 
 use crate::io::write_atomic;
 use crate::{Error, Result};
