@@ -185,7 +185,7 @@ def render(out_dir: str) -> None:
         p(f"`slimformer serve` against the FastAPI + transformers reference (`scripts/serve_reference.py`), "
           f"{threads} inference threads each, one after the other per round; `wrk` (one thread, on the same machine) "
           "posts `POST /v1/embed` with 1–16 texts drawn at random from the corpus per request "
-          "(`scripts/wrk_corpus.lua`). Latency in ms.")
+          "(`scripts/wrk_corpus.lua`); texts/s is requests/s times the mean texts per request sent. Latency in ms.")
         p()
         p("| clients | service | round | requests/s | texts/s | p50 | p99 | p99/p50 | errors |")
         p("|---|---|---|---|---|---|---|---|---|")

@@ -114,7 +114,8 @@ def run_ort(args) -> None:
     encodings = tokenizer.encode_batch(texts)  # parallel in Rust
     tokenized = time.perf_counter()
     order = np.argsort([len(e.ids) for e in encodings], kind="stable")
-    out = np.empty((len(texts), session.get_outputs()[0].shape[-1] or 384), dtype=np.float32)
+    hidden_size = json.loads((Path(args.model) / "config.json").read_text())["hidden_size"]
+    out = np.empty((len(texts), hidden_size), dtype=np.float32)
     for start in range(0, len(order), BATCH):
         rows = order[start:start + BATCH]
         width = max(len(encodings[i].ids) for i in rows)
