@@ -2,9 +2,9 @@
 //! each (so each peak memory is its own), into a report folder.
 
 use crate::train_cmd::ColumnFlags;
-use slimformer::compare::{measure, ChildRunner, MeasureOptions};
-use slimformer::report::write_report;
-use std::path::PathBuf;
+use slimformer_study::compare::{measure, measure_all, MeasureOptions, MeasureRunner, Measurement};
+use slimformer_study::report::write_report;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -80,7 +80,7 @@ pub fn compare(args: CompareArgs, threads: Option<usize>) -> anyhow::Result<Exit
     if let Ok(style) = indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}") {
         bar.set_style(style.progress_chars("=> "));
     }
-    let outcomes = runner.run(&args.models, &opts, |i, model| {
+    let outcomes = measure_all(&runner, &args.models, &opts, |i, model| {
         bar.set_position(i as u64);
         bar.set_message(model.display().to_string());
     });
@@ -101,4 +101,57 @@ pub fn compare(args: CompareArgs, threads: Option<usize>) -> anyhow::Result<Exit
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Measures each model in a child process (`slimformer compare-one`), so that the
+/// peak memory it reports is that model's alone.
+pub struct ChildRunner {
+    pub exe: PathBuf,
+    pub threads: Option<usize>,
+}
+
+impl MeasureRunner for ChildRunner {
+    fn measure(&self, model: &Path, opts: &MeasureOptions) -> Result<Measurement, String> {
+        let shapes: Vec<String> = opts
+            .shapes
+            .iter()
+            .map(|(b, l)| format!("{b}x{l}"))
+            .collect();
+        let mut cmd = std::process::Command::new(&self.exe);
+        // The child measures in this process's precision.
+        cmd.args(["--precision", &slimformer::layers::precision().to_string()]);
+        if let Some(t) = self.threads {
+            cmd.args(["--threads", &t.to_string()]);
+        }
+        cmd.arg("compare-one")
+            .arg(model)
+            .arg("--eval")
+            .arg(&opts.eval)
+            .args(["--text-col", &opts.columns.text])
+            .args(["--label-col", &opts.columns.label])
+            .args(["--runs", &opts.runs.to_string()])
+            .args(["--warmup", &opts.warmup.to_string()])
+            .args(["--shapes", &shapes.join(",")]);
+        if let Some(pair) = &opts.columns.text_pair {
+            cmd.args(["--text-pair-col", pair]);
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
+        // The child prints its measurement as the last line of stdout, and its
+        // error as `slimformer: error: …` on stderr.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let parsed = stdout
+            .lines()
+            .last()
+            .and_then(|l| serde_json::from_str::<Measurement>(l).ok());
+        match (out.status.success(), parsed) {
+            (true, Some(m)) => Ok(m),
+            _ => Err(String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .find_map(|l| l.strip_prefix("slimformer: error: "))
+                .unwrap_or("the measurement failed")
+                .to_string()),
+        }
+    }
 }

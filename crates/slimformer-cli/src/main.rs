@@ -137,8 +137,37 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("slimformer: error: {e:#}");
+            eprintln!("slimformer: error: {}", describe(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error as the user should read it: a library setting named by its flag
+/// (`max_len` → `--max-len`), a text too long with the flags that change it.
+fn describe(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<slimformer::Error>() {
+        Some(slimformer::Error::Setting {
+            name,
+            value,
+            problem,
+        }) => {
+            let value = value.as_ref().map(|v| format!(" {v}")).unwrap_or_default();
+            format!("{}{value}: {problem}", flag_of(name))
+        }
+        Some(too_long @ slimformer::Error::TooLong { .. }) => {
+            format!("{too_long}; raise --max-len, or leave out --no-truncate")
+        }
+        _ => format!("{e:#}"),
+    }
+}
+
+/// The command-line flag of a library setting.
+fn flag_of(setting: &str) -> String {
+    match setting {
+        "dev" => "--dev FILE or --dev-split FRACTION".into(),
+        "corpus" => "--corpus FILE".into(),
+        "alpha_hard" => "--alpha-task/--alpha-mlm".into(),
+        other => format!("--{}", other.replace('_', "-")),
     }
 }

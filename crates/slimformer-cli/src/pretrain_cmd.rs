@@ -3,7 +3,7 @@
 
 use crate::train_flags::{Schedule, TrainingFlags};
 use slimformer::models::Family;
-use slimformer::train::pretrain::{self, ModelShape, PretrainOptions, TokenizerSource};
+use slimformer_train::pretrain::{self, ModelShape, PretrainOptions, TokenizerSource};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;

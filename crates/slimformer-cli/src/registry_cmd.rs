@@ -1,8 +1,8 @@
 //! `slimformer registry` and `slimformer retrain`: versions, promotion, rollback, and
 //! scheduled retraining with a quality gate.
 
-use slimformer::registry::Registry;
-use slimformer::retrain::{self, RetrainConfig};
+use slimformer_registry::Registry;
+use slimformer_retrain::{self as retrain, RetrainConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

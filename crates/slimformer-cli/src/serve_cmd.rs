@@ -96,7 +96,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let retrainer = match &args.retrain_config {
         Some(path) => {
             // Checked now, so a bad file stops the start instead of a silent child.
-            slimformer::retrain::RetrainConfig::load(path)?;
+            slimformer_retrain::RetrainConfig::load(path)?;
             Some(Retrainer::start(path, args.retrain_threads)?)
         }
         None => None,

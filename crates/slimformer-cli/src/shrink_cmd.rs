@@ -2,12 +2,12 @@
 
 use crate::train_cmd::ColumnFlags;
 use crate::train_flags::{ScheduleFlags, TrainingFlags};
-use slimformer::shrink::compress::{self, CompressOptions, ShareInit, Sharing};
-use slimformer::shrink::distill::{self, DistillData, DistillOptions, StudentSpec};
-use slimformer::shrink::embedding_fit::{self, EmbeddingFitOptions};
-use slimformer::shrink::losses::DistillWeights;
-use slimformer::shrink::quantize::{self, QuantMode};
-use slimformer::shrink::student::write_checkpoint;
+use slimformer_train::shrink::compress::{self, CompressOptions, ShareInit, Sharing};
+use slimformer_train::shrink::distill::{self, DistillData, DistillOptions, StudentSpec};
+use slimformer_train::shrink::embedding_fit::{self, EmbeddingFitOptions};
+use slimformer_train::shrink::losses::DistillWeights;
+use slimformer_train::shrink::quantize::{self, QuantMode};
+use slimformer_train::shrink::student::write_checkpoint;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -229,7 +229,7 @@ pub fn compress(args: CompressArgs) -> anyhow::Result<ExitCode> {
         Some((_, opts)) if args.embedding_fit_steps > 0 => {
             let max_len = opts
                 .max_len
-                .unwrap_or(slimformer::train::finetune::DEFAULT_MAX_LEN);
+                .unwrap_or(slimformer_train::finetune::DEFAULT_MAX_LEN);
             embedding_fit::token_ids(&opts.data, &model_dir, max_len, FIT_TEXTS)?
         }
         _ => Vec::new(),

@@ -1,6 +1,6 @@
 //! `slimformer study`: the comparative study, resumable stage by stage.
 
-use slimformer::study::{self, StudyConfig};
+use slimformer_study::study::{self, StudyConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,8 +19,11 @@ pub fn study(args: StudyArgs, threads: Option<usize>) -> anyhow::Result<ExitCode
         Some(path) => StudyConfig::load(path)?,
         None => StudyConfig::default(),
     };
-    let exe = std::env::current_exe()?;
-    let report = study::run(&config, &args.out, &exe, threads)?;
+    let runner = crate::compare_cmd::ChildRunner {
+        exe: std::env::current_exe()?,
+        threads,
+    };
+    let report = study::run(&config, &args.out, &runner)?;
     println!("{}", serde_json::json!({"out": args.out, "report": report}));
     Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,8 @@
 //! `slimformer finetune`: sequence classification on labelled CSV/TSV/JSONL files.
 
 use crate::train_flags::{ScheduleFlags, TrainingFlags};
-use slimformer::train::data::Columns;
-use slimformer::train::finetune::{self, FinetuneOptions};
+use slimformer_train::data::Columns;
+use slimformer_train::finetune::{self, FinetuneOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

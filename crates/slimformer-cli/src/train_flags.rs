@@ -1,6 +1,6 @@
 //! The flags every training command shares, and the trainer configuration they make.
 
-use slimformer::train::trainer::TrainConfig;
+use slimformer_train::trainer::TrainConfig;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]

@@ -92,7 +92,7 @@ pub fn open(source: &Source, pairs: bool, columns: &ColumnNames) -> Result<Rows>
         Source::Texts(texts) => {
             let texts = texts.clone();
             Ok(Box::new(texts.into_iter().map(move |t| {
-                Ok(line_row(t.into_bytes(), pairs, "--text", 0))
+                Ok(line_row(t.into_bytes(), pairs, "a given text", 0))
             })))
         }
         Source::Stdin => Ok(lines(
@@ -196,12 +196,15 @@ fn record_row(fields: Fields, place: &str) -> Row {
 }
 
 /// A column's position in a header, or an error listing the header's columns.
-fn position(path: &Path, header: &[String], name: &str, flag: &str) -> Result<usize> {
+/// Where column `name` sits in `header`; when it is missing, the error names the
+/// columns there are, as a fault of `setting` (the option that named the column).
+fn position(path: &Path, header: &[String], name: &str, setting: &'static str) -> Result<usize> {
     header.iter().position(|h| h == name).ok_or_else(|| {
-        Error::file(
-            path,
+        Error::setting(
+            setting,
             format!(
-                "no column {name:?} (columns: {}); name the right one with {flag}",
+                "{}: no column {name:?} (columns: {})",
+                path.display(),
                 header.join(", ")
             ),
         )
@@ -220,9 +223,9 @@ fn positions(
             .transpose()
     };
     Ok((
-        position(path, header, &columns.text, "--text-col")?,
-        optional(&columns.pair, "--pair-col")?,
-        optional(&columns.id, "--id-col")?,
+        position(path, header, &columns.text, "text_col")?,
+        optional(&columns.pair, "pair_col")?,
+        optional(&columns.id, "id_col")?,
     ))
 }
 

@@ -8,6 +8,7 @@ use slimformer::pooling::{EmbeddingSettings, Pooling};
 use slimformer::tokenize::{Encoded, TextInput, TextTokenizer};
 use slimformer::Result;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 /// A task the batching queue runs.
 #[derive(Debug, Clone)]
@@ -57,7 +58,7 @@ impl Engine {
             .flatten()
             .min();
         let embed_tokenizer =
-            TextTokenizer::load(dir, &pipeline.model.config, embed_len, !limit.no_truncate)?;
+            TextTokenizer::load(dir, pipeline.model.config.padding(), embed_len, !limit.no_truncate)?;
         let classifier = SequenceClassifier::load(&pipeline.model).ok();
         let mlm = MaskedLmHead::load(&pipeline.model).ok();
         let params = count_parameters(&pipeline.model.checkpoint);
@@ -174,5 +175,26 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// The engine being served, swapped whole.
+#[derive(Default)]
+pub struct EngineSlot {
+    current: RwLock<Option<Arc<Engine>>>,
+    /// Serializes reloads.
+    pub(crate) reloading: tokio::sync::Mutex<()>,
+}
+
+impl EngineSlot {
+    pub fn current(&self) -> Option<Arc<Engine>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set(&self, engine: Arc<Engine>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(engine);
     }
 }

@@ -11,10 +11,9 @@ pub mod metrics;
 pub mod openapi;
 pub mod reload;
 pub mod routes;
+pub mod state;
 
 pub use config::{ModelSource, ServerConfig};
-
-use std::sync::Arc;
 
 /// Loads the model, binds, prints one JSON line `{"listening": ADDR, ...}` on stdout,
 /// and serves until SIGTERM or Ctrl-C (then stops accepting, drains, returns).
@@ -24,7 +23,7 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
         .worker_threads(config.http_threads.max(1))
         .build()?;
     runtime.block_on(async move {
-        let state = Arc::new(routes::AppState::start(config.clone()).await?);
+        let state = reload::start(config.clone()).await?;
         let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
         let addr = listener.local_addr()?;
         reload::spawn_watchers(state.clone());

@@ -225,10 +225,10 @@ impl Metrics {
 /// The registry's last retraining run, when it has one: its time, outcome, and the
 /// candidate's and production's holdout scores.
 pub fn retrain_metrics(registry: &std::path::Path) -> Option<String> {
-    if !registry.join(slimformer::registry::db_file()).exists() {
+    if !registry.join(slimformer_registry::db_file()).exists() {
         return None;
     }
-    let runs = slimformer::registry::Registry::open(registry)
+    let runs = slimformer_registry::Registry::open(registry)
         .ok()?
         .runs()
         .ok()?;

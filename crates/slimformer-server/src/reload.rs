@@ -5,39 +5,52 @@
 //! (polled), SIGHUP, and `POST /admin/reload`.
 
 use crate::config::ModelSource;
+use crate::config::ServerConfig;
 use crate::engine::Engine;
-use crate::routes::AppState;
+use crate::state::AppState;
 use slimformer::pipeline::LengthLimit;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-/// The engine being served, swapped whole.
-#[derive(Default)]
-pub struct EngineSlot {
-    current: RwLock<Option<Arc<Engine>>>,
-    /// Serializes reloads.
-    reloading: tokio::sync::Mutex<()>,
-}
-
-impl EngineSlot {
-    pub fn current(&self) -> Option<Arc<Engine>> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+/// Starts the server's state and loads the model. A model folder that cannot be
+/// loaded stops the start; a registry without a loadable production version
+/// starts not ready (503) and is polled until it has one.
+pub async fn start(config: ServerConfig) -> Result<Arc<AppState>, ReloadError> {
+    let state = Arc::new(AppState::new(config));
+    if let Err(e) = reload(&state, true).await {
+        match state.config.source {
+            ModelSource::Dir(_) => return Err(e),
+            ModelSource::Registry(_) => {
+                tracing::error!(error = %e, "not ready: waiting for a loadable production version")
+            }
+        }
     }
-
-    fn set(&self, engine: Arc<Engine>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(engine);
-    }
+    Ok(state)
 }
 
 /// The version and folder the source points at now.
 pub fn resolve(source: &ModelSource) -> slimformer::Result<(String, PathBuf)> {
     match source {
         ModelSource::Dir(dir) => Ok(("local".into(), dir.clone())),
-        ModelSource::Registry(reg) => slimformer::registry::production(reg),
+        ModelSource::Registry(reg) => slimformer_registry::production(reg),
     }
+}
+
+/// Why a reload did not switch.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The source does not point at a version (no registry, no PRODUCTION pointer).
+    #[error("{0}")]
+    Resolve(slimformer::Error),
+    /// The version failed to load or failed the smoke test; the old one serves on.
+    #[error("version {version} refused: {source}")]
+    Refused {
+        version: String,
+        source: slimformer::Error,
+    },
+    /// The loading thread stopped (panicked) before it answered.
+    #[error("the loader stopped: {0}")]
+    LoaderStopped(String),
 }
 
 /// What a reload did.
@@ -49,9 +62,9 @@ pub struct ReloadOutcome {
 
 /// Loads what the source points at, unless it is the version already serving and
 /// `force` is off; switches to it if it loads and passes the smoke test.
-pub async fn reload(state: &Arc<AppState>, force: bool) -> Result<ReloadOutcome, String> {
+pub async fn reload(state: &Arc<AppState>, force: bool) -> Result<ReloadOutcome, ReloadError> {
     let _one_at_a_time = state.engine.reloading.lock().await;
-    let (version, dir) = resolve(&state.config.source).map_err(|e| e.to_string())?;
+    let (version, dir) = resolve(&state.config.source).map_err(ReloadError::Resolve)?;
     if !force {
         if let Some(cur) = state.engine.current() {
             if cur.version == version && cur.dir == dir {
@@ -73,7 +86,7 @@ pub async fn reload(state: &Arc<AppState>, force: bool) -> Result<ReloadOutcome,
         Ok(engine)
     })
     .await
-    .map_err(|e| format!("the loader stopped: {e}"))?;
+    .map_err(|e| ReloadError::LoaderStopped(e.to_string()))?;
     match loaded {
         Ok(engine) => {
             state.metrics.reloaded(&engine.name, &engine.version);
@@ -87,7 +100,7 @@ pub async fn reload(state: &Arc<AppState>, force: bool) -> Result<ReloadOutcome,
         Err(e) => {
             state.metrics.reload_failed();
             tracing::error!(%version, error = %e, "refused a new version; the old one keeps serving");
-            Err(format!("version {version} refused: {e}"))
+            Err(ReloadError::Refused { version, source: e })
         }
     }
 }

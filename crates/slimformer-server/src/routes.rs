@@ -1,12 +1,11 @@
 //! The HTTP router: request parsing and validation, auth, request ids, metrics, and
 //! the JSON shapes of each route. Inference goes through the [`Batcher`].
 
-use crate::batcher::{Batcher, Job};
-use crate::config::ServerConfig;
+use crate::batcher::Job;
 use crate::engine::{Engine, Task, TaskOutput};
 use crate::errors::{ApiError, ApiResult, ErrorType};
-use crate::metrics::Metrics;
-use crate::reload::{self, EngineSlot};
+use crate::reload;
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -19,48 +18,10 @@ use serde::Deserialize;
 use slimformer::pipeline::ClassifyOutput;
 use slimformer::pooling::Pooling;
 use slimformer::tokenize::TextInput;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{oneshot, Semaphore};
-
-pub struct AppState {
-    pub config: ServerConfig,
-    pub engine: EngineSlot,
-    pub batcher: Batcher,
-    pub metrics: Arc<Metrics>,
-    permits: Arc<Semaphore>,
-    next_id: AtomicU64,
-}
-
-impl AppState {
-    /// Starts the inference thread and loads the model. A model folder that cannot be
-    /// loaded stops the start; a registry without a loadable production version
-    /// starts not ready (503) and is polled until it has one.
-    pub async fn start(
-        config: ServerConfig,
-    ) -> Result<AppState, Box<dyn std::error::Error + Send + Sync>> {
-        let metrics = Arc::new(Metrics::default());
-        let state = AppState {
-            batcher: Batcher::start(config.max_batch_tokens, metrics.clone()),
-            permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
-            engine: EngineSlot::default(),
-            metrics,
-            config,
-            next_id: AtomicU64::new(1),
-        };
-        let state = Arc::new(state);
-        if let Err(e) = reload::reload(&state, true).await {
-            match state.config.source {
-                crate::config::ModelSource::Dir(_) => return Err(e.into()),
-                crate::config::ModelSource::Registry(_) => {
-                    tracing::error!(error = %e, "not ready: waiting for a loadable production version")
-                }
-            }
-        }
-        Ok(Arc::try_unwrap(state).unwrap_or_else(|_| unreachable!("no other owner yet")))
-    }
-}
+use tokio::sync::oneshot;
 
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
@@ -270,13 +231,11 @@ fn validate_inputs(state: &AppState, inputs: &[TextInput]) -> ApiResult<()> {
 /// A tokenization failure of input `i`: 413 when it is too long with truncation off,
 /// else 422.
 fn encode_error(i: usize, e: slimformer::Error) -> ApiError {
-    let message = format!("input {i}: {e}");
-    let kind = if message.contains("truncation is off") {
-        ErrorType::PayloadTooLarge
-    } else {
-        ErrorType::InvalidInput
+    let kind = match e {
+        slimformer::Error::TooLong { .. } => ErrorType::PayloadTooLarge,
+        _ => ErrorType::InvalidInput,
     };
-    ApiError::new(kind, message)
+    ApiError::new(kind, format!("input {i}: {e}"))
 }
 
 fn engine_for(state: &AppState, task: &Task) -> ApiResult<Arc<Engine>> {
@@ -739,6 +698,6 @@ async fn admin_reload(State(state): State<Arc<AppState>>) -> ApiResult<Json<serd
     let force = matches!(state.config.source, crate::config::ModelSource::Dir(_));
     match reload::reload(&state, force).await {
         Ok(outcome) => Ok(Json(serde_json::to_value(outcome).unwrap_or_default())),
-        Err(e) => Err(ApiError::new(ErrorType::ReloadFailed, e)),
+        Err(e) => Err(ApiError::new(ErrorType::ReloadFailed, e.to_string())),
     }
 }

@@ -1,8 +1,8 @@
 //! GFLOP/s of the packed linear kernels (f32, int8 and bf16) against candle's matmul on MiniLM's shapes:
 //! `cargo run --release -p slimformer --example gemm [THREADS]`.
-use slimformer::layers::gemm::{self, Epilogue, PackedWeight};
-use slimformer::layers::gemm_bf16::{self, PackedBf16Weight};
-use slimformer::layers::gemm_int8::{self, PackedInt8Weight};
+use slimformer_kernels::gemm::{self, Epilogue, PackedWeight};
+use slimformer_kernels::gemm_bf16::{self, PackedBf16Weight};
+use slimformer_kernels::gemm_int8::{self, PackedInt8Weight};
 use std::time::Instant;
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -2,8 +2,8 @@
 //! dW = dYᵀ·X) through candle's matmul against the packed kernels with the packing
 //! each call needs: `cargo run --release -p slimformer --example train_gemm [THREADS]`.
 use candle_core::{Device, Tensor};
-use slimformer::layers::gemm::{self, Epilogue, PackedWeight};
-use slimformer::layers::gemm_bf16::{self, Lhs, PackedBf16Weight};
+use slimformer_kernels::gemm::{self, Epilogue, PackedWeight};
+use slimformer_kernels::gemm_bf16::{self, Lhs, PackedBf16Weight};
 use std::time::Instant;
 
 fn median(mut xs: Vec<f64>) -> f64 {

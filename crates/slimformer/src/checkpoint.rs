@@ -44,10 +44,10 @@ impl Checkpoint {
             for (name, tensor) in read_weights(file)? {
                 tensors.insert(canonical_name(&name, family), tensor);
             }
-            crate::shrink::quantize::dequantize(&mut tensors, file)?;
+            crate::quantized::dequantize(&mut tensors, file)?;
         }
         let quantization = config
-            .get(crate::shrink::quantize::METADATA_KEY)
+            .get(crate::quantized::METADATA_KEY)
             .and_then(|q| q.get("mode"))
             .and_then(|m| m.as_str())
             .map(str::to_string);
@@ -127,13 +127,11 @@ fn family_of(config: &serde_json::Value, path: &Path) -> Result<Family> {
         .ok_or_else(|| Error::file(path, "no \"model_type\" field"))?;
     Family::from_model_type(model_type).ok_or_else(|| {
         let known: Vec<_> = Family::ALL.iter().map(|f| f.model_type()).collect();
-        Error::file(
-            path,
-            format!(
-                "unknown model_type {model_type:?}: slimformer supports {}",
-                known.join(", ")
-            ),
-        )
+        Error::Unsupported(format!(
+            "{}: unknown model_type {model_type:?}: slimformer supports {}",
+            path.display(),
+            known.join(", ")
+        ))
     })
 }
 
@@ -193,8 +191,8 @@ fn read_weights(path: &Path) -> Result<Vec<(String, Tensor)>> {
         // file changed by another process meanwhile is the only hazard, as for any
         // reader of a file being rewritten (slimformer itself replaces files by rename).
         let bytes = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.in_file(path)?;
-        if crate::shrink::quantize::quantization_of(&bytes).is_some() {
-            return crate::shrink::quantize::read_quantized(&bytes, path);
+        if crate::quantized::quantization_of(&bytes).is_some() {
+            return crate::quantized::read_quantized(&bytes, path);
         }
         let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| Error::file(path, format!("not a valid safetensors file ({e})")))?;

@@ -13,6 +13,22 @@ pub enum Error {
     /// A text or request that cannot be processed.
     #[error("{0}")]
     Input(String),
+    /// A setting (an option of the caller's, named as the library's option field,
+    /// e.g. `max_len`) whose value cannot work. Front ends name it their way: the
+    /// command line as `--max-len`, the server as its config field.
+    #[error("{name}{}: {problem}", value.as_ref().map(|v| format!(" {v}")).unwrap_or_default())]
+    Setting {
+        name: &'static str,
+        /// The value given, when the problem is with it.
+        value: Option<String>,
+        problem: String,
+    },
+    /// A text longer than the tokenizer's limit, with truncation turned off.
+    #[error("text has {tokens} tokens, more than the limit of {limit} (truncation is off)")]
+    TooLong { tokens: usize, limit: usize },
+    /// A checkpoint of a family or layout this library does not run.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error(transparent)]
@@ -24,6 +40,29 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// [`Error::Setting`]: `name` is the option's field name, `problem` says what
+    /// is wrong with its value.
+    pub fn setting(name: &'static str, problem: impl std::fmt::Display) -> Self {
+        Error::Setting {
+            name,
+            value: None,
+            problem: problem.to_string(),
+        }
+    }
+
+    /// [`Error::Setting`] with the value that does not work.
+    pub fn bad_value(
+        name: &'static str,
+        value: impl std::fmt::Display,
+        problem: impl std::fmt::Display,
+    ) -> Self {
+        Error::Setting {
+            name,
+            value: Some(value.to_string()),
+            problem: problem.to_string(),
+        }
+    }
+
     pub fn file(path: impl AsRef<Path>, message: impl std::fmt::Display) -> Self {
         Error::File {
             path: path.as_ref().to_path_buf(),
@@ -44,7 +83,7 @@ impl<T, E: std::fmt::Display> FileContext<T> for std::result::Result<T, E> {
 }
 
 /// candle errors carry multi-line backtraces; users need the first line only.
-pub(crate) fn first_line(message: &str) -> String {
+pub fn first_line(message: &str) -> String {
     message
         .lines()
         .next()

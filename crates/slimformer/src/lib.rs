@@ -1,22 +1,23 @@
 //! slimformer: transformer encoders (BERT, RoBERTa, XLNet, ALBERT, DistilBERT)
 //! loaded from Hugging Face checkpoints and run with candle, with no Python or
-//! libtorch at run time.
+//! libtorch at run time. This crate is the core that every other layer builds on.
 //!
-//! - [`models`]: one file per family; [`layers`]: the blocks they share.
-//! - [`checkpoint`]: reading checkpoint folders; [`model`]: a loaded model of any family.
+//! - [`models`]: one file per family; [`layers`]: the blocks they share, over the
+//!   CPU kernels of `slimformer-kernels`.
+//! - [`checkpoint`]: reading checkpoint folders ([`quantized`]: int8/bf16 ones);
+//!   [`save`] and [`hf_tokenizer`]: writing them in Hugging Face's layout;
+//!   [`model`]: a loaded model of any family.
 //! - [`heads`]: classification, token classification and masked-LM heads.
-//! - [`tokenize`], [`pooling`], [`pipeline`]: from texts to results.
+//! - [`tokenize`], [`batching`], [`pooling`], [`pipeline`]: from texts to results.
 //! - [`params`], [`bench`], [`hub`]: inspection, timing, finding models.
-//! - [`compare`], [`report`], [`plots`]: measuring models side by side, and the report.
-//! - [`train`]: the trainer, pretraining and fine-tuning; [`shrink`]: distillation,
-//!   ALBERT-style compression, quantization.
+//! - [`error`], [`io`], [`rng`]: typed errors, atomic writes, seeded randomness.
 
 pub mod batching;
 pub mod bench;
 pub mod checkpoint;
-pub mod compare;
 pub mod error;
 pub mod heads;
+pub mod hf_tokenizer;
 pub mod hub;
 pub mod io;
 pub mod layers;
@@ -24,16 +25,11 @@ pub mod model;
 pub mod models;
 pub mod params;
 pub mod pipeline;
-pub mod plots;
 pub mod pooling;
-pub mod registry;
-pub mod report;
-pub mod retrain;
+pub mod quantized;
 pub mod rng;
-pub mod shrink;
-pub mod study;
+pub mod save;
 pub mod tokenize;
-pub mod train;
 
 pub use error::{Error, Result};
 pub use model::Model;

@@ -44,6 +44,15 @@ impl FamilyConfig {
     }
 
     /// The id the model treats as padding (RoBERTa's positions depend on it).
+    /// How this family pads a batch, for [`crate::tokenize::TextTokenizer::load`].
+    pub fn padding(&self) -> crate::tokenize::Padding {
+        crate::tokenize::Padding {
+            id: self.pad_token_id(),
+            type_id: self.pad_token_type_id(),
+            left: self.pads_left(),
+        }
+    }
+
     pub fn pad_token_id(&self) -> u32 {
         match self {
             FamilyConfig::Bert(c) => c.pad_token_id.unwrap_or(0),
@@ -134,7 +143,7 @@ impl Model {
         Ok((Self::build(checkpoint, vb)?, varmap))
     }
 
-    pub(crate) fn build(checkpoint: Checkpoint, vb: VarBuilder<'static>) -> Result<Self> {
+    pub fn build(checkpoint: Checkpoint, vb: VarBuilder<'static>) -> Result<Self> {
         let config = match checkpoint.family {
             Family::Bert => FamilyConfig::Bert(checkpoint.family_config()?),
             Family::Roberta => FamilyConfig::Roberta(checkpoint.family_config()?),
@@ -160,7 +169,7 @@ impl Model {
         })
     }
 
-    pub(crate) fn weights_error(&self, e: Error) -> Error {
+    pub fn weights_error(&self, e: Error) -> Error {
         self.checkpoint.weights_error(e)
     }
 

@@ -1,7 +1,6 @@
 //! Tokenization with the checkpoint's own `tokenizer.json`, and collation of
 //! encoded texts into padded batches the way each family pads.
 
-use crate::model::FamilyConfig;
 use crate::models::Batch;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -18,7 +17,7 @@ pub enum TextInput {
 }
 
 impl TextInput {
-    pub(crate) fn to_encode_input(&self) -> EncodeInput<'_> {
+    pub fn to_encode_input(&self) -> EncodeInput<'_> {
         match self {
             TextInput::Single(a) => EncodeInput::Single(a.as_str().into()),
             TextInput::Pair(a, b) => EncodeInput::Dual(a.as_str().into(), b.as_str().into()),
@@ -41,6 +40,15 @@ pub struct Encoded {
     pub truncated_from: Option<usize>,
 }
 
+/// How a family pads a batch: the pad token's id and type id, and on which side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Padding {
+    pub id: u32,
+    pub type_id: u32,
+    /// XLNet pads on the left, so that its last token is the one it pools.
+    pub left: bool,
+}
+
 pub struct TextTokenizer {
     plain: Tokenizer,
     /// The same tokenizer, truncating to `max_len`.
@@ -57,7 +65,7 @@ impl TextTokenizer {
     /// Texts longer than `max_len` tokens are truncated, or rejected when `truncate` is false.
     pub fn load(
         dir: &Path,
-        config: &FamilyConfig,
+        padding: Padding,
         max_len: Option<usize>,
         truncate: bool,
     ) -> Result<Self> {
@@ -88,9 +96,9 @@ impl TextTokenizer {
             truncating,
             max_len,
             truncate,
-            pad_id: config.pad_token_id(),
-            pad_type_id: config.pad_token_type_id(),
-            pad_left: config.pads_left(),
+            pad_id: padding.id,
+            pad_type_id: padding.type_id,
+            pad_left: padding.left,
         })
     }
 
@@ -110,10 +118,10 @@ impl TextTokenizer {
         let (encoding, truncated_from) = match (self.max_len, &self.truncating) {
             (Some(max), Some(truncating)) if full.len() > max => {
                 if !self.truncate {
-                    return Err(Error::Input(format!(
-                        "text has {} tokens, more than the limit of {max} (truncation is off)",
-                        full.len()
-                    )));
+                    return Err(Error::TooLong {
+                        tokens: full.len(),
+                        limit: max,
+                    });
                 }
                 let cut = truncating
                     .encode_char_offsets(input.to_encode_input(), true)

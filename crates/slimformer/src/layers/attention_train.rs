@@ -10,7 +10,8 @@
 //! path's mask tensor is, so both paths draw the same mask).
 
 use super::dropout::mask_factors;
-use super::fast::{contiguous_f32, lane_dot, softmax_in_place};
+use super::fast::contiguous_f32;
+use slimformer_kernels::math::{lane_dot, softmax_in_place};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -145,7 +146,7 @@ impl TrainedAttention {
 }
 
 // Compiled per instruction set (`mul_add` is a libm call on baseline x86-64).
-dispatch!(softmax_row, (p: &mut [f32], scores: &[f32], bias: &[f32], scale: f32), {
+slimformer_kernels::dispatch!(softmax_row, (p: &mut [f32], scores: &[f32], bias: &[f32], scale: f32), {
     for ((p, &s), &b) in p.iter_mut().zip(scores).zip(bias) {
         *p = s.mul_add(scale, b);
     }
@@ -153,7 +154,7 @@ dispatch!(softmax_row, (p: &mut [f32], scores: &[f32], bias: &[f32], scale: f32)
 });
 
 // p (in `dx`) → scale · p ⊙ (gm − Σ gm⊙p).
-dispatch!(softmax_grad_row, (dx: &mut [f32], gm: &[f32], scale: f32), {
+slimformer_kernels::dispatch!(softmax_grad_row, (dx: &mut [f32], gm: &[f32], scale: f32), {
     let dot = lane_dot(dx, gm);
     for (dx, &gm) in dx.iter_mut().zip(gm) {
         *dx = scale * *dx * (gm - dot);
@@ -162,7 +163,7 @@ dispatch!(softmax_grad_row, (dx: &mut [f32], gm: &[f32], scale: f32), {
 
 // out = Σ_j w[j]·rows[j] (rows: w.len() × out.len()): a weighted sum of rows, or
 // a row times a matrix (a query against the transposed keys: one row of scores).
-dispatch!(weighted_sum, (out: &mut [f32], w: &[f32], rows: &[f32]), {
+slimformer_kernels::dispatch!(weighted_sum, (out: &mut [f32], w: &[f32], rows: &[f32]), {
     let n = out.len();
     let mut c0 = 0;
     while c0 < n {
@@ -193,7 +194,7 @@ fn weighted_sum_block<const N: usize>(out: &mut [f32], w: &[f32], rows: &[f32], 
 }
 
 // x ⊙= f
-dispatch!(scale_by, (x: &mut [f32], f: &[f32]), {
+slimformer_kernels::dispatch!(scale_by, (x: &mut [f32], f: &[f32]), {
     for (x, &f) in x.iter_mut().zip(f) {
         *x *= f;
     }
@@ -357,7 +358,7 @@ impl CustomOp3 for TrainedAttention {
 #[cfg(test)]
 mod tests {
     use super::super::attention::composed;
-    use super::super::gemm::tests::max_diff;
+    use crate::layers::tests::max_diff;
     use super::*;
     use candle_core::{Device, Var};
 

@@ -193,7 +193,7 @@ pub(crate) fn mask_factors(f: &mut [f32], first: usize, seed: u64, keep: f32) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gemm::tests::max_diff;
+    use crate::layers::tests::max_diff;
     use super::*;
     use candle_core::{Device, Var};
 

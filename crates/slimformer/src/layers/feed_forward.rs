@@ -1,4 +1,4 @@
-use super::gemm::Epilogue;
+use slimformer_kernels::gemm::Epilogue;
 use super::{linear, Activation, Dropout, Linear};
 use crate::rng::TrainRng;
 use candle_core::{Module, Tensor};

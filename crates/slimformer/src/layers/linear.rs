@@ -1,10 +1,10 @@
 //! The linear layer every block uses: candle's differentiable product whenever a
 //! gradient may flow (training, or weights that are training variables), and at
-//! inference the packed kernel of [`super::gemm`], with bias and GELU fused in.
+//! inference the packed kernel of [`slimformer_kernels::gemm`], with bias and GELU fused in.
 
-use super::gemm::{self, Epilogue, PackedWeight};
-use super::gemm_bf16::{self, PackedBf16Weight};
-use super::gemm_int8::{self, PackedInt8Weight};
+use slimformer_kernels::gemm::{self, Epilogue, PackedWeight};
+use slimformer_kernels::gemm_bf16::{self, PackedBf16Weight};
+use slimformer_kernels::gemm_int8::{self, PackedInt8Weight};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Storage, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};

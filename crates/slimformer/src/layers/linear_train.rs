@@ -12,8 +12,8 @@
 //! so nothing is packed ahead.
 
 use super::fast::contiguous_f32;
-use super::gemm::{self, Epilogue, PackedWeight};
-use super::gemm_bf16::{self, Lhs, PackedBf16Weight};
+use slimformer_kernels::gemm::{self, Epilogue, PackedWeight};
+use slimformer_kernels::gemm_bf16::{self, Lhs, PackedBf16Weight};
 use super::Precision;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -223,7 +223,8 @@ impl CustomOp2 for WeightGrad {
 
 #[cfg(test)]
 mod tests {
-    use super::super::gemm::tests::{max_diff, values};
+    use crate::layers::tests::max_diff;
+    use slimformer_kernels::testing::values;
     use super::*;
     use candle_core::{Device, Var};
 

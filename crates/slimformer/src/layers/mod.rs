@@ -2,16 +2,7 @@
 //! `VarBuilder` whose names the family passes in, because the families differ in
 //! tensor names far more than in computation.
 
-#[macro_use]
-mod dispatch;
-
 mod activation;
-mod aligned;
-mod amx;
-#[cfg(target_arch = "x86_64")]
-mod attend_amx;
-#[cfg(target_arch = "x86_64")]
-mod attend_avx512;
 mod attention;
 mod attention_train;
 mod dropout;
@@ -19,9 +10,6 @@ mod embeddings;
 pub mod fast;
 mod feed_forward;
 pub mod fused;
-pub mod gemm;
-pub mod gemm_bf16;
-pub mod gemm_int8;
 mod linear;
 mod linear_train;
 mod norm;
@@ -73,5 +61,19 @@ pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     match rayon::current_thread_index() {
         Some(_) => work(),
         None => rayon::scope(|_| work()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// max |a − b| over two tensors of one shape (any float dtype), for the layers' tests.
+    pub(crate) fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.to_dtype(candle_core::DType::F64))
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f64>())
+            .unwrap()
     }
 }

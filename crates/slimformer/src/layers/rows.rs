@@ -309,7 +309,7 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     /// max |a − b| over all values.
-    use crate::layers::gemm::tests::max_diff;
+    use crate::layers::tests::max_diff;
 
     /// Column sums (bias gradients) add their tasks' sums in one order, whatever
     /// the threads do: with `reduce`, two runs of a seeded fine-tuning differed.
