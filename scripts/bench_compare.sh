@@ -22,7 +22,7 @@ for r in $(seq 1 "$REPEATS"); do
     > "$OUT/slimformer-int8-$r.json"
   target/release/slimformer --threads "$THREADS" --precision bf16 bench "$MODEL" --runs "$RUNS" --json \
     > "$OUT/slimformer-bf16-$r.json"
-  SLIMFORMER_PORTABLE_KERNELS=1 target/release/slimformer --threads "$THREADS" bench "$MODEL" --runs "$RUNS" --json \
+  SLIMFORMER_CANDLE_OPS=1 target/release/slimformer --threads "$THREADS" bench "$MODEL" --runs "$RUNS" --json \
     > "$OUT/slimformer-portable-$r.json"
   .venv-ref/bin/python scripts/bench_reference.py "$MODEL" --threads "$THREADS" --runs "$RUNS" --json \
     --engine pytorch > "$OUT/pytorch-$r.json"

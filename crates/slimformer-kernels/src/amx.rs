@@ -51,19 +51,31 @@ mod imp {
     }
 
     pub fn bf16() -> bool {
-        features() & AMX_BF16 != 0
+        !crate::portable_only() && features() & AMX_BF16 != 0
     }
 
     pub fn int8() -> bool {
-        features() & AMX_INT8 != 0
+        !crate::portable_only() && features() & AMX_INT8 != 0
     }
 
     /// Palette 1, all eight tiles 16 rows × 64 bytes.
     #[repr(C, align(64))]
     struct TileConfig([u8; 64]);
 
+    /// Releases the tiles when dropped: after `f` returns, and when it panics
+    /// (a rayon worker that survives a panic must not keep 8 KiB of tile state,
+    /// which every context switch of the thread then saves and restores).
+    struct Release;
+
+    impl Drop for Release {
+        fn drop(&mut self) {
+            // SAFETY: only made after `ldtilecfg` succeeded on this thread.
+            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+        }
+    }
+
     /// Runs `f` with the tiles configured (tile registers are per thread), then
-    /// releases them.
+    /// releases them, also when `f` panics.
     ///
     /// # Safety
     /// `bf16()` or `int8()` is true.
@@ -74,10 +86,11 @@ mod imp {
             cfg.0[16 + 2 * t] = 64;
             cfg.0[48 + t] = 16;
         }
-        asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
-        let result = f();
-        asm!("tilerelease", options(nostack, nomem));
-        result
+        // SAFETY: the caller checked that the CPU has AMX and the kernel lets this
+        // process use it; the configuration is a valid palette-1 layout.
+        unsafe { asm!("ldtilecfg [{0}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+        let _release = Release;
+        f()
     }
 
     /// Tile `T` = 16 rows of 64 bytes from `p`, `stride` bytes apart.
@@ -86,8 +99,10 @@ mod imp {
     /// Inside [`with_tiles`]; the 16 rows are readable.
     #[inline(always)]
     pub unsafe fn load<const T: u8>(p: *const u8, stride: usize) {
-        asm!("tileloadd tmm{t}, [{p} + {s}*1]", t = const T, p = in(reg) p, s = in(reg) stride,
+        unsafe {
+            asm!("tileloadd tmm{t}, [{p} + {s}*1]", t = const T, p = in(reg) p, s = in(reg) stride,
             options(nostack, readonly));
+        }
     }
 
     /// 16 rows of 64 bytes at `p`, `stride` bytes apart = tile `T`.
@@ -96,8 +111,10 @@ mod imp {
     /// Inside [`with_tiles`]; the 16 rows are writable.
     #[inline(always)]
     pub unsafe fn store<const T: u8>(p: *mut u8, stride: usize) {
-        asm!("tilestored [{p} + {s}*1], tmm{t}", t = const T, p = in(reg) p, s = in(reg) stride,
+        unsafe {
+            asm!("tilestored [{p} + {s}*1], tmm{t}", t = const T, p = in(reg) p, s = in(reg) stride,
             options(nostack));
+        }
     }
 
     /// Tile `T` = 0.
@@ -106,7 +123,9 @@ mod imp {
     /// Inside [`with_tiles`].
     #[inline(always)]
     pub unsafe fn zero<const T: u8>() {
-        asm!("tilezero tmm{t}", t = const T, options(nostack, nomem));
+        unsafe {
+            asm!("tilezero tmm{t}", t = const T, options(nostack, nomem));
+        }
     }
 
     /// Tile `C` (16×16 i32) += tile `A` (16 rows × 64 i8) · tile `B` (16 quads of
@@ -116,8 +135,10 @@ mod imp {
     /// Inside [`with_tiles`], on a CPU with [`int8`].
     #[inline(always)]
     pub unsafe fn dot_i8i8<const C: u8, const A: u8, const B: u8>() {
-        asm!("tdpbssd tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B,
+        unsafe {
+            asm!("tdpbssd tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B,
             options(nostack, nomem));
+        }
     }
 
     /// Tile `C` (16×16 f32) += tile `A` (16 rows × 32 bf16) · tile `B` (16 pairs of
@@ -127,8 +148,10 @@ mod imp {
     /// Inside [`with_tiles`], on a CPU with [`bf16`].
     #[inline(always)]
     pub unsafe fn dot_bf16<const C: u8, const A: u8, const B: u8>() {
-        asm!("tdpbf16ps tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B,
+        unsafe {
+            asm!("tdpbf16ps tmm{c}, tmm{a}, tmm{b}", c = const C, a = const A, b = const B,
             options(nostack, nomem));
+        }
     }
 }
 
@@ -143,6 +166,9 @@ mod imp {
     }
 
     /// Never called: no AMX off x86-64.
+    ///
+    /// # Safety
+    /// None needed; kept `unsafe` to match the x86-64 signature.
     pub unsafe fn with_tiles<R>(f: impl FnOnce() -> R) -> R {
         f()
     }

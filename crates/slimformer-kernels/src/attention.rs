@@ -40,7 +40,7 @@ pub fn attention(
         heads,
         scale,
     } = shape;
-    let width = if b * l == 0 { 0 } else { qkv.len() / (b * l) };
+    let width = qkv.len().checked_div(b * l).unwrap_or(0);
     let hidden = width / 3;
     if qkv.len() != b * l * width
         || width != 3 * hidden
@@ -51,7 +51,12 @@ pub fn attention(
         return Err("the projections and the mask disagree in shape");
     }
     let d = hidden / heads;
-    let shape = Head { l, hidden, d, scale };
+    let shape = Head {
+        l,
+        hidden,
+        d,
+        scale,
+    };
     #[cfg(target_arch = "x86_64")]
     let (wide, amx) = (
         crate::attend_avx512::available(d),
@@ -65,8 +70,7 @@ pub fn attention(
         #[cfg(target_arch = "x86_64")]
         if amx && crate::attend_amx::per_sequence(b) {
             (0..b).into_par_iter().for_each(|s| {
-                let (qkv, bias) =
-                    (&qkv[s * l * width..][..l * width], &bias[s * l..][..l]);
+                let (qkv, bias) = (&qkv[s * l * width..][..l * width], &bias[s * l..][..l]);
                 // SAFETY: `available(d)`; sequence s's output rows are this task's.
                 unsafe {
                     let out = OutPtr(ptr.get().add(s * l * hidden));
@@ -122,7 +126,6 @@ pub fn attention(
     // SAFETY: each task writes all rows of its sequence (and head).
     Ok(unsafe { written_by(b * l * hidden, fill) })
 }
-
 
 // One sequence and head; q, k, v start at the head's first value, rows 3·`hidden`
 // apart. K transposed and V gathered once; then QUERIES rows of queries at
@@ -342,7 +345,9 @@ pub fn residual_layer_norm(
         written_by(x.len(), |out| {
             out.par_chunks_mut(rows).enumerate().for_each(|(chunk, o)| {
                 let x = &x[chunk * rows..][..o.len()];
-                let r = residual.get(chunk * rows..chunk * rows + o.len()).unwrap_or(&[]);
+                let r = residual
+                    .get(chunk * rows..chunk * rows + o.len())
+                    .unwrap_or(&[]);
                 residual_norm_rows(o, x, r, weight, bias, eps)
             })
         })
@@ -381,10 +386,11 @@ mod tests {
     /// 16-key blocks, masked keys at the end, scores large enough to matter.
     #[test]
     fn avx512_attention_matches_the_portable_one() {
+        let test = "avx512_attention_matches_the_portable_one";
+        if !crate::testing::can_check("avx512", attend_avx512::available(64), test) {
+            return;
+        }
         for d in [32, 64] {
-            if !attend_avx512::available(d) {
-                return;
-            }
             for l in [1, 3, 5, 16, 17, 63, 64, 70, 128] {
                 let heads = 2;
                 let hidden = heads * d;
@@ -460,10 +466,11 @@ mod amx_tests {
     /// 16 and the value product's 32.
     #[test]
     fn bf16_attention_on_amx_follows_f32() {
+        let test = "bf16_attention_on_amx_follows_f32";
+        if !crate::testing::can_check("amx", crate::attend_amx::available(64), test) {
+            return;
+        }
         for d in [32, 64] {
-            if !crate::attend_amx::available(d) {
-                return;
-            }
             for (b, l) in [(1, 32), (1, 47), (1, 70), (8, 33), (8, 64), (8, 128)] {
                 let heads = 3;
                 let hidden = heads * d;

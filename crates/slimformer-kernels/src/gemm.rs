@@ -12,8 +12,8 @@
 //! the compiler vectorizes for AVX2 or the baseline.
 
 use crate::aligned::AlignedVec;
-pub use crate::math::Epilogue;
 use crate::math::bias_then_act;
+pub use crate::math::Epilogue;
 use rayon::prelude::*;
 
 /// Rows of the register tile.
@@ -245,10 +245,12 @@ pub fn linear(
 /// # Safety
 /// `fill` writes every value before it reads it.
 pub(super) unsafe fn written_by(len: usize, fill: impl FnOnce(&mut [f32])) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    fill(std::slice::from_raw_parts_mut(out.as_mut_ptr(), len));
-    out.set_len(len);
-    out
+    unsafe {
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        fill(std::slice::from_raw_parts_mut(out.as_mut_ptr(), len));
+        out.set_len(len);
+        out
+    }
 }
 
 /// The m × n output of a linear layer, computed in parallel by `tiles(rows, panels,
@@ -268,20 +270,22 @@ pub(super) unsafe fn tiled_output(
     finish: Finish,
     tiles: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>, OutPtr) + Send + Sync,
 ) -> Vec<f32> {
-    if finish.then.is_some() {
-        tiled_rows(m, n, mc, panels, finish, tiles);
-        return Vec::new();
-    }
-    // SAFETY: the blocks cover all m·n values, each stored by its task before the
-    // epilogue reads it.
-    written_by(m * n, |out| {
-        let ptr = OutPtr(out.as_mut_ptr());
-        for_each_tile(m, mc, panels, |rows, panels| {
-            let block = OutPtr(ptr.get().add(rows.start * n));
-            tiles(rows.clone(), panels.clone(), block);
-            finish_block(block, n, rows, panels, finish);
+    unsafe {
+        if finish.then.is_some() {
+            tiled_rows(m, n, mc, panels, finish, tiles);
+            return Vec::new();
+        }
+        // SAFETY: the blocks cover all m·n values, each stored by its task before the
+        // epilogue reads it.
+        written_by(m * n, |out| {
+            let ptr = OutPtr(out.as_mut_ptr());
+            for_each_tile(m, mc, panels, |rows, panels| {
+                let block = OutPtr(ptr.get().add(rows.start * n));
+                tiles(rows.clone(), panels.clone(), block);
+                finish_block(block, n, rows, panels, finish);
+            })
         })
-    })
+    }
 }
 
 /// As [`tiled_output`], but each task computes its block into a buffer of its
@@ -299,16 +303,18 @@ unsafe fn tiled_rows(
     finish: Finish,
     tiles: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>, OutPtr) + Send + Sync,
 ) {
-    assert!(whole_rows(m, mc, panels), "every task holds whole rows");
-    for_each_tile(m, mc, panels, |rows, panels| {
-        BLOCK.with(|buffer| {
-            let mut buffer = buffer.borrow_mut();
-            buffer.reuse(rows.len() * n);
-            let block = OutPtr(buffer.as_mut_ptr());
-            tiles(rows.clone(), panels.clone(), block);
-            finish_block(block, n, rows, panels, finish);
+    unsafe {
+        assert!(whole_rows(m, mc, panels), "every task holds whole rows");
+        for_each_tile(m, mc, panels, |rows, panels| {
+            BLOCK.with(|buffer| {
+                let mut buffer = buffer.borrow_mut();
+                buffer.reuse(rows.len() * n);
+                let block = OutPtr(buffer.as_mut_ptr());
+                tiles(rows.clone(), panels.clone(), block);
+                finish_block(block, n, rows, panels, finish);
+            })
         })
-    })
+    }
 }
 
 thread_local! {
@@ -329,15 +335,17 @@ unsafe fn finish_block(
     panels: std::ops::Range<usize>,
     finish: Finish,
 ) {
-    let c0 = panels.start * NR;
-    let c1 = (panels.end * NR).min(n);
-    for (i, r) in rows.enumerate() {
-        let row = std::slice::from_raw_parts_mut(block.get().add(i * n + c0), c1 - c0);
-        finish_row(row, finish.bias.map(|b| &b[c0..c1]), finish.epilogue);
-        if let Some(then) = finish.then {
-            // Only `tiled_rows` hands rows on, and its tasks hold whole rows.
-            debug_assert_eq!(c1 - c0, n);
-            then(r, row);
+    unsafe {
+        let c0 = panels.start * NR;
+        let c1 = (panels.end * NR).min(n);
+        for (i, r) in rows.enumerate() {
+            let row = std::slice::from_raw_parts_mut(block.get().add(i * n + c0), c1 - c0);
+            finish_row(row, finish.bias.map(|b| &b[c0..c1]), finish.epilogue);
+            if let Some(then) = finish.then {
+                // Only `tiled_rows` hands rows on, and its tasks hold whole rows.
+                debug_assert_eq!(c1 - c0, n);
+                then(r, row);
+            }
         }
     }
 }
@@ -353,7 +361,7 @@ fn tile(
 ) {
     let n = w.n;
     #[cfg(target_arch = "x86_64")]
-    let wide = rows.len() >= WIDE_ROWS && std::arch::is_x86_feature_detected!("avx512f");
+    let wide = rows.len() >= WIDE_ROWS && crate::cpu_has!("avx512f");
     for p0 in (0..k).step_by(KC) {
         let kc = KC.min(k - p0);
         #[allow(unused_mut)] // only the x86-64 build advances it before the loop
@@ -433,18 +441,20 @@ unsafe fn micro_tile(
     cols: usize,
     accumulate: bool,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F; the caller's contract covers c.
-        return avx512::kernel(a, b, c, ldc, cols, accumulate);
-    }
-    let mut acc = [0f32; MR * NR];
-    kernel(a, b, &mut acc);
-    for i in 0..a.rows {
-        let row = c.add(i * ldc);
-        for (j, t) in acc[i * NR..i * NR + cols].iter().enumerate() {
-            let v = if accumulate { *row.add(j) + t } else { *t };
-            row.add(j).write(v);
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu_has!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the caller's contract covers c.
+            return avx512::kernel(a, b, c, ldc, cols, accumulate);
+        }
+        let mut acc = [0f32; MR * NR];
+        kernel(a, b, &mut acc);
+        for i in 0..a.rows {
+            let row = c.add(i * ldc);
+            for (j, t) in acc[i * NR..i * NR + cols].iter().enumerate() {
+                let v = if accumulate { *row.add(j) + t } else { *t };
+                row.add(j).write(v);
+            }
         }
     }
 }
@@ -452,7 +462,7 @@ unsafe fn micro_tile(
 /// acc[MR × NR] = Σ_p a[i·lda + p] · b[p·NR + j], without AVX-512.
 fn kernel(a: &ASlice, b: &[f32], acc: &mut [f32; MR * NR]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if crate::cpu_has!("avx2", "fma") {
         // SAFETY: the CPU has AVX2 and FMA.
         unsafe { kernel_avx2(a, b, acc) };
         return;
@@ -462,7 +472,7 @@ fn kernel(a: &ASlice, b: &[f32], acc: &mut [f32; MR * NR]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(a: &ASlice, b: &[f32], acc: &mut [f32; MR * NR]) {
+fn kernel_avx2(a: &ASlice, b: &[f32], acc: &mut [f32; MR * NR]) {
     kernel_portable(a, b, acc)
 }
 
@@ -492,6 +502,10 @@ mod avx512 {
     /// the right edge.
     /// A short last slice (or a short input: one sentence of 16 tokens is 12 + 4
     /// rows) runs a tile of 4 or 8 rows instead of computing 12.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `out` points at `a.rows` rows (`ldc` apart) of `cols` ≤ NR
+    /// writable values; `b` holds `a.kc` rows of NR.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn kernel(
         a: &ASlice,
@@ -501,16 +515,22 @@ mod avx512 {
         cols: usize,
         accumulate: bool,
     ) {
-        let b = [b];
-        match a.rows {
-            0..=4 => kernel_rows::<4, 1, 2>(a, b, out, ldc, cols, accumulate),
-            5..=8 => kernel_rows::<8, 1, 2>(a, b, out, ldc, cols, accumulate),
-            _ => kernel_rows::<MR, 1, 2>(a, b, out, ldc, cols, accumulate),
+        unsafe {
+            let b = [b];
+            match a.rows {
+                0..=4 => kernel_rows::<4, 1, 2>(a, b, out, ldc, cols, accumulate),
+                5..=8 => kernel_rows::<8, 1, 2>(a, b, out, ldc, cols, accumulate),
+                _ => kernel_rows::<MR, 1, 2>(a, b, out, ldc, cols, accumulate),
+            }
         }
     }
 
     /// 6 rows × 64 columns (two panels): per step four loads of W and six
     /// broadcasts of A feed 24 FMAs. `cols`: the second panel's columns.
+    ///
+    /// # Safety
+    /// As for [`kernel`], over two panels: `out`'s rows have NR + `cols` writable
+    /// values.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn wide_kernel(
         a: &ASlice,
@@ -520,11 +540,14 @@ mod avx512 {
         cols: usize,
         accumulate: bool,
     ) {
-        kernel_rows::<WR, 2, 4>(a, [b.0, b.1], out, ldc, cols, accumulate)
+        unsafe { kernel_rows::<WR, 2, 4>(a, [b.0, b.1], out, ldc, cols, accumulate) }
     }
 
     /// R rows × P panels (V = 2·P vectors of 16 columns); `cols`: the last panel's
     /// columns.
+    ///
+    /// # Safety
+    /// As for [`kernel`], with `a.rows` ≤ R and P panels.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn kernel_rows<const R: usize, const P: usize, const V: usize>(
@@ -535,55 +558,57 @@ mod avx512 {
         cols: usize,
         accumulate: bool,
     ) {
-        let (kc, mr) = (a.kc, a.rows);
-        debug_assert!(V == 2 * P && mr <= R && b.iter().all(|b| b.len() >= kc * NR));
-        debug_assert!(a.a.len() > (mr - 1) * a.lda + kc - 1);
-        let mut c = [[_mm512_setzero_ps(); V]; R];
-        // Rows past `mr` read row 0 again (their sums are never stored).
-        let rows: [*const f32; R] =
-            std::array::from_fn(|i| a.a.as_ptr().add(if i < mr { i * a.lda } else { 0 }));
-        let mut pb: [*const f32; P] = b.map(|b| b.as_ptr());
-        let ahead = B_AHEAD * NR;
-        for p0 in (0..kc).step_by(16) {
-            // The next cache line of each row of A (16 floats on), which the
-            // hardware does not fetch ahead for twelve interleaved streams.
-            for &row in &rows {
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(p0 + 16) as *const i8);
-            }
-            for p in p0..(p0 + 16).min(kc) {
-                // W's panels a few steps ahead: the first row tile reads them from L3.
-                for &pb in &pb {
-                    _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(ahead) as *const i8);
-                    _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(ahead + 16) as *const i8);
+        unsafe {
+            let (kc, mr) = (a.kc, a.rows);
+            debug_assert!(V == 2 * P && mr <= R && b.iter().all(|b| b.len() >= kc * NR));
+            debug_assert!(a.a.len() > (mr - 1) * a.lda + kc - 1);
+            let mut c = [[_mm512_setzero_ps(); V]; R];
+            // Rows past `mr` read row 0 again (their sums are never stored).
+            let rows: [*const f32; R] =
+                std::array::from_fn(|i| a.a.as_ptr().add(if i < mr { i * a.lda } else { 0 }));
+            let mut pb: [*const f32; P] = b.map(|b| b.as_ptr());
+            let ahead = B_AHEAD * NR;
+            for p0 in (0..kc).step_by(16) {
+                // The next cache line of each row of A (16 floats on), which the
+                // hardware does not fetch ahead for twelve interleaved streams.
+                for &row in &rows {
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(p0 + 16) as *const i8);
                 }
-                let w: [__m512; V] =
-                    std::array::from_fn(|v| _mm512_loadu_ps(pb[v / 2].add(16 * (v % 2))));
-                for (ci, &row) in c.iter_mut().zip(&rows) {
-                    let ai = _mm512_set1_ps(*row.add(p));
-                    for (c, &w) in ci.iter_mut().zip(&w) {
-                        *c = _mm512_fmadd_ps(ai, w, *c);
+                for p in p0..(p0 + 16).min(kc) {
+                    // W's panels a few steps ahead: the first row tile reads them from L3.
+                    for &pb in &pb {
+                        _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(ahead) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(ahead + 16) as *const i8);
+                    }
+                    let w: [__m512; V] =
+                        std::array::from_fn(|v| _mm512_loadu_ps(pb[v / 2].add(16 * (v % 2))));
+                    for (ci, &row) in c.iter_mut().zip(&rows) {
+                        let ai = _mm512_set1_ps(*row.add(p));
+                        for (c, &w) in ci.iter_mut().zip(&w) {
+                            *c = _mm512_fmadd_ps(ai, w, *c);
+                        }
+                    }
+                    for pb in &mut pb {
+                        *pb = pb.add(NR);
                     }
                 }
-                for pb in &mut pb {
-                    *pb = pb.add(NR);
-                }
             }
-        }
-        let mask = |lanes: usize| -> __mmask16 { ((1u32 << lanes.min(16)) - 1) as __mmask16 };
-        // Every panel but the last is whole.
-        let masks: [__mmask16; V] = std::array::from_fn(|v| match v + 2 >= V {
-            true => mask(cols.saturating_sub(16 * (v % 2))),
-            false => !0,
-        });
-        for (i, ci) in c.iter().enumerate().take(mr) {
-            let row = out.add(i * ldc);
-            for (v, (&s, &m)) in ci.iter().zip(&masks).enumerate() {
-                let dst = row.add(16 * v);
-                let s = match accumulate {
-                    true => _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, dst)),
-                    false => s,
-                };
-                _mm512_mask_storeu_ps(dst, m, s);
+            let mask = |lanes: usize| -> __mmask16 { ((1u32 << lanes.min(16)) - 1) as __mmask16 };
+            // Every panel but the last is whole.
+            let masks: [__mmask16; V] = std::array::from_fn(|v| match v + 2 >= V {
+                true => mask(cols.saturating_sub(16 * (v % 2))),
+                false => !0,
+            });
+            for (i, ci) in c.iter().enumerate().take(mr) {
+                let row = out.add(i * ldc);
+                for (v, (&s, &m)) in ci.iter().zip(&masks).enumerate() {
+                    let dst = row.add(16 * v);
+                    let s = match accumulate {
+                        true => _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, dst)),
+                        false => s,
+                    };
+                    _mm512_mask_storeu_ps(dst, m, s);
+                }
             }
         }
     }

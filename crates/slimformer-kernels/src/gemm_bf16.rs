@@ -238,7 +238,7 @@ fn padded_rows(m: usize) -> usize {
 fn has_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512bf16")
+        crate::cpu_has!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -421,25 +421,27 @@ struct Tile<'a> {
 /// `c` points at a block of rows × cols values with row stride `ldc`; `native` only
 /// where `has_bf16()`.
 unsafe fn micro_tile(t: &Tile, c: *mut f32, ldc: usize, native: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if native {
-        // SAFETY: only true where the CPU has the features; the caller's contract covers c.
-        return avx512::kernel(t, c, ldc);
-    }
-    let mut sums = [0f32; MR * NR];
-    for (i, sums) in sums.chunks_mut(NR).enumerate().take(t.rows) {
-        let row = &t.a[i * t.lda..][..t.lda];
-        for (pair, a) in row.chunks_exact(2).enumerate() {
-            let w = &t.b[pair * NR * 2..][..NR * 2];
-            let (a0, a1) = (from_bf16(a[0]), from_bf16(a[1]));
-            for (c, s) in sums.iter_mut().enumerate() {
-                *s = a1.mul_add(from_bf16(w[2 * c + 1]), a0.mul_add(from_bf16(w[2 * c]), *s));
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if native {
+            // SAFETY: only true where the CPU has the features; the caller's contract covers c.
+            return avx512::kernel(t, c, ldc);
+        }
+        let mut sums = [0f32; MR * NR];
+        for (i, sums) in sums.chunks_mut(NR).enumerate().take(t.rows) {
+            let row = &t.a[i * t.lda..][..t.lda];
+            for (pair, a) in row.chunks_exact(2).enumerate() {
+                let w = &t.b[pair * NR * 2..][..NR * 2];
+                let (a0, a1) = (from_bf16(a[0]), from_bf16(a[1]));
+                for (c, s) in sums.iter_mut().enumerate() {
+                    *s = a1.mul_add(from_bf16(w[2 * c + 1]), a0.mul_add(from_bf16(w[2 * c]), *s));
+                }
             }
         }
-    }
-    for i in 0..t.rows {
-        for j in 0..t.cols {
-            c.add(i * ldc + j).write(sums[i * NR + j]);
+        for i in 0..t.rows {
+            for j in 0..t.cols {
+                c.add(i * ldc + j).write(sums[i * NR + j]);
+            }
         }
     }
 }
@@ -450,58 +452,69 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// 32 values at a time by `vcvtne2ps2bf16` (round to nearest even).
+    ///
+    /// # Safety
+    /// The CPU has AVX512-BF16; `q` is at least as long as `row`.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn convert_row(q: &mut [u16], row: &[f32]) {
-        let whole = row.len() / 32 * 32;
-        for p in (0..whole).step_by(32) {
-            let lo = _mm512_loadu_ps(row.as_ptr().add(p));
-            let hi = _mm512_loadu_ps(row.as_ptr().add(p + 16));
-            let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_storeu_si512(q.as_mut_ptr().add(p) as *mut _, both);
-        }
-        for (q, &v) in q[whole..].iter_mut().zip(&row[whole..]) {
-            *q = super::to_bf16(v);
+        unsafe {
+            let whole = row.len() / 32 * 32;
+            for p in (0..whole).step_by(32) {
+                let lo = _mm512_loadu_ps(row.as_ptr().add(p));
+                let hi = _mm512_loadu_ps(row.as_ptr().add(p + 16));
+                let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(q.as_mut_ptr().add(p) as *mut _, both);
+            }
+            for (q, &v) in q[whole..].iter_mut().zip(&row[whole..]) {
+                *q = super::to_bf16(v);
+            }
         }
     }
 
     /// Per pair of depths, two 64-byte loads of W and MR broadcasts of a row's pair
     /// of bf16 values feed 24 `vdpbf16ps`.
+    ///
+    /// # Safety
+    /// The CPU has AVX512-BF16; the tile's rows and panel are readable to depth
+    /// `t.lda`; `out` points at `t.rows` writable rows of NR values, `ldc` apart.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub unsafe fn kernel(t: &Tile, out: *mut f32, ldc: usize) {
-        let rows = t.rows;
-        // Rows past `rows` read row 0 again (their sums are never stored).
-        let row_ptr: [*const u16; MR] =
-            std::array::from_fn(|i| t.a.as_ptr().add(if i < rows { i * t.lda } else { 0 }));
-        let mut c = [[_mm512_setzero_ps(); 2]; MR];
-        let mut pb = t.b.as_ptr();
-        for pair in 0..t.lda / 2 {
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb as *const _));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb.add(32) as *const _));
-            for (ci, &ap) in c.iter_mut().zip(&row_ptr) {
-                let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(
-                    (ap.add(2 * pair) as *const i32).read_unaligned(),
-                ));
-                ci[0] = _mm512_dpbf16_ps(ci[0], a, b0);
-                ci[1] = _mm512_dpbf16_ps(ci[1], a, b1);
+        unsafe {
+            let rows = t.rows;
+            // Rows past `rows` read row 0 again (their sums are never stored).
+            let row_ptr: [*const u16; MR] =
+                std::array::from_fn(|i| t.a.as_ptr().add(if i < rows { i * t.lda } else { 0 }));
+            let mut c = [[_mm512_setzero_ps(); 2]; MR];
+            let mut pb = t.b.as_ptr();
+            for pair in 0..t.lda / 2 {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb as *const _));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(pb.add(32) as *const _));
+                for (ci, &ap) in c.iter_mut().zip(&row_ptr) {
+                    let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                        (ap.add(2 * pair) as *const i32).read_unaligned(),
+                    ));
+                    ci[0] = _mm512_dpbf16_ps(ci[0], a, b0);
+                    ci[1] = _mm512_dpbf16_ps(ci[1], a, b1);
+                }
+                pb = pb.add(NR * 2);
             }
-            pb = pb.add(NR * 2);
-        }
-        let mask = |lanes: usize| -> __mmask16 { ((1u32 << lanes.min(16)) - 1) as __mmask16 };
-        let (m0, m1) = (mask(t.cols), mask(t.cols.saturating_sub(16)));
-        for (i, ci) in c.iter().enumerate().take(rows) {
-            let row = out.add(i * ldc);
-            _mm512_mask_storeu_ps(row, m0, ci[0]);
-            _mm512_mask_storeu_ps(row.add(16), m1, ci[1]);
+            let mask = |lanes: usize| -> __mmask16 { ((1u32 << lanes.min(16)) - 1) as __mmask16 };
+            let (m0, m1) = (mask(t.cols), mask(t.cols.saturating_sub(16)));
+            for (i, ci) in c.iter().enumerate().take(rows) {
+                let row = out.add(i * ldc);
+                _mm512_mask_storeu_ps(row, m0, ci[0]);
+                _mm512_mask_storeu_ps(row.add(16), m1, ci[1]);
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod amx {
+    use super::{AMX_ROWS, DEPTH_STEP, NR};
     use crate::amx::{dot_bf16, load, store, with_tiles, zero};
     use crate::gemm::{bias_block, finish_block_row};
     use crate::gemm::{Epilogue, OutPtr};
-    use super::{AMX_ROWS, DEPTH_STEP, NR};
 
     pub use crate::amx::bf16 as usable;
 
@@ -520,28 +533,34 @@ mod amx {
         out: OutPtr,
         (bias, epilogue): (Option<&[f32]>, Epilogue),
     ) {
-        let plain = bias.is_none() && epilogue == Epilogue::None;
-        with_tiles(|| {
-            let mut sums = Block([0f32; AMX_ROWS * NR]);
-            for r0 in rows.clone().step_by(AMX_ROWS) {
-                let block_rows = &a[r0 * lda..(r0 + AMX_ROWS) * lda];
-                for j in panels.clone() {
-                    let panel = w[j * lda * NR..][..lda * NR].as_ptr();
-                    let cols = NR.min(n - j * NR);
-                    let dst = out.get().add((r0 - rows.start) * n + j * NR);
-                    let whole = cols == NR && rows.end - r0 >= AMX_ROWS;
-                    if plain && whole && (dst as usize).is_multiple_of(64) && n.is_multiple_of(16) {
-                        // Tiles go straight into the output where its lines allow.
-                        block(block_rows.as_ptr(), lda, panel, dst, n);
-                        continue;
+        unsafe {
+            let plain = bias.is_none() && epilogue == Epilogue::None;
+            with_tiles(|| {
+                let mut sums = Block([0f32; AMX_ROWS * NR]);
+                for r0 in rows.clone().step_by(AMX_ROWS) {
+                    let block_rows = &a[r0 * lda..(r0 + AMX_ROWS) * lda];
+                    for j in panels.clone() {
+                        let panel = w[j * lda * NR..][..lda * NR].as_ptr();
+                        let cols = NR.min(n - j * NR);
+                        let dst = out.get().add((r0 - rows.start) * n + j * NR);
+                        let whole = cols == NR && rows.end - r0 >= AMX_ROWS;
+                        if plain
+                            && whole
+                            && (dst as usize).is_multiple_of(64)
+                            && n.is_multiple_of(16)
+                        {
+                            // Tiles go straight into the output where its lines allow.
+                            block(block_rows.as_ptr(), lda, panel, dst, n);
+                            continue;
+                        }
+                        block(block_rows.as_ptr(), lda, panel, sums.0.as_mut_ptr(), NR);
+                        let bias = bias_block(bias, j * NR);
+                        let rows = AMX_ROWS.min(rows.end - r0);
+                        finish_rows(&sums, rows, (cols, dst, n), &bias, epilogue);
                     }
-                    block(block_rows.as_ptr(), lda, panel, sums.0.as_mut_ptr(), NR);
-                    let bias = bias_block(bias, j * NR);
-                    let rows = AMX_ROWS.min(rows.end - r0);
-                    finish_rows(&sums, rows, (cols, dst, n), &bias, epilogue);
                 }
-            }
-        })
+            })
+        }
     }
 
     /// A 32×32 block of sums on a cache line (tile stores that straddle lines are
@@ -551,6 +570,10 @@ mod amx {
 
     /// The first `rows` × `cols` of `block`, plus `bias`, then the epilogue, into
     /// `dst` (rows `ldc` apart), in AVX-512 (every AMX CPU has AVX-512).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `dst` points at `rows` writable rows of `cols` values,
+    /// `ldc` apart.
     #[target_feature(enable = "avx512f")]
     unsafe fn finish_rows(
         block: &Block,
@@ -559,15 +582,17 @@ mod amx {
         bias: &[f32; NR],
         epilogue: Epilogue,
     ) {
-        use std::arch::x86_64::*;
-        let mask = |lanes: usize| ((1u32 << lanes.min(16)) - 1) as __mmask16;
-        let masks = [mask(cols), mask(cols.saturating_sub(16))];
-        for i in 0..rows {
-            let mut row: [f32; NR] = block.0[i * NR..][..NR].try_into().unwrap();
-            finish_block_row(&mut row, bias, epilogue);
-            for (h, &m) in masks.iter().enumerate() {
-                let v = _mm512_loadu_ps(row.as_ptr().add(16 * h));
-                _mm512_mask_storeu_ps(dst.add(i * ldc + 16 * h), m, v);
+        unsafe {
+            use std::arch::x86_64::*;
+            let mask = |lanes: usize| ((1u32 << lanes.min(16)) - 1) as __mmask16;
+            let masks = [mask(cols), mask(cols.saturating_sub(16))];
+            for i in 0..rows {
+                let mut row: [f32; NR] = block.0[i * NR..][..NR].try_into().unwrap();
+                finish_block_row(&mut row, bias, epilogue);
+                for (h, &m) in masks.iter().enumerate() {
+                    let v = _mm512_loadu_ps(row.as_ptr().add(16 * h));
+                    _mm512_mask_storeu_ps(dst.add(i * ldc + 16 * h), m, v);
+                }
             }
         }
     }
@@ -575,34 +600,40 @@ mod amx {
     /// 32 rows of A (from `a`, `lda` bf16 apart) times one 32-column panel of W
     /// over the whole depth, into a 32×32 block of `c` (rows `ldc` apart) as four
     /// 16×16 tiles.
+    ///
+    /// # Safety
+    /// Inside [`with_tiles`]; `a` has 32 readable rows of `lda` values, `panel` the
+    /// packed panel to depth `lda`, `c` a writable 32×32 block (rows `ldc` apart).
     #[inline]
     unsafe fn block(a: *const u16, lda: usize, panel: *const u16, c: *mut f32, ldc: usize) {
-        zero::<0>();
-        zero::<1>();
-        zero::<2>();
-        zero::<3>();
-        let (sa, sb) = (lda * 2, NR * 2 * 2);
-        for t in 0..lda / DEPTH_STEP {
-            let pa = a.add(t * DEPTH_STEP) as *const u8;
-            // Each step: 16 pairs of depths × NR columns × 2 values of the panel.
-            let pb = panel.add(t * DEPTH_STEP * NR) as *const u8;
-            // Each product starts as soon as its two tiles are in, while the
-            // next tile loads.
-            load::<4>(pa, sa);
-            load::<6>(pb, sb);
-            dot_bf16::<0, 4, 6>();
-            load::<7>(pb.add(64), sb);
-            dot_bf16::<1, 4, 7>();
-            load::<5>(pa.add(16 * sa), sa);
-            dot_bf16::<2, 5, 6>();
-            dot_bf16::<3, 5, 7>();
+        unsafe {
+            zero::<0>();
+            zero::<1>();
+            zero::<2>();
+            zero::<3>();
+            let (sa, sb) = (lda * 2, NR * 2 * 2);
+            for t in 0..lda / DEPTH_STEP {
+                let pa = a.add(t * DEPTH_STEP) as *const u8;
+                // Each step: 16 pairs of depths × NR columns × 2 values of the panel.
+                let pb = panel.add(t * DEPTH_STEP * NR) as *const u8;
+                // Each product starts as soon as its two tiles are in, while the
+                // next tile loads.
+                load::<4>(pa, sa);
+                load::<6>(pb, sb);
+                dot_bf16::<0, 4, 6>();
+                load::<7>(pb.add(64), sb);
+                dot_bf16::<1, 4, 7>();
+                load::<5>(pa.add(16 * sa), sa);
+                dot_bf16::<2, 5, 6>();
+                dot_bf16::<3, 5, 7>();
+            }
+            let c = c as *mut u8;
+            let s = ldc * 4;
+            store::<0>(c, s);
+            store::<1>(c.add(64), s);
+            store::<2>(c.add(16 * s), s);
+            store::<3>(c.add(16 * s + 64), s);
         }
-        let c = c as *mut u8;
-        let s = ldc * 4;
-        store::<0>(c, s);
-        store::<1>(c.add(64), s);
-        store::<2>(c.add(16 * s), s);
-        store::<3>(c.add(16 * s + 64), s);
     }
 }
 
@@ -611,6 +642,9 @@ mod amx {
     pub use crate::amx::bf16 as usable;
 
     /// Never called: `usable()` is false.
+    ///
+    /// # Safety
+    /// Never called (`usable()` is false off x86-64).
     pub unsafe fn task(
         _: &[u16],
         _: usize,
@@ -626,8 +660,8 @@ mod amx {
 
 #[cfg(test)]
 mod tests {
-    use crate::testing::values;
     use super::*;
+    use crate::testing::values;
 
     #[test]
     fn rounding_to_bf16_is_to_nearest_even() {
@@ -650,15 +684,16 @@ mod tests {
 
     #[test]
     fn chained_products_equal_the_two_products() {
-        crate::testing::chained_equals_two_products(
-            PackedBf16Weight::pack,
-            linear,
-            chained,
-        );
+        crate::testing::chained_equals_two_products(PackedBf16Weight::pack, linear, chained);
     }
 
     #[test]
     fn bf16_product_is_close_to_f32_and_both_kernels_agree() {
+        // The native kernels are checked where the CPU has them, reported as
+        // skipped elsewhere; the portable one everywhere.
+        let test = "bf16_product_is_close_to_f32_and_both_kernels_agree";
+        let bf16 = crate::testing::can_check("avx512bf16", has_bf16(), test);
+        let amx = crate::testing::can_check("amx", amx::usable(), test);
         for &(m, n, k) in &[
             (1, 1, 1),
             (5, 33, 7),
@@ -691,7 +726,7 @@ mod tests {
             for (i, (p, e)) in portable.iter().zip(&exact).enumerate() {
                 assert!((p - e).abs() < bound, "{m}×{n}×{k} [{i}]: {p} vs {e}");
             }
-            let native = [(Kernel::Avx512, has_bf16()), (Kernel::Amx, amx::usable())];
+            let native = [(Kernel::Avx512, bf16), (Kernel::Amx, amx)];
             for (kernel, _) in native.into_iter().filter(|k| k.1) {
                 let got = linear_on(
                     Lhs::Rows(&a),

@@ -28,3 +28,10 @@ mod head;
 pub mod math;
 #[doc(hidden)]
 pub mod testing;
+
+/// `SLIMFORMER_PORTABLE_KERNELS` set (to anything): every kernel runs its
+/// portable code, as on a CPU without AVX2, AVX-512 or AMX. Read once.
+pub fn portable_only() -> bool {
+    static PORTABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PORTABLE.get_or_init(|| std::env::var_os("SLIMFORMER_PORTABLE_KERNELS").is_some())
+}

@@ -12,7 +12,6 @@ pub enum Epilogue {
     GeluTanh,
 }
 
-
 /// e^x, relative error below 2e-7 on the range that does not over/underflow.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
@@ -128,7 +127,6 @@ pub fn lane_max_abs(xs: &[f32]) -> f32 {
 pub fn lane_max(xs: &[f32]) -> f32 {
     lane_fold(xs, f32::NEG_INFINITY, f32::max, f32::max)
 }
-
 
 /// tanh(x) = 1 − 2 / (e^{2x} + 1); `exp` clamps, so ±1 at the extremes, no NaN.
 #[inline(always)]
@@ -258,5 +256,4 @@ mod tests {
         }
         sum * 2.0 / std::f64::consts::PI.sqrt()
     }
-
 }

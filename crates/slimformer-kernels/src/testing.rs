@@ -37,13 +37,7 @@ pub fn can_check(feature: &str, available: bool, test: &str) -> bool {
 pub fn chained_equals_two_products<W>(
     pack: impl Fn(&[f32], usize, usize) -> W,
     linear: impl Fn(&[f32], usize, &W, Option<&[f32]>, Epilogue) -> Vec<f32>,
-    chained: impl Fn(
-        &[f32],
-        usize,
-        (&W, Option<&[f32]>),
-        Epilogue,
-        (&W, Option<&[f32]>),
-    ) -> Vec<f32>,
+    chained: impl Fn(&[f32], usize, (&W, Option<&[f32]>), Epilogue, (&W, Option<&[f32]>)) -> Vec<f32>,
 ) {
     for &(m, k, inner, n) in &[(5, 64, 128, 64), (400, 64, 192, 96), (33, 70, 131, 20)] {
         let a = values(m * k, 7);
@@ -70,4 +64,3 @@ pub fn values(len: usize, seed: u32) -> Vec<f32> {
         })
         .collect()
 }
-

@@ -6,9 +6,9 @@
 //! inconsistent.
 
 use super::{production, set_production, version_dir, PRODUCTION_FILE, VERSIONS_DIR};
-use slimformer::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
+use slimformer::{Error, Result};
 use std::path::{Path, PathBuf};
 
 pub const DB_FILE: &str = "registry.db";

@@ -5,12 +5,12 @@
 //! its reason. A corrupt inbox file is quarantined, not fatal; a run that fails leaves
 //! production untouched.
 
+use serde::{Deserialize, Serialize};
+use slimformer::{Error, Result};
 use slimformer_registry::{self as registry, Registry, RunRecord};
 use slimformer_train::data::{self, Columns};
 use slimformer_train::finetune::{self, evaluate_checkpoint, FinetuneOptions};
 use slimformer_train::trainer::TrainConfig;
-use slimformer::{Error, Result};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -323,38 +323,41 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
     slimformer_registry::fault_point("candidate-trained");
     if let Some(k) = config.distill_layers {
         let student = work.join("student");
-        slimformer_train::shrink::distill::distill(&slimformer_train::shrink::distill::DistillOptions {
-            teacher: staging.clone(),
-            student: slimformer_train::shrink::distill::StudentSpec::Layers(k),
-            data: slimformer_train::shrink::distill::DistillData::Task {
-                train: train_file.clone(),
-                dev: None,
-                dev_split: Some(config.dev_split),
-                columns: columns.clone(),
-                test: None,
+        slimformer_train::shrink::distill::distill(
+            &slimformer_train::shrink::distill::DistillOptions {
+                teacher: staging.clone(),
+                student: slimformer_train::shrink::distill::StudentSpec::Layers(k),
+                data: slimformer_train::shrink::distill::DistillData::Task {
+                    train: train_file.clone(),
+                    dev: None,
+                    dev_split: Some(config.dev_split),
+                    columns: columns.clone(),
+                    test: None,
+                },
+                weights: Default::default(),
+                max_len: config.max_len,
+                train_config: TrainConfig {
+                    epochs: config.epochs,
+                    max_steps: config.max_steps,
+                    lr: config.lr,
+                    batch: config.batch,
+                    seed: config.seed,
+                    ..Default::default()
+                },
+                out: student.clone(),
+                overwrite: true,
+                progress: false,
+                cache_dir: None,
             },
-            weights: Default::default(),
-            max_len: config.max_len,
-            train_config: TrainConfig {
-                epochs: config.epochs,
-                max_steps: config.max_steps,
-                lr: config.lr,
-                batch: config.batch,
-                seed: config.seed,
-                ..Default::default()
-            },
-            out: student.clone(),
-            overwrite: true,
-            progress: false,
-            cache_dir: None,
-        })?;
+        )?;
         let _ = std::fs::remove_dir_all(student.join(slimformer_train::trainer::RESUME_DIR));
         let _ = std::fs::remove_dir_all(student.join(slimformer_train::shrink::distill::INIT_DIR));
         std::fs::remove_dir_all(&staging).map_err(|e| Error::file(&staging, e))?;
         std::fs::rename(&student, &staging).map_err(|e| Error::file(&staging, e))?;
     }
     if let Some(mode) = &config.quantize {
-        let mode: slimformer_train::shrink::quantize::QuantMode = mode.parse().map_err(Error::Config)?;
+        let mode: slimformer_train::shrink::quantize::QuantMode =
+            mode.parse().map_err(Error::Config)?;
         let quantized = work.join("quantized");
         slimformer_train::shrink::quantize::quantize(&staging, &quantized, mode)?;
         for f in ["model.safetensors", "config.json"] {

@@ -57,8 +57,12 @@ impl Engine {
             .into_iter()
             .flatten()
             .min();
-        let embed_tokenizer =
-            TextTokenizer::load(dir, pipeline.model.config.padding(), embed_len, !limit.no_truncate)?;
+        let embed_tokenizer = TextTokenizer::load(
+            dir,
+            pipeline.model.config.padding(),
+            embed_len,
+            !limit.no_truncate,
+        )?;
         let classifier = SequenceClassifier::load(&pipeline.model).ok();
         let mlm = MaskedLmHead::load(&pipeline.model).ok();
         let params = count_parameters(&pipeline.model.checkpoint);

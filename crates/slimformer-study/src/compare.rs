@@ -3,6 +3,7 @@
 //! classifier. The command runs this in a child process per model, so that the peak
 //! memory is that model's alone.
 
+use serde::{Deserialize, Serialize};
 use slimformer::batching::BatchLimits;
 use slimformer::bench::{bench_shape, BenchResult};
 use slimformer::heads::SequenceClassifier;
@@ -10,10 +11,9 @@ use slimformer::model::Model;
 use slimformer::params::{count_parameters, ParamCounts};
 use slimformer::pipeline::Pipeline;
 use slimformer::tokenize::{Encoded, TextTokenizer};
+use slimformer::{Error, Result};
 use slimformer_train::data::{self, Columns};
 use slimformer_train::finetune::{evaluate_checkpoint, DEFAULT_MAX_LEN};
-use slimformer::{Error, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -214,7 +214,11 @@ pub fn measured_shapes<'a>(models: impl IntoIterator<Item = &'a Measurement>) ->
 /// own; this crate only asks for the measurement.
 pub trait MeasureRunner {
     /// [`measure`]s `model`, or says why it could not.
-    fn measure(&self, model: &Path, opts: &MeasureOptions) -> std::result::Result<Measurement, String>;
+    fn measure(
+        &self,
+        model: &Path,
+        opts: &MeasureOptions,
+    ) -> std::result::Result<Measurement, String>;
 }
 
 /// Measures each model with `runner`; a model that fails is reported with its

@@ -2,9 +2,9 @@
 //! an embedded font (DejaVu Sans) so no system font is needed.
 
 use crate::compare::Measurement;
-use slimformer::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use slimformer::{Error, Result};
 use std::path::Path;
 
 static FONT: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");

@@ -9,16 +9,16 @@
 //! and resumes an interrupted training from its run folder.
 
 use crate::compare::{measure_all, MeasureOptions, MeasureRunner};
+use serde::{Deserialize, Serialize};
 use slimformer::io::write_atomic;
 use slimformer::models::Family;
-use slimformer_train::shrink::distill::{self, DistillData, DistillOptions, StudentSpec};
-use slimformer_train::shrink::losses::DistillWeights;
+use slimformer::{Error, Result};
 use slimformer_train::data::Columns;
 use slimformer_train::finetune::{self, FinetuneOptions};
 use slimformer_train::pretrain::{self, ModelShape, PretrainOptions, TokenizerSource};
+use slimformer_train::shrink::distill::{self, DistillData, DistillOptions, StudentSpec};
+use slimformer_train::shrink::losses::DistillWeights;
 use slimformer_train::trainer::TrainConfig;
-use slimformer::{Error, Result};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,11 +185,7 @@ fn objectives_of(family: Family) -> &'static str {
 
 /// Runs the study into `out`, measuring each comparison's models with `runner`;
 /// returns the path of `study.md`.
-pub fn run(
-    config: &StudyConfig,
-    out: &Path,
-    runner: &dyn MeasureRunner,
-) -> Result<PathBuf> {
+pub fn run(config: &StudyConfig, out: &Path, runner: &dyn MeasureRunner) -> Result<PathBuf> {
     let families = config.families()?;
     let stages = Stages {
         dir: out.join("stages"),
@@ -241,9 +237,10 @@ pub fn run(
                     progress: false,
                     cache_dir: None,
                 })?;
-                let params =
-                    slimformer::params::count_parameters(&slimformer::checkpoint::Checkpoint::open(&dir)?)
-                        .total;
+                let params = slimformer::params::count_parameters(
+                    &slimformer::checkpoint::Checkpoint::open(&dir)?,
+                )
+                .total;
                 (serde_json::to_value(&report.outcome).expect("json"), params)
             } else {
                 let report = pretrain::pretrain(&PretrainOptions {

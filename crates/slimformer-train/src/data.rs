@@ -282,12 +282,20 @@ pub fn label_ids(path: &Path, rows: &[Row], names: &[String]) -> Result<Vec<usiz
 /// returns (train, dev), each in file order.
 pub fn split_dev(rows: Vec<Row>, fraction: f64, seed: u64) -> Result<(Vec<Row>, Vec<Row>)> {
     if !(0.0..1.0).contains(&fraction) || fraction == 0.0 {
-        return Err(Error::bad_value("dev_split", fraction, "expected a fraction between 0 and 1"));
+        return Err(Error::bad_value(
+            "dev_split",
+            fraction,
+            "expected a fraction between 0 and 1",
+        ));
     }
     let n = rows.len();
     let dev_n = ((n as f64 * fraction).round() as usize).max(1);
     if dev_n >= n {
-        return Err(Error::bad_value("dev_split", fraction, format!("leaves no training rows out of {n}")));
+        return Err(Error::bad_value(
+            "dev_split",
+            fraction,
+            format!("leaves no training rows out of {n}"),
+        ));
     }
     let mut order: Vec<usize> = (0..n).collect();
     Rng::new(seed ^ 0xD5E7_5B1D).shuffle(&mut order);

@@ -2,17 +2,17 @@
 //! `*ForSequenceClassification` checkpoint out, through the [`super::trainer`] loop.
 
 use super::data::{self, Columns, Row};
-use slimformer::save::{save_sequence_classifier, SEQUENCE_HEAD_PREFIXES};
 use super::trainer::{self, Metrics, RunOptions, TrainConfig, TrainOutcome, TrainTask};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde::Serialize;
 use slimformer::batching::{self, BatchLimits};
 use slimformer::heads::{Labels, ProblemType, SequenceClassifier};
 use slimformer::model::Model;
 use slimformer::rng::{Rng, TrainRng};
+use slimformer::save::{save_sequence_classifier, SEQUENCE_HEAD_PREFIXES};
 use slimformer::tokenize::{Encoded, TextTokenizer};
 use slimformer::{Error, Result};
-use candle_core::{Device, Tensor};
-use candle_nn::VarMap;
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -303,13 +303,18 @@ pub fn prepare(opts: &FinetuneOptions) -> Result<(ClassificationTask, Vec<Exampl
     let limit = model.config.max_input_len();
     if let (Some(asked), Some(most)) = (opts.max_len, limit) {
         if asked > most {
-            return Err(Error::bad_value("max_len", asked, format!("more than the model's position limit of {most}")));
+            return Err(Error::bad_value(
+                "max_len",
+                asked,
+                format!("more than the model's position limit of {most}"),
+            ));
         }
     }
     let max_len = opts
         .max_len
         .unwrap_or_else(|| limit.map_or(DEFAULT_MAX_LEN, |m| m.min(DEFAULT_MAX_LEN)));
-    let tokenizer = TextTokenizer::load(&opts.model_dir, model.config.padding(), Some(max_len), true)?;
+    let tokenizer =
+        TextTokenizer::load(&opts.model_dir, model.config.padding(), Some(max_len), true)?;
     let train = encode_rows(&tokenizer, &opts.train, &train_rows, &train_ids)?;
     let dev = encode_rows(&tokenizer, &dev_path, &dev_rows, &dev_ids)?;
     Ok((

@@ -2,13 +2,13 @@
 //! the seeded [`Rng`] as transformers initialises them (normal(0, initializer_range)
 //! weights and embeddings, zero biases, LayerNorm weight 1 and bias 0).
 
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
 use slimformer::checkpoint::{Checkpoint, CONFIG_FILE};
 use slimformer::model::Model;
 use slimformer::models::Family;
 use slimformer::rng::Rng;
 use slimformer::{Error, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
 use std::collections::HashMap;
 use std::path::PathBuf;
 

@@ -10,11 +10,11 @@
 //! full-size temporaries per parameter and step, a gigabyte of memory traffic for
 //! MiniLM, most of it the 30k×384 word embeddings.
 
-use slimformer_kernels::math::lane_fold;
-use slimformer::Result;
 use candle_core::{backprop::GradStore, CpuStorage, DType, Storage, Tensor, Var};
 use candle_nn::VarMap;
 use rayon::prelude::*;
+use slimformer::Result;
+use slimformer_kernels::math::lane_fold;
 use std::collections::HashMap;
 
 /// Calls `f` with the values of an f32 tensor: its storage in place where it is

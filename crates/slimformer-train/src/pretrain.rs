@@ -22,21 +22,21 @@ use super::objectives::pairs::{self, PairTask};
 use super::objectives::plm::{plm_targets, DEFAULT_PREDICT_DIVISOR};
 use super::objectives::{masked_cross_entropy, plm_loss, sentence_pair_loss};
 use super::pretrain_heads::{PlmHead, SentencePairHead};
+use super::tokenizer::train_tokenizer;
+use super::trainer::{self, Metrics, RunOptions, TrainConfig, TrainOutcome, TrainTask};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarMap;
+use serde::Serialize;
+use slimformer::heads::MaskedLmHead;
+use slimformer::hf_tokenizer::{save_tokenizer, special_tokens};
+use slimformer::model::Model;
+use slimformer::models::{Batch, Family};
+use slimformer::rng::{Rng, TrainRng};
 use slimformer::save::{
     hf_name, save_tensors, save_tokenizer_files, varmap_tensors, write_atomic,
     PRETRAINING_HEAD_PREFIXES,
 };
-use super::tokenizer::train_tokenizer;
-use slimformer::hf_tokenizer::{save_tokenizer, special_tokens};
-use super::trainer::{self, Metrics, RunOptions, TrainConfig, TrainOutcome, TrainTask};
-use slimformer::heads::MaskedLmHead;
-use slimformer::model::Model;
-use slimformer::models::{Batch, Family};
-use slimformer::rng::{Rng, TrainRng};
 use slimformer::{Error, Result};
-use candle_core::{DType, Device, Tensor, D};
-use candle_nn::VarMap;
-use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
@@ -595,7 +595,10 @@ pub fn save_pretrained(
         );
     }
     let text = serde_json::to_string_pretty(&config).expect("json") + "\n";
-    write_atomic(&dir.join(slimformer::checkpoint::CONFIG_FILE), text.as_bytes())?;
+    write_atomic(
+        &dir.join(slimformer::checkpoint::CONFIG_FILE),
+        text.as_bytes(),
+    )?;
     match tokenizer_dir {
         Some(src) => save_tokenizer_files(src, dir, model),
         None => {
@@ -650,7 +653,11 @@ fn special_id(tok: &Tokenizer, token: &str, source: &str) -> Result<u32> {
 /// Splits `examples` into (train, dev): dev is the last `fraction` (at least one).
 pub fn split_dev<T>(mut examples: Vec<T>, fraction: f64) -> Result<(Vec<T>, Vec<T>)> {
     if !(0.0..1.0).contains(&fraction) || fraction.is_nan() || fraction == 0.0 {
-        return Err(Error::bad_value("dev_fraction", fraction, "must be between 0 and 1 (exclusive)"));
+        return Err(Error::bad_value(
+            "dev_fraction",
+            fraction,
+            "must be between 0 and 1 (exclusive)",
+        ));
     }
     let n = examples.len();
     let n_dev = ((n as f64 * fraction).round() as usize).max(1);

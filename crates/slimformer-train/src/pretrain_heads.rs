@@ -7,13 +7,13 @@
 //! - XLNet permutation LM: the two-stream encoder → `lm_loss` (weight tied to
 //!   `word_embedding`, own bias).
 
+use candle_core::{IndexOp, Module, Tensor};
 use slimformer::layers::{linear, Activation, Dropout, Linear};
 use slimformer::model::{FamilyConfig, Model};
 use slimformer::models::xlnet::XLNet;
 use slimformer::models::{Batch, Family};
 use slimformer::rng::TrainRng;
 use slimformer::{Error, Result};
-use candle_core::{IndexOp, Module, Tensor};
 
 /// NSP (BERT) or SOP (ALBERT): two logits per sequence from the pooled first token.
 pub struct SentencePairHead {

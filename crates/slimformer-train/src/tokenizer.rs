@@ -564,7 +564,9 @@ fn train_unigram(
 mod tests {
     use super::*;
     use serde_json::Value;
-    use slimformer::hf_tokenizer::{save_tokenizer, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE};
+    use slimformer::hf_tokenizer::{
+        save_tokenizer, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE,
+    };
     use tokenizers::EncodeInput;
 
     const CORPUS: &str = "\

@@ -27,12 +27,12 @@
 //! `k`. So a run repeats exactly, and a resumed run continues exactly as it would have.
 
 use super::optim::{linear_schedule, AdamW, AdamWConfig};
-use slimformer::save::{save_tensors, varmap_tensors, write_atomic};
-use slimformer::rng::{Rng, TrainRng};
-use slimformer::{Error, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
+use slimformer::rng::{Rng, TrainRng};
+use slimformer::save::{save_tensors, varmap_tensors, write_atomic};
+use slimformer::{Error, Result};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -510,8 +510,9 @@ fn train_on_pool<T: TrainTask>(
             let model_path = dir.join("model.safetensors");
             load_vars(varmap, &model_path)?;
             let opt_path = dir.join("optimizer.safetensors");
-            let tensors = candle_core::safetensors::load(&opt_path, &Device::Cpu)
-                .map_err(|e| Error::file(&opt_path, slimformer::error::first_line(&e.to_string())))?;
+            let tensors = candle_core::safetensors::load(&opt_path, &Device::Cpu).map_err(|e| {
+                Error::file(&opt_path, slimformer::error::first_line(&e.to_string()))
+            })?;
             opt.load_state(&tensors, state.step)
                 .map_err(|e| Error::file(&opt_path, e))?;
             step = state.step;

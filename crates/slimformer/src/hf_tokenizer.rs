@@ -195,4 +195,3 @@ fn hf_configs(family: Family, model_max_length: usize) -> (Value, Value) {
     }
     (Value::Object(config), Value::Object(map))
 }
-

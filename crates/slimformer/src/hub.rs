@@ -1,10 +1,11 @@
 //! Finding a model: a local folder first, then the Hugging Face cache, then the hub.
 
 use crate::{Error, Result};
-use hf_hub::{Cache, Repo};
+use hf_hub::Cache;
 use std::path::{Path, PathBuf};
 
 /// Files a model folder may need; only config.json and weights are required.
+#[cfg(feature = "download")]
 const MODEL_FILES: [&str; 8] = [
     "config.json",
     "tokenizer.json",
@@ -56,7 +57,14 @@ pub fn resolve_model_in(spec: &str, cache: &Cache) -> Result<PathBuf> {
     })
 }
 
+#[cfg(not(feature = "download"))]
+fn download(_: &str, _: &Cache) -> std::result::Result<PathBuf, String> {
+    Err("this build of slimformer does not download (its `download` feature is off)".into())
+}
+
+#[cfg(feature = "download")]
 fn download(model_id: &str, cache: &Cache) -> std::result::Result<PathBuf, String> {
+    use hf_hub::Repo;
     let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
         .with_progress(false)
         .build()

@@ -40,13 +40,18 @@ impl Pipeline {
         let max_len = match limit.max_len {
             Some(asked) => {
                 if let Some(most) = model_limit.filter(|&m| asked > m) {
-                    return Err(Error::bad_value("max_len", asked, format!("more than the model's position limit of {most}")));
+                    return Err(Error::bad_value(
+                        "max_len",
+                        asked,
+                        format!("more than the model's position limit of {most}"),
+                    ));
                 }
                 Some(asked)
             }
             None => [model_limit, extra_limit].into_iter().flatten().min(),
         };
-        let tokenizer = TextTokenizer::load(dir, model.config.padding(), max_len, !limit.no_truncate)?;
+        let tokenizer =
+            TextTokenizer::load(dir, model.config.padding(), max_len, !limit.no_truncate)?;
         Ok(Self::new(model, tokenizer))
     }
 

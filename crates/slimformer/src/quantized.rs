@@ -65,4 +65,3 @@ pub fn dequantize(tensors: &mut HashMap<String, Tensor>, path: &Path) -> Result<
     }
     Ok(())
 }
-

@@ -6,8 +6,8 @@ pub mod mlm;
 pub mod pairs;
 pub mod plm;
 
-use slimformer::Result;
 use candle_core::{DType, Tensor, D};
+use slimformer::Result;
 
 pub use mlm::IGNORE;
 

@@ -9,9 +9,9 @@
 //! (rank(j) < rank(i)), exactly as HF's `XLNetModel` treats `perm_mask`.
 
 use super::IGNORE;
+use candle_core::{Device, Tensor};
 use slimformer::rng::Rng;
 use slimformer::Result;
-use candle_core::{Device, Tensor};
 
 /// K of partial prediction: the last `1/K` of each order is predicted.
 pub const DEFAULT_PREDICT_DIVISOR: usize = 6;

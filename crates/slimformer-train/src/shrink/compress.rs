@@ -32,10 +32,10 @@ use super::embedding_fit::{
 };
 use super::linalg::symmetric_eigen;
 use super::student::StudentCheckpoint;
+use candle_core::{DType, Device, Tensor};
 use slimformer::checkpoint::Checkpoint;
 use slimformer::models::Family;
 use slimformer::{Error, Result};
-use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -248,18 +248,30 @@ pub fn compress(
     let layers = need("num_hidden_layers")?;
     let e = opts.embedding_size.unwrap_or(h);
     if e == 0 || e > h {
-        return Err(Error::bad_value("embedding_size", e, format!("must be between 1 and the hidden size {h}")));
+        return Err(Error::bad_value(
+            "embedding_size",
+            e,
+            format!("must be between 1 and the hidden size {h}"),
+        ));
     }
     let groups = match (opts.sharing, opts.groups) {
         (Sharing::None, Some(g)) if g != layers => {
-            return Err(Error::bad_value("groups", g, format!("without sharing: nothing is shared, so there are {layers} groups")))
+            return Err(Error::bad_value(
+                "groups",
+                g,
+                format!("without sharing: nothing is shared, so there are {layers} groups"),
+            ))
         }
         (Sharing::None, _) => layers,
         (_, Some(g)) => g,
         (_, None) => 1,
     };
     if groups == 0 || !layers.is_multiple_of(groups) {
-        return Err(Error::bad_value("groups", groups, format!("must divide the teacher's {layers} layers")));
+        return Err(Error::bad_value(
+            "groups",
+            groups,
+            format!("must divide the teacher's {layers} layers"),
+        ));
     }
     let tensor = |n: &str| {
         teacher

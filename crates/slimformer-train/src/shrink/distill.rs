@@ -11,27 +11,27 @@ use super::student::{
     evenly_spaced_layers, from_teacher_layers, layer_count, write_checkpoint, StudentCheckpoint,
 };
 use super::teacher_cache::{self, TeacherOutputs};
-use slimformer::batching::{self, BatchLimits};
-use slimformer::heads::{Labels, MaskedLmHead, ProblemType, SequenceClassifier};
-use slimformer::model::Model;
-use slimformer::models::Batch;
-use slimformer::rng::{Rng, TrainRng};
-use slimformer::tokenize::{Encoded, TextInput, TextTokenizer};
 use crate::data::{self, Columns};
 use crate::finetune::{
     evaluate_checkpoint, init_new_vars, ClassificationTask, Example, DEFAULT_MAX_LEN,
 };
 use crate::objectives::masked_cross_entropy;
 use crate::objectives::mlm::{self, MlmConfig, IGNORE};
+use crate::trainer::{self, Metrics, RunOptions, TrainConfig, TrainOutcome, TrainTask};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use serde::Serialize;
+use slimformer::batching::{self, BatchLimits};
+use slimformer::heads::{Labels, MaskedLmHead, ProblemType, SequenceClassifier};
+use slimformer::model::Model;
+use slimformer::models::Batch;
+use slimformer::rng::{Rng, TrainRng};
 use slimformer::save::{
     hf_name, save_tensors, varmap_tensors, write_atomic, PRETRAINING_HEAD_PREFIXES,
     SEQUENCE_HEAD_PREFIXES,
 };
-use crate::trainer::{self, Metrics, RunOptions, TrainConfig, TrainOutcome, TrainTask};
+use slimformer::tokenize::{Encoded, TextInput, TextTokenizer};
 use slimformer::{Error, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use serde::Serialize;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -359,8 +359,15 @@ fn save_encoder(dir: &Path, model: &Model, varmap: &VarMap, side_files: &Path) -
         .collect();
     save_tensors(&tensors, &dir.join("model.safetensors"))?;
     let text = serde_json::to_string_pretty(&config).expect("json") + "\n";
-    write_atomic(&dir.join(slimformer::checkpoint::CONFIG_FILE), text.as_bytes())?;
-    super::student::copy_side_files(side_files, dir, family == slimformer::models::Family::DistilBert)
+    write_atomic(
+        &dir.join(slimformer::checkpoint::CONFIG_FILE),
+        text.as_bytes(),
+    )?;
+    super::student::copy_side_files(
+        side_files,
+        dir,
+        family == slimformer::models::Family::DistilBert,
+    )
 }
 
 /// Builds the student's starting checkpoint in `out/init` (deterministic: rebuilt
@@ -391,11 +398,12 @@ fn build_student(opts: &DistillOptions, teacher: &Model) -> Result<PathBuf> {
                 ));
             }
             let (model, varmap) =
-                crate::init::init_trainable(config, DType::F32, opts.train_config.seed)
-                    .map_err(|e| match e {
+                crate::init::init_trainable(config, DType::F32, opts.train_config.seed).map_err(
+                    |e| match e {
                         Error::Config(m) => Error::file(path, m),
                         other => other,
-                    })?;
+                    },
+                )?;
             let mut config = model.checkpoint.config.clone();
             let tensors = varmap_tensors(&varmap);
             config["architectures"] =
@@ -434,7 +442,11 @@ fn max_len_for(opts: &DistillOptions, model: &Model) -> Result<usize> {
     let limit = model.config.max_input_len();
     if let (Some(asked), Some(most)) = (opts.max_len, limit) {
         if asked > most {
-            return Err(Error::bad_value("max_len", asked, format!("more than the model's position limit of {most}")));
+            return Err(Error::bad_value(
+                "max_len",
+                asked,
+                format!("more than the model's position limit of {most}"),
+            ));
         }
     }
     Ok(opts
@@ -522,8 +534,12 @@ pub fn prepare(opts: &DistillOptions) -> Result<(DistillTask, Vec<DistillExample
     let (mut student, varmap) = Model::load_trainable(&init)?;
     check_widths(w, &teacher_model, &student)?;
     let max_len = max_len_for(opts, &student)?;
-    let teacher_tok =
-        TextTokenizer::load(&opts.teacher, teacher_model.config.padding(), Some(max_len), true)?;
+    let teacher_tok = TextTokenizer::load(
+        &opts.teacher,
+        teacher_model.config.padding(),
+        Some(max_len),
+        true,
+    )?;
     let tokenizer = TextTokenizer::load(&init, student.config.padding(), Some(max_len), true)?;
     let teacher = Teacher {
         model: teacher_model,
@@ -555,12 +571,10 @@ pub fn prepare(opts: &DistillOptions) -> Result<(DistillTask, Vec<DistillExample
                     let (t, d) = data::split_dev(rows, *f, opts.train_config.seed)?;
                     (t, d, train.clone())
                 }
-                (None, None) => {
-                    return Err(Error::setting(
-                        "dev",
-                        "no dev data: give a dev file or a fraction of the training data to split off",
-                    ))
-                }
+                (None, None) => return Err(Error::setting(
+                    "dev",
+                    "no dev data: give a dev file or a fraction of the training data to split off",
+                )),
             };
             let train_ids = data::label_ids(train, &rows, &labels)?;
             let dev_ids = data::label_ids(&dev_path, &dev_rows, &labels)?;

@@ -12,11 +12,11 @@
 //! as often as they occur) and a quarter uniformly over the vocabulary, so no word is
 //! left behind. It takes a minute or two on 2 cores and needs no teacher forward pass.
 
-use slimformer::rng::Rng;
 use crate::optim::{linear_schedule, AdamW, AdamWConfig};
-use slimformer::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Init, VarMap};
+use slimformer::rng::Rng;
+use slimformer::Result;
 use std::collections::HashMap;
 
 /// How long and on what the embeddings are fitted.
@@ -329,9 +329,9 @@ pub(super) fn fit(
         let grads = loss.backward()?;
         let lr = linear_schedule(opts.lr, step, warmup, opts.steps);
         let grad_of = |v: &Var| {
-            grads
-                .get(v.as_tensor())
-                .ok_or_else(|| slimformer::Error::Input("embedding fit: a table got no gradient".into()))
+            grads.get(v.as_tensor()).ok_or_else(|| {
+                slimformer::Error::Input("embedding fit: a table got no gradient".into())
+            })
         };
         words.step(&tok, grad_of(&word_rows)?, lr, step, &config)?;
         position_rows.step(&pos, grad_of(&pos_rows)?, lr, step, &config)?;

@@ -2,9 +2,9 @@
 //! distillation research code define them. All are differentiable in the student's
 //! inputs (no fused softmax); the teacher's side carries no gradient.
 
-use slimformer::Result;
 use candle_core::{Tensor, D};
 use candle_nn::ops::log_softmax;
+use slimformer::Result;
 
 /// The weights and temperature of the combined loss.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -12,13 +12,11 @@
 //! f32 weights when it loads such a checkpoint (transformers does not read it). Making
 //! int8 inference fast is the job of the kernels, not of this format.
 
-use slimformer::checkpoint::Checkpoint;
 use crate::shrink::student::copy_side_files;
-use slimformer::save::{
-    hf_name, write_atomic, PRETRAINING_HEAD_PREFIXES, SEQUENCE_HEAD_PREFIXES,
-};
-use slimformer::{Error, Result};
 use candle_core::{DType, Tensor};
+use slimformer::checkpoint::Checkpoint;
+use slimformer::save::{hf_name, write_atomic, PRETRAINING_HEAD_PREFIXES, SEQUENCE_HEAD_PREFIXES};
+use slimformer::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -200,7 +198,10 @@ pub fn quantize(model_dir: &Path, out: &Path, mode: QuantMode) -> Result<QuantRe
         "note": "slimformer restores f32 weights on load; transformers does not read this format",
     });
     let text = serde_json::to_string_pretty(&config).expect("json") + "\n";
-    write_atomic(&out.join(slimformer::checkpoint::CONFIG_FILE), text.as_bytes())?;
+    write_atomic(
+        &out.join(slimformer::checkpoint::CONFIG_FILE),
+        text.as_bytes(),
+    )?;
     copy_side_files(model_dir, out, false)?;
     let bytes_before = ckpt.size_bytes();
     let bytes_after = std::fs::metadata(&weights_path)

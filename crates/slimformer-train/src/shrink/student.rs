@@ -4,11 +4,11 @@
 //! the positions; no pooler: `pre_classifier` starts from it); RoBERTa and
 //! DistilBERT teachers give students of their own family.
 
+use candle_core::Tensor;
 use slimformer::checkpoint::Checkpoint;
 use slimformer::models::Family;
 use slimformer::save::{class_prefix, save_tensors, write_atomic};
 use slimformer::{Error, Result};
-use candle_core::Tensor;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -23,7 +23,11 @@ pub struct StudentCheckpoint {
 /// which gives DistilBERT's 0,2,4,7,9,11 for 6 of 12 and 0,2,5 for 3 of 6).
 pub fn evenly_spaced_layers(n: usize, k: usize) -> Result<Vec<usize>> {
     if k == 0 || k > n {
-        return Err(Error::bad_value("student_layers", k, format!("the teacher has {n} layers, so choose 1 to {n}")));
+        return Err(Error::bad_value(
+            "student_layers",
+            k,
+            format!("the teacher has {n} layers, so choose 1 to {n}"),
+        ));
     }
     if k == 1 {
         return Ok(vec![n - 1]);
@@ -330,13 +334,14 @@ fn tokenizer_config(from: &Path, drop_token_types: bool) -> Result<Vec<u8>> {
     } else {
         serde_json::json!({})
     };
-    let source_family = slimformer::checkpoint::read_json(&from.join(slimformer::checkpoint::CONFIG_FILE))
-        .ok()
-        .and_then(|c| {
-            c.get("model_type")?
-                .as_str()
-                .and_then(Family::from_model_type)
-        });
+    let source_family =
+        slimformer::checkpoint::read_json(&from.join(slimformer::checkpoint::CONFIG_FILE))
+            .ok()
+            .and_then(|c| {
+                c.get("model_type")?
+                    .as_str()
+                    .and_then(Family::from_model_type)
+            });
     if let (Some(obj), Some(family)) = (v.as_object_mut(), source_family) {
         obj.entry("tokenizer_class")
             .or_insert_with(|| format!("{}Tokenizer", class_prefix(family)).into());
@@ -385,7 +390,10 @@ pub fn write_checkpoint(
         .collect();
     save_tensors(&named, &tmp.join("model.safetensors"))?;
     let text = serde_json::to_string_pretty(&student.config).expect("json") + "\n";
-    write_atomic(&tmp.join(slimformer::checkpoint::CONFIG_FILE), text.as_bytes())?;
+    write_atomic(
+        &tmp.join(slimformer::checkpoint::CONFIG_FILE),
+        text.as_bytes(),
+    )?;
     copy_side_files(side_files_from, &tmp, student.family == Family::DistilBert)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| Error::file(dir, e))?;

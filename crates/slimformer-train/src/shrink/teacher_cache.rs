@@ -4,9 +4,9 @@
 //! config and tokenizer, the data file, the columns, the length limit, what is kept),
 //! so a changed teacher or data set never reads a stale cache.
 
+use candle_core::{DType, Device, Tensor};
 use slimformer::io::replace_file;
 use slimformer::{Error, Result};
-use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -131,7 +131,7 @@ impl SelfAttention {
 
 /// The attention context of q, k, v ([batch, len, heads·d]) from candle's ops:
 /// dropout(softmax(scale·QKᵀ + bias))·V, for any dtype, device or bias shape, and as
-/// the stock path under `SLIMFORMER_PORTABLE_KERNELS=1`.
+/// the stock path under `SLIMFORMER_CANDLE_OPS=1`.
 pub(super) fn composed(
     q: &Tensor,
     k: &Tensor,

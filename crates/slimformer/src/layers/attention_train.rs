@@ -11,9 +11,9 @@
 
 use super::dropout::mask_factors;
 use super::fast::contiguous_f32;
-use slimformer_kernels::math::{lane_dot, softmax_in_place};
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
+use slimformer_kernels::math::{lane_dot, softmax_in_place};
 
 /// The attention context [batch, len, heads·head_dim] of q, k, v (same layout);
 /// `bias`: [batch, 1, 1, len] (the padding mask); `dropout`: the drop probability of
@@ -358,8 +358,8 @@ impl CustomOp3 for TrainedAttention {
 #[cfg(test)]
 mod tests {
     use super::super::attention::composed;
-    use crate::layers::tests::max_diff;
     use super::*;
+    use crate::layers::tests::max_diff;
     use candle_core::{Device, Var};
 
     #[test]

@@ -180,9 +180,9 @@ pub(crate) fn mask_factors(f: &mut [f32], first: usize, seed: u64, keep: f32) {
         }
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512dq") {
+    if slimformer_kernels::cpu_has!("avx512f", "avx512dq") {
         #[target_feature(enable = "avx512f,avx512dq")]
-        unsafe fn wide(f: &mut [f32], first: usize, seed: u64, keep: f32) {
+        fn wide(f: &mut [f32], first: usize, seed: u64, keep: f32) {
             fill(f, first, seed, keep)
         }
         // SAFETY: the CPU has the features `wide` was compiled for.
@@ -193,8 +193,8 @@ pub(crate) fn mask_factors(f: &mut [f32], first: usize, seed: u64, keep: f32) {
 
 #[cfg(test)]
 mod tests {
-    use crate::layers::tests::max_diff;
     use super::*;
+    use crate::layers::tests::max_diff;
     use candle_core::{Device, Var};
 
     #[test]

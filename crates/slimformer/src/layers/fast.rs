@@ -1,12 +1,12 @@
 //! candle ops over the vectorised maths of `slimformer_kernels::math`: the exact
 //! GELU (with its derivative, for training), its tanh approximation and the
 //! softmax, run in parallel chunks. Inference only where no gradient flows;
-//! `SLIMFORMER_PORTABLE_KERNELS=1` falls back to candle's own ops.
+//! `SLIMFORMER_CANDLE_OPS=1` falls back to candle's own ops.
 
-use slimformer_kernels::gemm::Epilogue;
-use slimformer_kernels::math::{add_bias_then, gelu_erf_grad, softmax_rows};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
+use slimformer_kernels::gemm::Epilogue;
+use slimformer_kernels::math::{add_bias_then, gelu_erf_grad, softmax_rows};
 
 const CHUNK: usize = 4096;
 
@@ -67,10 +67,12 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 }
 
-/// `SLIMFORMER_PORTABLE_KERNELS=1` turns these kernels off (for A/B timings).
-pub(crate) fn enabled() -> bool {
+/// `SLIMFORMER_CANDLE_OPS` set (to anything) turns slimformer's kernels off:
+/// candle's own matmul and ops run, in f32 whatever the precision (the baseline of
+/// the kernel benchmarks).
+pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("SLIMFORMER_PORTABLE_KERNELS").is_none())
+    *ON.get_or_init(|| std::env::var_os("SLIMFORMER_CANDLE_OPS").is_none())
 }
 
 pub(crate) fn usable(xs: &Tensor) -> bool {

@@ -1,8 +1,8 @@
-use slimformer_kernels::gemm::Epilogue;
 use super::{linear, Activation, Dropout, Linear};
 use crate::rng::TrainRng;
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
+use slimformer_kernels::gemm::Epilogue;
 
 /// Position-wise feed-forward block: `down(dropout(act(up(x))))`. Only XLNet
 /// drops out inside the block; the other families pass `Dropout::default()`.

@@ -52,7 +52,12 @@ pub struct ResidualLayerNorm {
 }
 
 impl ResidualLayerNorm {
-    fn run(&self, x: &[f32], residual: &[f32], shape: &Shape) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn run(
+        &self,
+        x: &[f32],
+        residual: &[f32],
+        shape: &Shape,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let out = attention::residual_layer_norm(x, residual, &self.weight, &self.bias, self.eps)
             .map_err(|e| candle_core::Error::Msg(format!("LayerNorm: {e}")))?;
         Ok((CpuStorage::F32(out), shape.clone()))

@@ -12,10 +12,10 @@
 //! so nothing is packed ahead.
 
 use super::fast::contiguous_f32;
+use super::precision::Precision;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use slimformer_kernels::gemm::{self, Epilogue, PackedWeight};
 use slimformer_kernels::gemm_bf16::{self, Lhs, PackedBf16Weight};
-use super::Precision;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 
 /// `x·Wᵀ + b` for x: [rows, in], w: [out, in], b: [out] (f32 on the CPU),
 /// differentiable; the products in `precision` (int8 trains in f32).
@@ -223,10 +223,10 @@ impl CustomOp2 for WeightGrad {
 
 #[cfg(test)]
 mod tests {
-    use crate::layers::tests::max_diff;
-    use slimformer_kernels::testing::values;
     use super::*;
+    use crate::layers::tests::max_diff;
     use candle_core::{Device, Var};
+    use slimformer_kernels::testing::values;
 
     #[test]
     fn products_and_gradients_match_candles_f32() -> candle_core::Result<()> {

@@ -13,6 +13,7 @@ pub mod fused;
 mod linear;
 mod linear_train;
 mod norm;
+mod precision;
 
 pub mod rows;
 mod transformer;
@@ -26,7 +27,8 @@ pub use norm::LayerNorm;
 pub use transformer::{LayerNames, LayerShape, TransformerLayer};
 
 pub use candle_nn::Embedding;
-pub use linear::{precision, set_precision, Linear, Precision};
+pub use linear::Linear;
+pub use precision::{precision, set_precision, Precision};
 
 /// transformers' initialization of new weights: normal(0, initializer_range).
 pub const INIT_STD: f64 = 0.02;

@@ -5,16 +5,16 @@ use slimformer::checkpoint::Checkpoint;
 use slimformer::heads::SequenceClassifier;
 use slimformer::models::Family;
 use slimformer::params::count_parameters;
+use slimformer::tokenize::{TextInput, TextTokenizer};
+use slimformer::{Error, Model};
+use slimformer_train::data::Columns;
 use slimformer_train::shrink::compress::{compress, CompressOptions, ShareInit, Sharing};
 use slimformer_train::shrink::distill::{distill, DistillData, DistillOptions, StudentSpec};
 use slimformer_train::shrink::embedding_fit::EmbeddingFitOptions;
 use slimformer_train::shrink::losses::DistillWeights;
 use slimformer_train::shrink::quantize::{quantize, quantize_rows, QuantMode};
 use slimformer_train::shrink::student::{from_teacher_layers, write_checkpoint};
-use slimformer::tokenize::{TextInput, TextTokenizer};
-use slimformer_train::data::Columns;
 use slimformer_train::trainer::TrainConfig;
-use slimformer::{Error, Model};
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {

@@ -2,11 +2,9 @@
 //! input format, results written to each output format and read back, bad rows
 //! in the middle of a file, and the order of the results.
 
-mod common;
-
+use crate::common::{dir_str, fixture, json_lines, slimformer, stderr};
 use arrow_array::{Array, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use common::{dir_str, fixture, json_lines, slimformer, stderr};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use serde_json::Value;

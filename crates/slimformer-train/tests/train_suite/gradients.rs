@@ -7,12 +7,12 @@ use candle_nn::VarMap;
 use slimformer::heads::MaskedLmHead;
 use slimformer::models::{Batch, Family};
 use slimformer::rng::Rng;
+use slimformer::{Model, Result};
 use slimformer_train::init::{init_trainable, initialize, tiny_config};
 use slimformer_train::objectives::mlm::{mask_example, MaskingMode, MlmConfig};
 use slimformer_train::objectives::plm::plm_targets;
 use slimformer_train::objectives::{mlm_loss, plm_loss, sentence_pair_loss};
 use slimformer_train::pretrain_heads::{PlmHead, SentencePairHead};
-use slimformer::{Model, Result};
 
 const VOCAB: usize = 60;
 const LEN: usize = 10;

@@ -65,7 +65,10 @@ fn collect(root: &Path, dir: &Path, krate: &str, out: &mut Vec<Module>) {
             .components()
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
-        if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+        if matches!(
+            parts.last().map(String::as_str),
+            Some("mod" | "lib" | "main")
+        ) {
             parts.pop();
         }
         let source = code_only(&std::fs::read_to_string(&path).unwrap());
@@ -93,7 +96,10 @@ fn code_only(src: &str) -> String {
             let hashes = rest[1..].chars().take_while(|&c| c == '#').count();
             let close = format!("\"{}", "#".repeat(hashes));
             let body = 2 + hashes;
-            i += body + rest[body..].find(&close).map_or(rest.len() - body, |e| e + close.len());
+            i += body
+                + rest[body..]
+                    .find(&close)
+                    .map_or(rest.len() - body, |e| e + close.len());
             out.push_str("\"\"");
         } else if rest.starts_with('"') {
             let mut j = 1;
@@ -106,7 +112,11 @@ fn code_only(src: &str) -> String {
             }
             i += j + 1;
             out.push_str("\"\"");
-        } else if rest.starts_with("'\\") || rest.len() > 2 && rest.as_bytes()[0] == b'\'' && rest[1..].chars().nth(1) == Some('\'') {
+        } else if rest.starts_with("'\\")
+            || rest.len() > 2
+                && rest.as_bytes()[0] == b'\''
+                && rest[1..].chars().nth(1) == Some('\'')
+        {
             // A char literal ('x', '\n'); lifetimes ('a) are left alone.
             let end = rest[1..].find('\'').map_or(1, |e| e + 2);
             i += end;
@@ -149,8 +159,14 @@ fn skip_item(s: &str) -> usize {
 /// Every path a `use` statement names, braces expanded: `a::{b, c::d}` →
 /// `a::b`, `a::c::d`.
 fn use_paths(tree: &str) -> Vec<String> {
+    // `a as b` keeps its spaces as `@`, every other space goes.
+    let words: Vec<&str> = tree.split_whitespace().collect();
+    let tree = words.join(" ").replace(" as ", "@as@");
     let tree: String = tree.chars().filter(|c| !c.is_whitespace()).collect();
     expand("", &tree)
+        .into_iter()
+        .map(|p| p.replace("@as@", " as "))
+        .collect()
 }
 
 fn expand(prefix: &str, tree: &str) -> Vec<String> {
@@ -162,7 +178,11 @@ fn expand(prefix: &str, tree: &str) -> Vec<String> {
         }
     };
     match tree.find('{') {
-        None => tree.split(',').filter(|p| !p.is_empty()).map(join).collect(),
+        None => tree
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(join)
+            .collect(),
         Some(open) => {
             let head = tree[..open].trim_end_matches("::");
             let inner = &tree[open + 1..tree.len() - 1];
@@ -318,7 +338,11 @@ fn edges(graph: &Graph) -> BTreeMap<usize, BTreeSet<usize>> {
                 .map_or(code.len(), |e| start + e);
             let path = &code[begin..end];
             let first = path.split("::").next().unwrap_or_default();
-            if first == "crate" || first == "super" || first == "self" || graph.crates.contains(first) {
+            if first == "crate"
+                || first == "super"
+                || first == "self"
+                || graph.crates.contains(first)
+            {
                 paths.push(path.trim_end_matches(':').to_string());
             }
         }
@@ -398,7 +422,11 @@ fn cycles(n: usize, edges: &BTreeMap<usize, BTreeSet<usize>>) -> Vec<Vec<usize>>
 
 fn graph() -> Graph {
     let modules = modules();
-    let index = modules.iter().enumerate().map(|(i, m)| (m.name(), i)).collect();
+    let index = modules
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name(), i))
+        .collect();
     let crates = modules.iter().map(|m| m.krate.clone()).collect();
     Graph {
         index,
@@ -416,9 +444,15 @@ fn no_module_imports_in_a_circle() {
         let (a, b) = (graph.index[a], graph.index[b]);
         edges.get(&a).is_some_and(|e| e.contains(&b))
     };
-    assert!(has_edge("slimformer::layers::linear", "slimformer_kernels::gemm"));
+    assert!(has_edge(
+        "slimformer::layers::linear",
+        "slimformer_kernels::gemm"
+    ));
     assert!(has_edge("slimformer::models::bert", "slimformer::layers"));
-    assert!(has_edge("slimformer_server::routes", "slimformer_server::state"));
+    assert!(has_edge(
+        "slimformer_server::routes",
+        "slimformer_server::state"
+    ));
     let found = cycles(graph.modules.len(), &edges);
     let described: Vec<String> = found
         .iter()
@@ -429,7 +463,11 @@ fn no_module_imports_in_a_circle() {
                 .join(" ↔ ")
         })
         .collect();
-    assert!(described.is_empty(), "modules that import each other in a circle:\n{}", described.join("\n"));
+    assert!(
+        described.is_empty(),
+        "modules that import each other in a circle:\n{}",
+        described.join("\n")
+    );
 }
 
 #[test]
@@ -438,8 +476,15 @@ fn the_code_checker_expands_use_trees_and_drops_tests() {
         use_paths("crate::a::{b, c::{d, e as f}}"),
         ["crate::a::b", "crate::a::c::d", "crate::a::c::e as f"]
     );
-    let code = code_only("use a::b; // use c::d;\n#[cfg(test)]\nmod tests { use e::f; }\nlet s = \"x::y\";");
-    assert!(code.contains("a::b") && !code.contains("c::d") && !code.contains("e::f") && !code.contains("x::y"));
+    let code = code_only(
+        "use a::b; // use c::d;\n#[cfg(test)]\nmod tests { use e::f; }\nlet s = \"x::y\";",
+    );
+    assert!(
+        code.contains("a::b")
+            && !code.contains("c::d")
+            && !code.contains("e::f")
+            && !code.contains("x::y")
+    );
 }
 
 /// `cargo tree` of one package, normal dependencies only, one crate name a line.
@@ -447,10 +492,25 @@ fn dependency_tree(package: &str) -> BTreeSet<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
         .current_dir(workspace())
-        .args(["tree", "--offline", "-e", "normal", "--prefix", "none", "--format", "{p}", "-p", package])
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+            "-p",
+            package,
+        ])
         .output()
         .expect("cargo tree runs");
-    assert!(out.status.success(), "cargo tree -p {package}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo tree -p {package}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
@@ -460,9 +520,21 @@ fn dependency_tree(package: &str) -> BTreeSet<String> {
 #[test]
 fn the_server_links_no_training_study_or_plotting_code() {
     let deps = dependency_tree("slimformer-server");
-    assert!(deps.contains("slimformer") && deps.contains("slimformer-registry"), "{deps:?}");
-    for banned in ["slimformer-train", "slimformer-study", "slimformer-retrain", "plotters", "indicatif"] {
-        assert!(!deps.contains(banned), "slimformer-server depends on {banned}");
+    assert!(
+        deps.contains("slimformer") && deps.contains("slimformer-registry"),
+        "{deps:?}"
+    );
+    for banned in [
+        "slimformer-train",
+        "slimformer-study",
+        "slimformer-retrain",
+        "plotters",
+        "indicatif",
+    ] {
+        assert!(
+            !deps.contains(banned),
+            "slimformer-server depends on {banned}"
+        );
     }
 }
 

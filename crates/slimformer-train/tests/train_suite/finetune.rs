@@ -2,10 +2,10 @@
 //! HF format, resuming, gradients, and the errors of bad data.
 
 use slimformer::heads::SequenceClassifier;
+use slimformer::Model;
 use slimformer_train::data::{self, Columns};
 use slimformer_train::finetune::{self, FinetuneOptions};
 use slimformer_train::trainer::{self, RunOptions, TrainConfig, TrainTask};
-use slimformer::Model;
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {

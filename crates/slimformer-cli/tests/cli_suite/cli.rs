@@ -1,9 +1,7 @@
 //! The command line as a user runs it: the real binary on the committed tiny
 //! checkpoints, JSON Lines parsed back, and every bad input of the contract.
 
-mod common;
-
-use common::{dir_str, fixture, json_lines, run_with_stdin, slimformer, stderr};
+use crate::common::{dir_str, fixture, json_lines, run_with_stdin, slimformer, stderr};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Output;

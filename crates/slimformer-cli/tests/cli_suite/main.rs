@@ -1,0 +1,14 @@
+//! The `slimformer` binary's tests, one test binary (one link) for them all: each
+//! module runs the real binary as a user would, on real checkpoints and data.
+
+mod cli;
+mod common;
+mod compare_cli;
+mod finetune_cli;
+mod jobs;
+mod layering;
+mod pretrain_cli;
+mod retrain_cli;
+mod serve;
+mod shrink_cli;
+mod study_cli;

@@ -1,0 +1,8 @@
+//! slimformer-train's tests, one test binary for them all: parity with
+//! transformers for every family and head (inference and gradients), fine-tuning
+//! and shrinking on real checkpoints.
+
+mod finetune;
+mod gradients;
+mod parity;
+mod shrink;
