@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetches the large, git-ignored test/bench assets into assets/.
-#   scripts/fetch-assets.sh            the model only (what CI needs)
+#   scripts/fetch-assets.sh            the model and candle-core's release (what CI needs)
 #   scripts/fetch-assets.sh data|all   the model and the datasets in assets/data/:
 #       rotten_tomatoes/{train,dev,test}.csv, sms_spam/{train,dev,test}.csv  (text,label; fixed
 #       seeded splits written by scripts/split_data.py, counts in each stats.json),
@@ -212,6 +212,27 @@ fetch_data() {
   fetch_austen
 }
 
+# The crates.io release of candle-core that vendor/candle-core patches: a test checks that the
+# vendored tree is this release with vendor/candle-core/*.patch applied.
+CANDLE_CORE_VERSION=0.11.1
+CANDLE_CORE_SHA256=d11c8be87cfbaef9ebb62fb3f850d1fc8e00cc1d11d393fdbe55a4d5c2cdb325
+fetch_candle_core() {
+  local dest=$DOWNLOADS/candle-core-$CANDLE_CORE_VERSION.crate
+  if [ -s "$dest" ] && echo "$CANDLE_CORE_SHA256  $dest" | sha256sum -c --quiet - 2>/dev/null; then
+    log "candle-core $CANDLE_CORE_VERSION: already present"
+    return
+  fi
+  mkdir -p "$DOWNLOADS"
+  log "downloading candle-core $CANDLE_CORE_VERSION from crates.io"
+  curl -sSfL -o "$dest.tmp" \
+    "https://static.crates.io/crates/candle-core/candle-core-$CANDLE_CORE_VERSION.crate"
+  if ! echo "$CANDLE_CORE_SHA256  $dest.tmp" | sha256sum -c --quiet -; then
+    log "error: candle-core-$CANDLE_CORE_VERSION.crate does not have the expected sha256"
+    rm -f "$dest.tmp"; exit 1
+  fi
+  mv "$dest.tmp" "$dest"
+}
+
 main() {
   case "${1:-model}" in
     model) ;;
@@ -221,6 +242,7 @@ main() {
   esac
   mkdir -p "$ASSETS"
   fetch_minilm
+  fetch_candle_core
   case "${1:-model}" in
     data|all) fetch_data ;;
   esac

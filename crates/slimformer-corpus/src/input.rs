@@ -155,7 +155,7 @@ fn line_row(bytes: Vec<u8>, pairs: bool, source: &str, number: usize) -> Row {
         match text.split_once('\t') {
             Some((a, b)) => Ok(TextInput::Pair(a.to_string(), b.to_string())),
             None => Err(format!(
-                "{place}--pairs: expected two fields separated by a tab"
+                "{place}expected a pair of texts separated by a tab"
             )),
         }
     } else {

@@ -87,6 +87,18 @@ fn d_dev_split() -> f64 {
 }
 
 impl RetrainConfig {
+    /// The training settings of a round, for fine-tuning and distilling alike.
+    fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            lr: self.lr,
+            batch: self.batch,
+            seed: self.seed,
+            ..Default::default()
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
         let c: RetrainConfig = toml::from_str(&text)
@@ -212,6 +224,9 @@ pub fn run_once(config: &RetrainConfig) -> Result<RunRecord> {
     Ok(record)
 }
 
+/// One round: gate a candidate left by an interrupted run, or gather the inbox's
+/// new rows, train a candidate from production on them (distil and quantize it if
+/// asked), record it, and gate it on the holdout.
 fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Result<()> {
     let (production, production_dir) = registry::production(&reg.dir)?;
     record.production_before = Some(production.clone());
@@ -239,10 +254,80 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
         );
     }
 
-    // Gather new files: unseen, readable; the rest quarantined.
-    let mut rows = Vec::new();
-    let mut used: Vec<(String, String, PathBuf)> = Vec::new();
-    let mut quarantined = Vec::new();
+    let inbox = gather_inbox(config, reg, &columns)?;
+    record.quarantined = serde_json::json!(inbox.quarantined);
+    if inbox.rows.is_empty() {
+        record.outcome = "skipped".into();
+        record.reason = "no new labelled data in the inbox".into();
+        return Ok(());
+    }
+
+    let name = reg.next_version()?;
+    let staging = reg.staging_dir(&name);
+    let work = reg.dir.join(".staging").join(format!("{name}-data"));
+    std::fs::create_dir_all(&work).map_err(|e| Error::file(&work, e))?;
+    let train_file = work.join("train.jsonl");
+    write_rows(&inbox.rows, &columns, &train_file)?;
+    record.candidate = Some(name.clone());
+    let report = train_candidate(config, &production_dir, &train_file, &staging)?;
+    slimformer_registry::fault_point("candidate-trained");
+    if let Some(k) = config.distill_layers {
+        distill_candidate(config, k, &train_file, &staging, &work)?;
+    }
+    if let Some(mode) = &config.quantize {
+        quantize_candidate(mode, &staging, &work)?;
+    }
+
+    // Both on the same holdout.
+    let (candidate_m, production_m) = (score(&staging)?, score(&production_dir)?);
+    let (c, p) = (candidate_m.primary_value(), production_m.primary_value());
+    record.candidate_score = Some(c);
+    record.production_score = Some(p);
+    let data = serde_json::json!({
+        "files": inbox.used.iter().map(|(h, n, _)| serde_json::json!({"name": n, "hash": h})).collect::<Vec<_>>(),
+        "rows": inbox.rows.len(),
+        "train_examples": report.train_examples,
+        "dev_examples": report.dev_examples,
+    });
+    let holdout = serde_json::json!({"candidate": candidate_m.values, "production": production_m.values, "new_data_dev": report.outcome.best.as_ref().map(|m| &m.values)});
+    let files: Vec<(String, String)> = inbox
+        .used
+        .iter()
+        .map(|(h, n, _)| (h.clone(), n.clone()))
+        .collect();
+    reg.add_version(
+        &name,
+        &staging,
+        Some(&production),
+        &serde_json::to_value(config).unwrap_or_default(),
+        &data,
+        &holdout,
+        &files,
+    )?;
+    slimformer_registry::fault_point("version-recorded");
+    for (_, _, file) in &inbox.used {
+        file_away(&config.inbox, "processed", file)?;
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    gate(config, reg, record, &name, c, p)
+}
+
+/// The inbox's new rows, the files they came from (content hash, name, path),
+/// and the files put in quarantine (unreadable, or without rows).
+struct Inbox {
+    rows: Vec<data::Row>,
+    used: Vec<(String, String, PathBuf)>,
+    quarantined: Vec<serde_json::Value>,
+}
+
+/// Reads the inbox's files that the registry has not seen: readable ones give
+/// rows, the others go to quarantine; files seen before are filed as processed.
+fn gather_inbox(config: &RetrainConfig, reg: &Registry, columns: &data::Columns) -> Result<Inbox> {
+    let mut inbox = Inbox {
+        rows: Vec::new(),
+        used: Vec::new(),
+        quarantined: Vec::new(),
+    };
     for file in inbox_files(&config.inbox)? {
         let bytes = std::fs::read(&file).map_err(|e| Error::file(&file, e))?;
         let hash = content_hash(&bytes);
@@ -250,37 +335,31 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
             file_away(&config.inbox, "processed", &file)?;
             continue;
         }
-        match data::read_rows(&file, &columns) {
+        match data::read_rows(&file, columns) {
             Ok(r) if !r.is_empty() => {
-                rows.extend(r);
-                used.push((
-                    hash,
-                    file.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    file,
-                ));
+                inbox.rows.extend(r);
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                inbox.used.push((hash, name, file));
             }
-            Ok(_) => quarantined.push(serde_json::json!({"file": file, "error": "no rows"})),
+            Ok(_) => inbox
+                .quarantined
+                .push(serde_json::json!({"file": file, "error": "no rows"})),
             Err(e) => {
                 let dest = file_away(&config.inbox, "quarantine", &file)?;
-                quarantined.push(serde_json::json!({"file": dest, "error": e.to_string()}));
+                inbox
+                    .quarantined
+                    .push(serde_json::json!({"file": dest, "error": e.to_string()}));
             }
         }
     }
-    record.quarantined = serde_json::json!(quarantined);
-    if rows.is_empty() {
-        record.outcome = "skipped".into();
-        record.reason = "no new labelled data in the inbox".into();
-        return Ok(());
-    }
+    Ok(inbox)
+}
 
-    // The candidate: fine-tuned from production on the new rows.
-    let name = reg.next_version()?;
-    let staging = reg.staging_dir(&name);
-    let work = reg.dir.join(".staging").join(format!("{name}-data"));
-    std::fs::create_dir_all(&work).map_err(|e| Error::file(&work, e))?;
-    let train_file = work.join("train.jsonl");
+/// The rows as JSON Lines in the configured columns: the candidate's training file.
+fn write_rows(rows: &[data::Row], columns: &data::Columns, path: &Path) -> Result<()> {
     let lines: String = rows
         .iter()
         .map(|r| {
@@ -297,113 +376,77 @@ fn round(config: &RetrainConfig, reg: &Registry, record: &mut RunRecord) -> Resu
             v.to_string() + "\n"
         })
         .collect();
-    slimformer::io::write_atomic(&train_file, lines.as_bytes())?;
-    record.candidate = Some(name.clone());
+    slimformer::io::write_atomic(path, lines.as_bytes())
+}
+
+/// Fine-tunes production on the new rows into `staging`.
+fn train_candidate(
+    config: &RetrainConfig,
+    production_dir: &Path,
+    train_file: &Path,
+    staging: &Path,
+) -> Result<finetune::FinetuneReport> {
     let report = finetune::finetune(&FinetuneOptions {
-        model_dir: production_dir.clone(),
-        train: train_file.clone(),
+        model_dir: production_dir.to_path_buf(),
+        train: train_file.to_path_buf(),
         dev: None,
         dev_split: Some(config.dev_split),
-        columns: columns.clone(),
+        columns: config.columns(),
         max_len: config.max_len,
-        train_config: TrainConfig {
-            epochs: config.epochs,
-            max_steps: config.max_steps,
-            lr: config.lr,
-            batch: config.batch,
-            seed: config.seed,
-            ..Default::default()
-        },
-        out: staging.clone(),
+        train_config: config.train_config(),
+        out: staging.to_path_buf(),
         overwrite: true,
         progress: false,
         test: None,
     })?;
     let _ = std::fs::remove_dir_all(staging.join(slimformer_train::trainer::RESUME_DIR));
-    slimformer_registry::fault_point("candidate-trained");
-    if let Some(k) = config.distill_layers {
-        let student = work.join("student");
-        slimformer_train::shrink::distill::distill(
-            &slimformer_train::shrink::distill::DistillOptions {
-                teacher: staging.clone(),
-                student: slimformer_train::shrink::distill::StudentSpec::Layers(k),
-                data: slimformer_train::shrink::distill::DistillData::Task {
-                    train: train_file.clone(),
-                    dev: None,
-                    dev_split: Some(config.dev_split),
-                    columns: columns.clone(),
-                    test: None,
-                },
-                weights: Default::default(),
-                max_len: config.max_len,
-                train_config: TrainConfig {
-                    epochs: config.epochs,
-                    max_steps: config.max_steps,
-                    lr: config.lr,
-                    batch: config.batch,
-                    seed: config.seed,
-                    ..Default::default()
-                },
-                out: student.clone(),
-                overwrite: true,
-                progress: false,
-                cache_dir: None,
-            },
-        )?;
-        let _ = std::fs::remove_dir_all(student.join(slimformer_train::trainer::RESUME_DIR));
-        let _ = std::fs::remove_dir_all(student.join(slimformer_train::shrink::distill::INIT_DIR));
-        std::fs::remove_dir_all(&staging).map_err(|e| Error::file(&staging, e))?;
-        std::fs::rename(&student, &staging).map_err(|e| Error::file(&staging, e))?;
-    }
-    if let Some(mode) = &config.quantize {
-        let mode: slimformer_train::shrink::quantize::QuantMode =
-            mode.parse().map_err(Error::Config)?;
-        let quantized = work.join("quantized");
-        slimformer_train::shrink::quantize::quantize(&staging, &quantized, mode)?;
-        for f in ["model.safetensors", "config.json"] {
-            std::fs::rename(quantized.join(f), staging.join(f))
-                .map_err(|e| Error::file(&staging, e))?;
-        }
-    }
+    Ok(report)
+}
 
-    // Both on the same holdout.
-    let (candidate_m, production_m) = (score(&staging)?, score(&production_dir)?);
-    let (c, p) = (candidate_m.primary_value(), production_m.primary_value());
-    record.candidate_score = Some(c);
-    record.production_score = Some(p);
-    let data = serde_json::json!({
-        "files": used.iter().map(|(h, n, _)| serde_json::json!({"name": n, "hash": h})).collect::<Vec<_>>(),
-        "rows": rows.len(),
-        "train_examples": report.train_examples,
-        "dev_examples": report.dev_examples,
-    });
-    let holdout = serde_json::json!({"candidate": candidate_m.values, "production": production_m.values, "new_data_dev": report.outcome.best.as_ref().map(|m| &m.values)});
-    let files: Vec<(String, String)> = used
-        .iter()
-        .map(|(h, n, _)| (h.clone(), n.clone()))
-        .collect();
-    reg.add_version(
-        &name,
-        &staging,
-        Some(&production),
-        &serde_json::to_value(config).unwrap_or_default(),
-        &data,
-        &holdout,
-        &files,
-    )?;
-    slimformer_registry::fault_point("version-recorded");
-    for (_, _, file) in &used {
-        file_away(&config.inbox, "processed", file)?;
+/// Distils the candidate in `staging` into `layers` of its layers, in its place.
+fn distill_candidate(
+    config: &RetrainConfig,
+    layers: usize,
+    train_file: &Path,
+    staging: &Path,
+    work: &Path,
+) -> Result<()> {
+    use slimformer_train::shrink::distill::{self, DistillData, DistillOptions, StudentSpec};
+    let student = work.join("student");
+    distill::distill(&DistillOptions {
+        teacher: staging.to_path_buf(),
+        student: StudentSpec::Layers(layers),
+        data: DistillData::Task {
+            train: train_file.to_path_buf(),
+            dev: None,
+            dev_split: Some(config.dev_split),
+            columns: config.columns(),
+            test: None,
+        },
+        weights: Default::default(),
+        max_len: config.max_len,
+        train_config: config.train_config(),
+        out: student.clone(),
+        overwrite: true,
+        progress: false,
+        cache_dir: None,
+    })?;
+    let _ = std::fs::remove_dir_all(student.join(slimformer_train::trainer::RESUME_DIR));
+    let _ = std::fs::remove_dir_all(student.join(distill::INIT_DIR));
+    std::fs::remove_dir_all(staging).map_err(|e| Error::file(staging, e))?;
+    std::fs::rename(&student, staging).map_err(|e| Error::file(staging, e))
+}
+
+/// Quantizes the candidate in `staging` (`int8` or `bf16`), in its place.
+fn quantize_candidate(mode: &str, staging: &Path, work: &Path) -> Result<()> {
+    use slimformer_train::shrink::quantize::{quantize, QuantMode};
+    let mode: QuantMode = mode.parse().map_err(Error::Config)?;
+    let quantized = work.join("quantized");
+    quantize(staging, &quantized, mode)?;
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::rename(quantized.join(f), staging.join(f)).map_err(|e| Error::file(staging, e))?;
     }
-    let _ = std::fs::remove_dir_all(&work);
-    gate(
-        config,
-        reg,
-        record,
-        &name,
-        candidate_m.primary_value(),
-        production_m.primary_value(),
-    )
+    Ok(())
 }
 
 /// Promotes a recorded candidate scoring `c` on the holdout against production's `p`,

@@ -207,7 +207,7 @@ fn validate_inputs(state: &AppState, inputs: &[TextInput]) -> ApiResult<()> {
         return Err(ApiError::new(
             ErrorType::PayloadTooLarge,
             format!(
-                "{} inputs, more than --max-client-batch-size {}",
+                "{} inputs, more than the server takes in one request ({})",
                 inputs.len(),
                 state.config.max_client_batch_size
             ),
@@ -539,7 +539,7 @@ async fn tei_embed(
     let req: TeiEmbedRequest = parse_json(&state, &headers, &body)?;
     if req.truncate == Some(false) && !state.config.no_truncate {
         tracing::debug!(
-            "truncate=false asked; the server truncates unless started with --no-truncate"
+            "truncate=false asked, but this server truncates long inputs (it was not started with truncation off)"
         );
     }
     let inputs = tei_texts(req.inputs);

@@ -31,7 +31,7 @@ pub struct Measurement {
     pub load_ms: f64,
     /// Peak resident memory of the measuring process (Linux; `None` elsewhere).
     pub peak_rss_mib: Option<f64>,
-    pub latency: Vec<BenchRecord>,
+    pub latency: Vec<BenchResult>,
     /// Texts per second over the eval texts (batches of 32, longest first).
     pub throughput_texts_per_s: f64,
     pub eval_texts: usize,
@@ -56,30 +56,6 @@ impl From<ParamCounts> for ParamCountsRecord {
             embeddings: p.embeddings,
             encoder: p.encoder,
             heads: p.heads,
-        }
-    }
-}
-
-/// [`BenchResult`] as stored in a report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BenchRecord {
-    pub shape: String,
-    pub precision: String,
-    pub threads: usize,
-    pub median_ms: f64,
-    pub p95_ms: f64,
-    pub runs: usize,
-}
-
-impl From<BenchResult> for BenchRecord {
-    fn from(b: BenchResult) -> Self {
-        Self {
-            shape: b.shape,
-            precision: b.precision,
-            threads: b.threads,
-            median_ms: b.median_ms,
-            p95_ms: b.p95_ms,
-            runs: b.runs,
         }
     }
 }
@@ -121,8 +97,8 @@ pub fn measure(dir: &Path, opts: &MeasureOptions) -> Result<Measurement> {
         .shapes
         .iter()
         .filter(|s| s.1 <= limit)
-        .map(|&s| bench_shape(model, s, opts.warmup, opts.runs, threads).map(Into::into))
-        .collect::<Result<Vec<BenchRecord>>>()?;
+        .map(|&s| bench_shape(model, s, opts.warmup, opts.runs, threads))
+        .collect::<Result<Vec<BenchResult>>>()?;
 
     let rows = data::read_rows(&opts.eval, &opts.columns)?;
     let encoded: Vec<Encoded> = rows

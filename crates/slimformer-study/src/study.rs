@@ -186,7 +186,6 @@ fn objectives_of(family: Family) -> &'static str {
 /// Runs the study into `out`, measuring each comparison's models with `runner`;
 /// returns the path of `study.md`.
 pub fn run(config: &StudyConfig, out: &Path, runner: &dyn MeasureRunner) -> Result<PathBuf> {
-    let families = config.families()?;
     let stages = Stages {
         dir: out.join("stages"),
     };
@@ -195,94 +194,138 @@ pub fn run(config: &StudyConfig, out: &Path, runner: &dyn MeasureRunner) -> Resu
         &out.join("study_config.json"),
         (serde_json::to_string_pretty(config).expect("json") + "\n").as_bytes(),
     )?;
-    let size = pretrain::size(&config.size)?;
-    let train = |lr: f64, batch: usize| TrainConfig {
+    let pretrained = pretrain_families(config, out, &stages)?;
+    let (finetuned, mut comparisons) =
+        finetune_and_compare(config, out, &stages, &pretrained, runner)?;
+    if let Some(real) = compare_real(config, out, &stages, runner)? {
+        comparisons.push(real);
+    }
+    let md = render(config, &pretrained, &finetuned, &comparisons);
+    let path = out.join("study.md");
+    write_atomic(&path, md.as_bytes())?;
+    Ok(path)
+}
+
+/// The pretraining settings every family gets.
+fn pretrain_config(config: &StudyConfig) -> TrainConfig {
+    TrainConfig {
         max_steps: Some(config.pretrain_steps),
-        lr,
-        batch,
+        lr: config.pretrain_lr,
+        batch: config.pretrain_batch,
         seed: config.seed,
         log_every: 10,
         ..Default::default()
-    };
+    }
+}
 
-    // From scratch: pretraining (DistilBERT last: it distils the BERT).
-    let mut order = families.clone();
+/// Each family from scratch on the corpus (DistilBERT last: it distils the BERT),
+/// in `Family::ALL` order.
+fn pretrain_families(
+    config: &StudyConfig,
+    out: &Path,
+    stages: &Stages,
+) -> Result<Vec<(Family, PathBuf, StageRecord)>> {
+    let mut order = config.families()?;
     order.sort_by_key(|f| *f == Family::DistilBert);
-    let mut pretrained: Vec<(Family, PathBuf, StageRecord)> = Vec::new();
+    let mut pretrained = Vec::new();
     for family in order {
         let dir = out.join("pretrain").join(family.model_type());
         let record = stages.run(&format!("pretrain-{family}"), || {
-            let (outcome, params) = if family == Family::DistilBert {
-                let teacher = out.join("pretrain/bert");
-                if !teacher.join("config.json").exists() {
-                    return Err(Error::Config(
-                        "DistilBERT is distilled from the study's BERT: keep \"bert\" in families"
-                            .into(),
-                    ));
-                }
-                let layers = slimformer_train::shrink::student::layer_count(
-                    &slimformer::checkpoint::Checkpoint::open(&teacher)?,
-                )?;
-                let report = distill::distill(&DistillOptions {
-                    teacher,
-                    student: StudentSpec::Layers((layers / 2).max(1)),
-                    data: DistillData::General {
-                        corpus: config.corpus.clone(),
-                    },
-                    weights: DistillWeights::default(),
-                    max_len: Some(config.seq_len),
-                    train_config: train(config.pretrain_lr, config.pretrain_batch),
-                    out: dir.clone(),
-                    overwrite: false,
-                    progress: false,
-                    cache_dir: None,
-                })?;
-                let params = slimformer::params::count_parameters(
-                    &slimformer::checkpoint::Checkpoint::open(&dir)?,
-                )
-                .total;
-                (serde_json::to_value(&report.outcome).expect("json"), params)
-            } else {
-                let report = pretrain::pretrain(&PretrainOptions {
-                    family,
-                    corpus: config.corpus.clone(),
-                    tokenizer: TokenizerSource::Train {
-                        vocab_size: config.vocab_size,
-                    },
-                    shape: ModelShape::Size(size),
-                    seq_len: config.seq_len,
-                    whole_word_mask: false,
-                    dev_fraction: 0.02,
-                    train_config: train(config.pretrain_lr, config.pretrain_batch),
-                    out: dir.clone(),
-                    overwrite: false,
-                    progress: false,
-                })?;
-                (
-                    serde_json::to_value(&report.outcome).expect("json"),
-                    report.parameters,
-                )
-            };
-            let examples = config.pretrain_steps * config.pretrain_batch;
-            let rate = outcome["examples_per_s"].as_f64().unwrap_or(0.0);
-            Ok(serde_json::json!({
-                "family": family,
-                "objectives": objectives_of(family),
-                "parameters_with_heads": params,
-                "steps": config.pretrain_steps,
-                "examples": examples,
-                "tokens_seen": examples * config.seq_len,
-                "examples_per_s": rate,
-                "train_minutes": if rate > 0.0 { examples as f64 / rate / 60.0 } else { 0.0 },
-                "dev": outcome["best"]["values"],
-            }))
+            pretrain_one(config, out, family, &dir)
         })?;
         pretrained.push((family, dir, record));
     }
     pretrained.sort_by_key(|(f, _, _)| Family::ALL.iter().position(|a| a == f));
+    Ok(pretrained)
+}
 
-    // Fine-tuning each on every dataset, then one comparison per dataset.
-    let mut finetuned: Vec<(String, Family, StageRecord)> = Vec::new();
+/// One family's pretraining (DistilBERT: general distillation of the study's
+/// BERT into half its layers), and its stage record.
+fn pretrain_one(
+    config: &StudyConfig,
+    out: &Path,
+    family: Family,
+    dir: &Path,
+) -> Result<StageRecord> {
+    let size = pretrain::size(&config.size)?;
+    let dir = dir.to_path_buf();
+    let (outcome, params) = if family == Family::DistilBert {
+        let teacher = out.join("pretrain/bert");
+        if !teacher.join("config.json").exists() {
+            return Err(Error::Config(
+                "DistilBERT is distilled from the study's BERT: keep \"bert\" in families".into(),
+            ));
+        }
+        let layers = slimformer_train::shrink::student::layer_count(
+            &slimformer::checkpoint::Checkpoint::open(&teacher)?,
+        )?;
+        let report = distill::distill(&DistillOptions {
+            teacher,
+            student: StudentSpec::Layers((layers / 2).max(1)),
+            data: DistillData::General {
+                corpus: config.corpus.clone(),
+            },
+            weights: DistillWeights::default(),
+            max_len: Some(config.seq_len),
+            train_config: pretrain_config(config),
+            out: dir.clone(),
+            overwrite: false,
+            progress: false,
+            cache_dir: None,
+        })?;
+        let params =
+            slimformer::params::count_parameters(&slimformer::checkpoint::Checkpoint::open(&dir)?)
+                .total;
+        (serde_json::to_value(&report.outcome).expect("json"), params)
+    } else {
+        let report = pretrain::pretrain(&PretrainOptions {
+            family,
+            corpus: config.corpus.clone(),
+            tokenizer: TokenizerSource::Train {
+                vocab_size: config.vocab_size,
+            },
+            shape: ModelShape::Size(size),
+            seq_len: config.seq_len,
+            whole_word_mask: false,
+            dev_fraction: 0.02,
+            train_config: pretrain_config(config),
+            out: dir.clone(),
+            overwrite: false,
+            progress: false,
+        })?;
+        (
+            serde_json::to_value(&report.outcome).expect("json"),
+            report.parameters,
+        )
+    };
+    let examples = config.pretrain_steps * config.pretrain_batch;
+    let rate = outcome["examples_per_s"].as_f64().unwrap_or(0.0);
+    Ok(serde_json::json!({
+        "family": family,
+        "objectives": objectives_of(family),
+        "parameters_with_heads": params,
+        "steps": config.pretrain_steps,
+        "examples": examples,
+        "tokens_seen": examples * config.seq_len,
+        "examples_per_s": rate,
+        "train_minutes": if rate > 0.0 { examples as f64 / rate / 60.0 } else { 0.0 },
+        "dev": outcome["best"]["values"],
+    }))
+}
+
+type Finetuned = Vec<(String, Family, StageRecord)>;
+type Comparisons = Vec<(String, PathBuf)>;
+
+/// Each pretrained model fine-tuned on every dataset, then one comparison of
+/// them per dataset.
+fn finetune_and_compare(
+    config: &StudyConfig,
+    out: &Path,
+    stages: &Stages,
+    pretrained: &[(Family, PathBuf, StageRecord)],
+    runner: &dyn MeasureRunner,
+) -> Result<(Finetuned, Comparisons)> {
+    let mut finetuned: Finetuned = Vec::new();
     let mut comparisons = Vec::new();
     // The small models know positions up to the pretraining length only: time them
     // at lengths they can take.
@@ -300,7 +343,7 @@ pub fn run(config: &StudyConfig, out: &Path, runner: &dyn MeasureRunner) -> Resu
             label: ds.label_col.clone(),
         };
         let mut dirs = Vec::new();
-        for (family, model_dir, _) in &pretrained {
+        for (family, model_dir, _) in pretrained {
             let dir = out
                 .join("finetune")
                 .join(&ds.name)
@@ -349,36 +392,41 @@ pub fn run(config: &StudyConfig, out: &Path, runner: &dyn MeasureRunner) -> Resu
         })?;
         comparisons.push((ds.name.clone(), report_dir));
     }
+    Ok((finetuned, comparisons))
+}
 
-    // From a real checkpoint.
-    if let Some(real) = &config.real {
-        let present: Vec<PathBuf> = real
-            .models
-            .iter()
-            .filter(|m| m.join("config.json").exists())
-            .cloned()
-            .collect();
-        if !present.is_empty() {
-            let report_dir = out.join("compare").join("real");
-            let name = format!("compare-real-{}", present.len());
-            stages.run(&name, || {
-                compare_into(
-                    runner,
-                    &present,
-                    &real.test,
-                    Columns::default(),
-                    (config, &config.compare_shapes),
-                    &report_dir,
-                )
-            })?;
-            comparisons.push(("real checkpoints".into(), report_dir));
-        }
+/// The comparison of the real checkpoints the config lists (those present).
+fn compare_real(
+    config: &StudyConfig,
+    out: &Path,
+    stages: &Stages,
+    runner: &dyn MeasureRunner,
+) -> Result<Option<(String, PathBuf)>> {
+    let Some(real) = &config.real else {
+        return Ok(None);
+    };
+    let present: Vec<PathBuf> = real
+        .models
+        .iter()
+        .filter(|m| m.join("config.json").exists())
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return Ok(None);
     }
-
-    let md = render(config, &pretrained, &finetuned, &comparisons);
-    let path = out.join("study.md");
-    write_atomic(&path, md.as_bytes())?;
-    Ok(path)
+    let report_dir = out.join("compare").join("real");
+    let name = format!("compare-real-{}", present.len());
+    stages.run(&name, || {
+        compare_into(
+            runner,
+            &present,
+            &real.test,
+            Columns::default(),
+            (config, &config.compare_shapes),
+            &report_dir,
+        )
+    })?;
+    Ok(Some(("real checkpoints".into(), report_dir)))
 }
 
 fn compare_into(

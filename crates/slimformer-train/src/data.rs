@@ -278,37 +278,58 @@ pub fn label_ids(path: &Path, rows: &[Row], names: &[String]) -> Result<Vec<usiz
         .collect()
 }
 
-/// Carves a seeded dev set (`fraction` of the rows, at least one) out of `rows`;
-/// returns (train, dev), each in file order.
-pub fn split_dev(rows: Vec<Row>, fraction: f64, seed: u64) -> Result<(Vec<Row>, Vec<Row>)> {
+/// Which items a dev split holds out.
+#[derive(Debug, Clone, Copy)]
+pub enum HoldOut {
+    /// A seeded random choice, the rest kept in order: labelled rows are
+    /// independent, and a file is often sorted (by label, by date).
+    Seeded(u64),
+    /// The last items: pretraining examples are cut from documents in order, and
+    /// a random choice would put parts of one document on both sides.
+    Tail,
+}
+
+/// Splits `fraction` of `items` off as a dev set (at least one item), as `how`
+/// says; `setting` names the option that asked for it, for the error.
+pub fn split_dev<T>(
+    items: Vec<T>,
+    fraction: f64,
+    how: HoldOut,
+    setting: &'static str,
+) -> Result<(Vec<T>, Vec<T>)> {
     if !(0.0..1.0).contains(&fraction) || fraction == 0.0 {
         return Err(Error::bad_value(
-            "dev_split",
+            setting,
             fraction,
-            "expected a fraction between 0 and 1",
+            "expected a fraction between 0 and 1 (exclusive)",
         ));
     }
-    let n = rows.len();
+    let n = items.len();
     let dev_n = ((n as f64 * fraction).round() as usize).max(1);
     if dev_n >= n {
         return Err(Error::bad_value(
-            "dev_split",
+            setting,
             fraction,
-            format!("leaves no training rows out of {n}"),
+            format!("leaves no training items out of {n}"),
         ));
     }
-    let mut order: Vec<usize> = (0..n).collect();
-    Rng::new(seed ^ 0xD5E7_5B1D).shuffle(&mut order);
     let mut is_dev = vec![false; n];
-    for &i in &order[..dev_n] {
-        is_dev[i] = true;
+    match how {
+        HoldOut::Tail => is_dev[n - dev_n..].fill(true),
+        HoldOut::Seeded(seed) => {
+            let mut order: Vec<usize> = (0..n).collect();
+            Rng::new(seed ^ 0xD5E7_5B1D).shuffle(&mut order);
+            for &i in &order[..dev_n] {
+                is_dev[i] = true;
+            }
+        }
     }
     let (mut train, mut dev) = (Vec::new(), Vec::new());
-    for (row, d) in rows.into_iter().zip(is_dev) {
+    for (item, d) in items.into_iter().zip(is_dev) {
         if d {
-            dev.push(row)
+            dev.push(item)
         } else {
-            train.push(row)
+            train.push(item)
         }
     }
     Ok((train, dev))

@@ -258,7 +258,12 @@ pub fn prepare(opts: &FinetuneOptions) -> Result<(ClassificationTask, Vec<Exampl
             (train_rows, rows, dev.clone())
         }
         (None, Some(fraction)) => {
-            let (t, d) = data::split_dev(train_rows, fraction, opts.train_config.seed)?;
+            let (t, d) = data::split_dev(
+                train_rows,
+                fraction,
+                data::HoldOut::Seeded(opts.train_config.seed),
+                "dev_split",
+            )?;
             (t, d, opts.train.clone())
         }
         (None, None) => {

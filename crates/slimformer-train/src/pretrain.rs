@@ -16,6 +16,7 @@
 //! of [`pairs::make_pairs`]. The last `dev_fraction` of the examples (in corpus
 //! order) are held out for evaluation.
 
+use super::data::{split_dev, HoldOut};
 use super::init::{init_trainable, initialize};
 use super::objectives::mlm::{self, MaskingMode, MlmConfig, WordBoundary, IGNORE};
 use super::objectives::pairs::{self, PairTask};
@@ -650,34 +651,101 @@ fn special_id(tok: &Tokenizer, token: &str, source: &str) -> Result<u32> {
     })
 }
 
-/// Splits `examples` into (train, dev): dev is the last `fraction` (at least one).
-pub fn split_dev<T>(mut examples: Vec<T>, fraction: f64) -> Result<(Vec<T>, Vec<T>)> {
-    if !(0.0..1.0).contains(&fraction) || fraction.is_nan() || fraction == 0.0 {
-        return Err(Error::bad_value(
-            "dev_fraction",
-            fraction,
-            "must be between 0 and 1 (exclusive)",
-        ));
-    }
-    let n = examples.len();
-    let n_dev = ((n as f64 * fraction).round() as usize).max(1);
-    if n < 2 || n_dev >= n {
-        return Err(Error::Input(format!(
-            "the corpus gives only {n} example(s): too few to hold {n_dev} out for evaluation"
-        )));
-    }
-    let dev = examples.split_off(n - n_dev);
-    Ok((examples, dev))
-}
-
 /// Loads/trains the tokenizer, builds the model and the examples, and the task;
 /// returns it with the training examples.
 pub fn prepare(opts: &PretrainOptions) -> Result<(PretrainTask, Vec<PretrainExample>)> {
     let family = opts.family;
     let docs = read_corpus(&opts.corpus)?;
-    let (tok, tokenizer_dir, source) = match &opts.tokenizer {
+    let (tok, tokenizer_dir, source) = load_tokenizer(opts)?;
+    let sp = special_tokens(family);
+    let specials = Specials {
+        cls: special_id(&tok, sp.cls.token, &source)?,
+        sep: special_id(&tok, sp.sep.token, &source)?,
+        mask: special_id(&tok, sp.mask.token, &source)?,
+        pad: special_id(&tok, sp.pad.token, &source)?,
+    };
+    let vocab_size = tok.get_vocab_size(true);
+    let min_len = if family == Family::XLNet { 4 } else { 8 };
+    if opts.seq_len < min_len {
+        return Err(Error::bad_value(
+            "seq_len",
+            opts.seq_len,
+            format!("too short (at least {min_len})"),
+        ));
+    }
+
+    let config = model_config(opts, vocab_size, specials.pad)?;
+    let seed = opts.train_config.seed;
+    let (model, varmap) = init_trainable(config, DType::F32, seed)?;
+    if let Some(most) = model.config.max_input_len() {
+        if opts.seq_len > most {
+            return Err(Error::bad_value(
+                "seq_len",
+                opts.seq_len,
+                format!("more than the model's position limit of {most}"),
+            ));
+        }
+    }
+    let objectives = objectives(family);
+    let mlm_head = objectives
+        .mlm
+        .map(|_| MaskedLmHead::load(&model))
+        .transpose()?;
+    let pair_head = objectives
+        .pair
+        .map(|_| SentencePairHead::load(&model))
+        .transpose()?;
+    let plm_head = objectives.plm.then(|| PlmHead::load(&model)).transpose()?;
+    // The heads' variables were created with candle's (unseeded) init: seed them all.
+    initialize(&varmap, &model.checkpoint.config, seed, |_| true)?;
+
+    let mlm = objectives.mlm.map(|static_masks| {
+        let mut c = MlmConfig::new(specials.mask, mlm::non_special_ids(&tok, vocab_size as u32));
+        c.whole_word = opts.whole_word_mask;
+        if static_masks {
+            c.mode = MaskingMode::Static { seed };
+        }
+        c
+    });
+
+    let tokenized = tokenize_corpus(&tok, &docs)?;
+    let examples = make_examples(opts, &tok, &tokenized, objectives.pair, specials);
+    let (train, dev) = split_dev(examples, opts.dev_fraction, HoldOut::Tail, "dev_fraction")?;
+    Ok((
+        PretrainTask {
+            family,
+            model,
+            varmap,
+            mlm_head,
+            pair_head,
+            plm_head,
+            objectives,
+            mlm,
+            tokenizer: tok,
+            tokenizer_dir,
+            dev,
+            eval_batch: opts.train_config.batch,
+            seed,
+        },
+        train,
+    ))
+}
+
+/// The ids of the special tokens the examples are built with.
+#[derive(Debug, Clone, Copy)]
+struct Specials {
+    cls: u32,
+    sep: u32,
+    mask: u32,
+    pad: u32,
+}
+
+/// The tokenizer to pretrain with: trained on the corpus, or read from a folder
+/// (padding and truncation dropped); with that folder and a name for errors.
+fn load_tokenizer(opts: &PretrainOptions) -> Result<(Tokenizer, Option<PathBuf>, String)> {
+    Ok(match &opts.tokenizer {
         TokenizerSource::Train { vocab_size } => (
-            train_tokenizer(family, &opts.corpus, *vocab_size)?,
+            train_tokenizer(opts.family, &opts.corpus, *vocab_size)?,
             None,
             "the trained tokenizer".to_string(),
         ),
@@ -689,22 +757,13 @@ pub fn prepare(opts: &PretrainOptions) -> Result<(PretrainTask, Vec<PretrainExam
                 .map_err(|e| Error::file(&path, e))?;
             (tok, Some(dir.clone()), path.display().to_string())
         }
-    };
-    let sp = special_tokens(family);
-    let cls = special_id(&tok, sp.cls.token, &source)?;
-    let sep = special_id(&tok, sp.sep.token, &source)?;
-    let mask = special_id(&tok, sp.mask.token, &source)?;
-    let pad = special_id(&tok, sp.pad.token, &source)?;
-    let vocab_size = tok.get_vocab_size(true);
-    let min_len = if family == Family::XLNet { 4 } else { 8 };
-    if opts.seq_len < min_len {
-        return Err(Error::bad_value(
-            "seq_len",
-            opts.seq_len,
-            format!("too short (at least {min_len})"),
-        ));
-    }
+    })
+}
 
+/// The new model's `config.json`: a named size, or a given config of the same
+/// family, with the tokenizer's vocabulary size and pad id.
+fn model_config(opts: &PretrainOptions, vocab_size: usize, pad: u32) -> Result<serde_json::Value> {
+    let family = opts.family;
     let mut config = match &opts.shape {
         ModelShape::Size(s) => size_config(family, *s, vocab_size, opts.seq_len, pad),
         ModelShape::Config(path) => {
@@ -732,55 +791,18 @@ pub fn prepare(opts: &PretrainOptions) -> Result<(PretrainTask, Vec<PretrainExam
     if let Some(obj) = config.as_object_mut() {
         obj.remove("architectures");
     }
-    let seed = opts.train_config.seed;
-    let (model, varmap) = init_trainable(config, DType::F32, seed)?;
-    if let Some(most) = model.config.max_input_len() {
-        if opts.seq_len > most {
-            return Err(Error::bad_value(
-                "seq_len",
-                opts.seq_len,
-                format!("more than the model's position limit of {most}"),
-            ));
-        }
-    }
-    let objectives = objectives(family);
-    let mlm_head = objectives
-        .mlm
-        .map(|_| MaskedLmHead::load(&model))
-        .transpose()?;
-    let pair_head = objectives
-        .pair
-        .map(|_| SentencePairHead::load(&model))
-        .transpose()?;
-    let plm_head = objectives.plm.then(|| PlmHead::load(&model)).transpose()?;
-    // The heads' variables were created with candle's (unseeded) init: seed them all.
-    initialize(&varmap, &model.checkpoint.config, seed, |_| true)?;
+    Ok(config)
+}
 
-    let specials: std::collections::BTreeSet<u32> = tok
-        .get_added_tokens_decoder()
-        .iter()
-        .filter(|(_, t)| t.special)
-        .map(|(id, _)| *id)
-        .collect();
-    let mlm = objectives.mlm.map(|static_masks| {
-        let random_ids = (0..vocab_size as u32)
-            .filter(|id| !specials.contains(id))
-            .collect();
-        let mut c = MlmConfig::new(mask, random_ids);
-        c.whole_word = opts.whole_word_mask;
-        if static_masks {
-            c.mode = MaskingMode::Static { seed };
-        }
-        c
-    });
-
-    // Tokenize every paragraph (no special tokens).
+/// Every non-empty paragraph's ids (no special tokens), by document; empty
+/// documents dropped.
+fn tokenize_corpus(tok: &Tokenizer, docs: &[Vec<String>]) -> Result<Vec<Vec<Vec<u32>>>> {
     let flat: Vec<String> = docs.iter().flatten().cloned().collect();
     let encodings = tok
         .encode_batch(flat, false)
         .map_err(|e| Error::Tokenizer(e.to_string()))?;
     let mut it = encodings.into_iter();
-    let tokenized: Vec<Vec<Vec<u32>>> = docs
+    Ok(docs
         .iter()
         .map(|d| {
             d.iter()
@@ -789,8 +811,18 @@ pub fn prepare(opts: &PretrainOptions) -> Result<(PretrainTask, Vec<PretrainExam
                 .collect::<Vec<_>>()
         })
         .filter(|d: &Vec<Vec<u32>>| !d.is_empty())
-        .collect();
+        .collect())
+}
 
+/// The examples: sentence pairs for a pair objective (NSP, SOP), else the
+/// documents packed into sequences of at most `seq_len` tokens.
+fn make_examples(
+    opts: &PretrainOptions,
+    tok: &Tokenizer,
+    tokenized: &[Vec<Vec<u32>>],
+    pair_task: Option<PairTask>,
+    Specials { cls, sep, .. }: Specials,
+) -> Vec<PretrainExample> {
     let boundary = if tok.get_vocab(true).keys().any(|t| t.starts_with("##")) {
         WordBoundary::ContinuationPrefix
     } else {
@@ -805,11 +837,10 @@ pub fn prepare(opts: &PretrainOptions) -> Result<(PretrainTask, Vec<PretrainExam
             mlm::word_starts(&tokens, special, boundary)
         })
     };
-
     let mut examples = Vec::new();
-    if let Some(task) = objectives.pair {
-        let mut rng = Rng::new(seed ^ 0x9A1_25EED);
-        for pair in pairs::make_pairs(&tokenized, task, opts.seq_len - 3, &mut rng) {
+    if let Some(task) = pair_task {
+        let mut rng = Rng::new(opts.train_config.seed ^ 0x9A1_25EED);
+        for pair in pairs::make_pairs(tokenized, task, opts.seq_len - 3, &mut rng) {
             let (ids, type_ids, special) = pairs::pair_input(&pair, cls, sep);
             let index = examples.len() as u64;
             examples.push(PretrainExample {
@@ -821,64 +852,51 @@ pub fn prepare(opts: &PretrainOptions) -> Result<(PretrainTask, Vec<PretrainExam
                 index,
             });
         }
-    } else {
-        let budget = opts.seq_len - 2;
-        let mut packed: Vec<Vec<u32>> = Vec::new();
-        for doc in &tokenized {
-            let mut current: Vec<u32> = Vec::new();
-            for piece in doc.iter().flat_map(|p| p.chunks(budget)) {
-                if !current.is_empty() && current.len() + piece.len() > budget {
-                    packed.push(std::mem::take(&mut current));
-                }
-                current.extend_from_slice(piece);
+        return examples;
+    }
+    for body in pack_documents(tokenized, opts.seq_len - 2) {
+        let n = body.len();
+        let (ids, type_ids, special): (Vec<u32>, Vec<u32>, Vec<bool>) =
+            if opts.family == Family::XLNet {
+                let ids = body.into_iter().chain([sep, cls]).collect();
+                let types = (0..n + 2).map(|i| if i == n + 1 { 2 } else { 0 }).collect();
+                let special = (0..n + 2).map(|i| i >= n).collect();
+                (ids, types, special)
+            } else {
+                let ids = std::iter::once(cls).chain(body).chain([sep]).collect();
+                let special = (0..n + 2).map(|i| i == 0 || i == n + 1).collect();
+                (ids, vec![0; n + 2], special)
+            };
+        let index = examples.len() as u64;
+        examples.push(PretrainExample {
+            word_starts: word_starts(&ids, &special),
+            ids,
+            type_ids,
+            special,
+            pair_label: None,
+            index,
+        });
+    }
+    examples
+}
+
+/// Each document's paragraphs packed in order into bodies of at most `budget`
+/// tokens (a longer paragraph is cut); bodies never span two documents.
+fn pack_documents(tokenized: &[Vec<Vec<u32>>], budget: usize) -> Vec<Vec<u32>> {
+    let mut packed: Vec<Vec<u32>> = Vec::new();
+    for doc in tokenized {
+        let mut current: Vec<u32> = Vec::new();
+        for piece in doc.iter().flat_map(|p| p.chunks(budget)) {
+            if !current.is_empty() && current.len() + piece.len() > budget {
+                packed.push(std::mem::take(&mut current));
             }
-            if !current.is_empty() {
-                packed.push(current);
-            }
+            current.extend_from_slice(piece);
         }
-        for body in packed {
-            let n = body.len();
-            let (ids, type_ids, special): (Vec<u32>, Vec<u32>, Vec<bool>) =
-                if family == Family::XLNet {
-                    let ids = body.into_iter().chain([sep, cls]).collect();
-                    let types = (0..n + 2).map(|i| if i == n + 1 { 2 } else { 0 }).collect();
-                    let special = (0..n + 2).map(|i| i >= n).collect();
-                    (ids, types, special)
-                } else {
-                    let ids = std::iter::once(cls).chain(body).chain([sep]).collect();
-                    let special = (0..n + 2).map(|i| i == 0 || i == n + 1).collect();
-                    (ids, vec![0; n + 2], special)
-                };
-            let index = examples.len() as u64;
-            examples.push(PretrainExample {
-                word_starts: word_starts(&ids, &special),
-                ids,
-                type_ids,
-                special,
-                pair_label: None,
-                index,
-            });
+        if !current.is_empty() {
+            packed.push(current);
         }
     }
-    let (train, dev) = split_dev(examples, opts.dev_fraction)?;
-    Ok((
-        PretrainTask {
-            family,
-            model,
-            varmap,
-            mlm_head,
-            pair_head,
-            plm_head,
-            objectives,
-            mlm,
-            tokenizer: tok,
-            tokenizer_dir,
-            dev,
-            eval_batch: opts.train_config.batch,
-            seed,
-        },
-        train,
-    ))
+    packed
 }
 
 /// What `pretrain` reports.
@@ -945,13 +963,14 @@ mod tests {
 
     #[test]
     fn dev_split_is_the_tail() {
-        let (t, d) = split_dev((0..20).collect::<Vec<_>>(), 0.1).unwrap();
+        let tail = |items: Vec<i32>, f| split_dev(items, f, HoldOut::Tail, "dev_fraction");
+        let (t, d) = tail((0..20).collect(), 0.1).unwrap();
         assert_eq!(t, (0..18).collect::<Vec<_>>());
         assert_eq!(d, vec![18, 19]);
-        let (_, d) = split_dev(vec![1, 2, 3], 0.01).unwrap();
+        let (_, d) = tail(vec![1, 2, 3], 0.01).unwrap();
         assert_eq!(d, vec![3]);
-        assert!(split_dev(vec![1], 0.5).is_err());
-        assert!(split_dev(vec![1, 2], 1.5).is_err());
+        assert!(tail(vec![1], 0.5).is_err());
+        assert!(tail(vec![1, 2], 1.5).is_err());
     }
 
     #[test]

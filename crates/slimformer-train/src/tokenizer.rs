@@ -327,53 +327,23 @@ fn train_bpe(
     prefix: Option<&str>,
     spec: &TokenizerSpec,
 ) -> Result<TrainedBpe> {
-    let mut vocab: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
-    let mut ids: HashMap<String, u32> = HashMap::new();
-    fn intern(vocab: &mut Vec<String>, ids: &mut HashMap<String, u32>, token: String) -> u32 {
-        if let Some(&id) = ids.get(&token) {
-            return id;
-        }
-        let id = vocab.len() as u32;
-        ids.insert(token.clone(), id);
-        vocab.push(token);
-        id
-    }
-    for (i, s) in specials.iter().enumerate() {
-        ids.insert(s.to_string(), i as u32);
-    }
-
-    // Alphabet: every character (or the most frequent ones), sorted.
-    let mut char_counts: BTreeMap<char, u64> = BTreeMap::new();
-    for (word, n) in words {
-        for c in word.chars() {
-            *char_counts.entry(c).or_default() += n;
-        }
-    }
-    let mut alphabet: BTreeSet<char> = initial.clone();
-    let mut seen: Vec<(char, u64)> = char_counts
-        .into_iter()
-        .filter(|(c, _)| !initial.contains(c))
-        .collect();
-    if let Some(limit) = spec.limit_alphabet {
-        seen.sort_by_key(|&(c, n)| (Reverse(n), c));
-        seen.truncate(limit.saturating_sub(alphabet.len()));
-    }
-    alphabet.extend(seen.into_iter().map(|(c, _)| c));
+    let mut vocab = Vocab::with_specials(specials);
+    let alphabet = alphabet(words, initial, spec.limit_alphabet);
     for c in &alphabet {
-        intern(&mut vocab, &mut ids, c.to_string());
+        vocab.intern(c.to_string());
     }
     if let Some(prefix) = prefix {
         for c in &alphabet {
-            intern(&mut vocab, &mut ids, format!("{prefix}{c}"));
+            vocab.intern(format!("{prefix}{c}"));
         }
     }
-    if vocab.len() > spec.vocab_size {
+    if vocab.tokens.len() > spec.vocab_size {
         return Err(Error::Config(format!(
             "vocab_size {} is too small: the special tokens and the {} characters of the \
              training text take {}; raise vocab_size{}",
             spec.vocab_size,
             alphabet.len(),
-            vocab.len(),
+            vocab.tokens.len(),
             if prefix.is_some() {
                 " or set limit_alphabet"
             } else {
@@ -395,51 +365,129 @@ fn train_bpe(
                 Some(p) if i > 0 => format!("{p}{c}"),
                 _ => c.to_string(),
             };
-            s.push(ids[&token]);
+            s.push(vocab.ids[&token]);
         }
         symbols.push(s);
         counts.push(*n);
     }
 
-    let mut pair_counts: HashMap<Pair, u64> = HashMap::new();
-    let mut pair_words: HashMap<Pair, Vec<usize>> = HashMap::new();
-    for (w, s) in symbols.iter().enumerate() {
-        for p in s.windows(2) {
-            let pair = (p[0], p[1]);
-            *pair_counts.entry(pair).or_default() += counts[w];
-            let list = pair_words.entry(pair).or_default();
-            if list.last() != Some(&w) {
-                list.push(w);
-            }
-        }
-    }
-    // Best pair last: highest count, then lowest ids.
-    let mut queue: BTreeSet<(u64, Reverse<Pair>)> = pair_counts
-        .iter()
-        .map(|(&pair, &n)| (n, Reverse(pair)))
-        .collect();
-
+    let mut pairs = PairIndex::new(&symbols, &counts);
     let min_count = spec.min_frequency.max(1);
     let mut merges = Vec::new();
-    while vocab.len() < spec.vocab_size {
-        let Some((count, Reverse(pair))) = queue.pop_last() else {
+    while vocab.tokens.len() < spec.vocab_size {
+        let Some((count, Reverse(pair))) = pairs.queue.pop_last() else {
             break;
         };
         if count < min_count {
             break;
         }
-        let left = vocab[pair.0 as usize].clone();
-        let right = vocab[pair.1 as usize].clone();
+        let left = vocab.tokens[pair.0 as usize].clone();
+        let right = vocab.tokens[pair.1 as usize].clone();
         let right_part = match prefix {
             Some(p) => right.strip_prefix(p).unwrap_or(&right),
             None => &right,
         };
-        let new_id = intern(&mut vocab, &mut ids, format!("{left}{right_part}"));
+        let new_id = vocab.intern(format!("{left}{right_part}"));
         merges.push((left, right));
+        pairs.merge(pair, new_id, &mut symbols, &counts);
+    }
+    Ok(TrainedBpe {
+        vocab: vocab.tokens,
+        merges,
+    })
+}
 
+/// Tokens in id order, and their ids.
+struct Vocab {
+    tokens: Vec<String>,
+    ids: HashMap<String, u32>,
+}
+
+impl Vocab {
+    /// The special tokens first, at ids 0, 1, …
+    fn with_specials(specials: &[&str]) -> Self {
+        let tokens: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+        let ids = (0u32..).zip(&tokens).map(|(i, t)| (t.clone(), i)).collect();
+        Self { tokens, ids }
+    }
+
+    /// The token's id, added at the end when it is new.
+    fn intern(&mut self, token: String) -> u32 {
+        if let Some(&id) = self.ids.get(&token) {
+            return id;
+        }
+        let id = self.tokens.len() as u32;
+        self.ids.insert(token.clone(), id);
+        self.tokens.push(token);
+        id
+    }
+}
+
+/// The alphabet: the `initial` characters and every other one of the words (or
+/// the most frequent, up to `limit` in all), sorted.
+fn alphabet(
+    words: &BTreeMap<String, u64>,
+    initial: &BTreeSet<char>,
+    limit: Option<usize>,
+) -> BTreeSet<char> {
+    let mut char_counts: BTreeMap<char, u64> = BTreeMap::new();
+    for (word, n) in words {
+        for c in word.chars() {
+            *char_counts.entry(c).or_default() += n;
+        }
+    }
+    let mut alphabet: BTreeSet<char> = initial.clone();
+    let mut seen: Vec<(char, u64)> = char_counts
+        .into_iter()
+        .filter(|(c, _)| !initial.contains(c))
+        .collect();
+    if let Some(limit) = limit {
+        seen.sort_by_key(|&(c, n)| (Reverse(n), c));
+        seen.truncate(limit.saturating_sub(alphabet.len()));
+    }
+    alphabet.extend(seen.into_iter().map(|(c, _)| c));
+    alphabet
+}
+
+/// Adjacent symbol pairs: their counts over the words, the words they occur in,
+/// and a queue that pops the best pair (highest count, then lowest ids).
+struct PairIndex {
+    counts: HashMap<Pair, u64>,
+    words: HashMap<Pair, Vec<usize>>,
+    queue: BTreeSet<(u64, Reverse<Pair>)>,
+}
+
+impl PairIndex {
+    fn new(symbols: &[Vec<u32>], word_counts: &[u64]) -> Self {
+        let mut counts: HashMap<Pair, u64> = HashMap::new();
+        let mut words: HashMap<Pair, Vec<usize>> = HashMap::new();
+        for (w, s) in symbols.iter().enumerate() {
+            for p in s.windows(2) {
+                let pair = (p[0], p[1]);
+                *counts.entry(pair).or_default() += word_counts[w];
+                let list = words.entry(pair).or_default();
+                if list.last() != Some(&w) {
+                    list.push(w);
+                }
+            }
+        }
+        let queue = counts
+            .iter()
+            .map(|(&pair, &n)| (n, Reverse(pair)))
+            .collect();
+        Self {
+            counts,
+            words,
+            queue,
+        }
+    }
+
+    /// Replaces `pair` by `new_id` in every word that has it, and updates the
+    /// counts, word lists and queue of the pairs that change.
+    fn merge(&mut self, pair: Pair, new_id: u32, symbols: &mut [Vec<u32>], word_counts: &[u64]) {
         // Old counts of the pairs whose counts change, taken out of the queue.
         let mut touched: HashMap<Pair, u64> = HashMap::new();
-        let mut word_list = pair_words.remove(&pair).unwrap_or_default();
+        let mut word_list = self.words.remove(&pair).unwrap_or_default();
         word_list.sort_unstable();
         word_list.dedup();
         for w in word_list {
@@ -447,10 +495,10 @@ fn train_bpe(
             if !s.windows(2).any(|p| (p[0], p[1]) == pair) {
                 continue;
             }
-            let n = counts[w];
+            let n = word_counts[w];
             for p in s.windows(2) {
                 let q = (p[0], p[1]);
-                let c = pair_counts.get_mut(&q).expect("pair count");
+                let c = self.counts.get_mut(&q).expect("pair count");
                 touched.entry(q).or_insert(*c);
                 *c -= n;
             }
@@ -468,11 +516,11 @@ fn train_bpe(
             *s = merged;
             for p in s.windows(2) {
                 let q = (p[0], p[1]);
-                let c = pair_counts.entry(q).or_default();
+                let c = self.counts.entry(q).or_default();
                 touched.entry(q).or_insert(*c);
                 *c += n;
                 if q.0 == new_id || q.1 == new_id {
-                    let list = pair_words.entry(q).or_default();
+                    let list = self.words.entry(q).or_default();
                     if list.last() != Some(&w) {
                         list.push(w);
                     }
@@ -482,20 +530,19 @@ fn train_bpe(
         touched.entry(pair).or_insert(0);
         for (q, old) in touched {
             if q != pair {
-                queue.remove(&(old, Reverse(q)));
+                self.queue.remove(&(old, Reverse(q)));
             }
-            match pair_counts.get(&q).copied() {
+            match self.counts.get(&q).copied() {
                 Some(0) | None => {
-                    pair_counts.remove(&q);
-                    pair_words.remove(&q);
+                    self.counts.remove(&q);
+                    self.words.remove(&q);
                 }
                 Some(n) => {
-                    queue.insert((n, Reverse(q)));
+                    self.queue.insert((n, Reverse(q)));
                 }
             }
         }
     }
-    Ok(TrainedBpe { vocab, merges })
 }
 
 /// Unigram with `tokenizers`' trainer, made reproducible (see the module docs).

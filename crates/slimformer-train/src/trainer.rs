@@ -310,21 +310,25 @@ fn prepare_run(opts: &RunOptions, fp: &serde_json::Value) -> Result<Option<Resum
         return Ok(None);
     }
     if !state_path.exists() {
-        return Err(Error::file(
-            out,
-            "the output folder is not empty and holds no resumable run \
-             (no resume/state.json): pass --overwrite to replace it, or choose another --out",
+        return Err(Error::setting(
+            "overwrite",
+            format!(
+                "{} is not empty and holds no resumable run (no resume/state.json): \
+                 allow replacing it, or choose another output folder",
+                out.display()
+            ),
         ));
     }
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::file(&state_path, e))?;
     let state: ResumeState = serde_json::from_str(&text)
         .map_err(|e| Error::file(&state_path, format!("invalid resume state: {e}")))?;
     if state.fingerprint != *fp {
-        return Err(Error::file(
-            out,
+        return Err(Error::setting(
+            "overwrite",
             format!(
-                "holds a run with a different configuration ({}): pass --overwrite to \
-                 start over, or choose another --out",
+                "{} holds a run with a different configuration ({}): allow replacing it \
+                 to start over, or choose another output folder",
+                out.display(),
                 describe_differences(&state.fingerprint, fp)
             ),
         ));
@@ -486,13 +490,7 @@ fn train_on_pool<T: TrainTask>(
     let fp = fingerprint(config, &opts.task_info);
     let resumed = prepare_run(opts, &fp)?;
     let out = &opts.out;
-
-    let micro_per_epoch = n.div_ceil(config.batch);
-    let steps_per_epoch = micro_per_epoch.div_ceil(config.grad_accum);
-    let total = config.max_steps.unwrap_or(config.epochs * steps_per_epoch);
-    let warmup = (total as f64 * config.warmup_ratio).ceil() as usize;
-    let eval_every = config.eval_every.unwrap_or(steps_per_epoch);
-
+    let plan = Plan::new(config, n);
     let mut opt = AdamW::new(
         varmap,
         AdamWConfig {
@@ -500,47 +498,12 @@ fn train_on_pool<T: TrainTask>(
             ..Default::default()
         },
     )?;
-    let mut step = 0usize;
-    let mut best: Option<Metrics> = None;
-    let mut best_step = None;
-    let mut stale = 0usize;
-    let resumed_from = match &resumed {
-        Some(state) => {
-            let dir = out.join(RESUME_DIR);
-            let model_path = dir.join("model.safetensors");
-            load_vars(varmap, &model_path)?;
-            let opt_path = dir.join("optimizer.safetensors");
-            let tensors = candle_core::safetensors::load(&opt_path, &Device::Cpu).map_err(|e| {
-                Error::file(&opt_path, slimformer::error::first_line(&e.to_string()))
-            })?;
-            opt.load_state(&tensors, state.step)
-                .map_err(|e| Error::file(&opt_path, e))?;
-            step = state.step;
-            best = state.best.clone();
-            best_step = state.best_step;
-            stale = state.evals_without_improvement;
-            truncate_metrics(&out.join(METRICS_FILE), step)?;
-            Some(step)
-        }
-        None => None,
+    let mut progress = match &resumed {
+        Some(state) => restore(out, varmap, &mut opt, state)?,
+        None => Progress::default(),
     };
-
-    let record = serde_json::json!({
-        "train": config,
-        "task": opts.task_info,
-        "derived": {
-            "examples": n,
-            "steps_per_epoch": steps_per_epoch,
-            "total_steps": total,
-            "warmup_steps": warmup,
-            "eval_every": eval_every,
-            "schedule": "linear warm-up from 0, then linear decay to 0",
-            "optimizer": "AdamW (betas 0.9, 0.999; eps 1e-8; no decay on biases and norms)",
-        },
-    });
-    let text = serde_json::to_string_pretty(&record).expect("json") + "\n";
-    write_atomic(&out.join(CONFIG_FILE), text.as_bytes())?;
-
+    let resumed_from = resumed.as_ref().map(|s| s.step);
+    write_run_config(out, config, opts, n, &plan)?;
     let mut log = MetricsLog(
         std::fs::OpenOptions::new()
             .create(true)
@@ -549,8 +512,7 @@ fn train_on_pool<T: TrainTask>(
             .map_err(|e| Error::file(out.join(METRICS_FILE), e))?,
     );
 
-    let bar = progress_bar(opts.progress, total as u64, step as u64);
-    let started = Instant::now();
+    let bar = progress_bar(opts.progress, plan.total as u64, progress.step as u64);
     let mut train_secs = 0f64;
     let mut examples_done = 0usize;
     let (mut window_loss, mut window_n, mut window_start) = (0f64, 0usize, Instant::now());
@@ -558,48 +520,24 @@ fn train_on_pool<T: TrainTask>(
     let mut last: Option<Metrics> = None;
     let mut stopped_early = false;
 
-    while step < total {
+    while progress.step < plan.total {
         let t0 = Instant::now();
-        let epoch = step / steps_per_epoch;
-        let within = step % steps_per_epoch;
+        let step = progress.step;
+        let epoch = step / plan.steps_per_epoch;
         if order.as_ref().map(|o| o.0) != Some(epoch) {
             order = Some((epoch, epoch_order(config.seed, epoch, n)));
         }
         let perm = &order.as_ref().expect("order set").1;
-        let first_mb = within * config.grad_accum;
-        let last_mb = ((within + 1) * config.grad_accum).min(micro_per_epoch);
-        let ranges: Vec<(usize, std::ops::Range<usize>)> = (first_mb..last_mb)
-            .map(|mb| (mb, mb * config.batch..((mb + 1) * config.batch).min(n)))
-            .collect();
-        let step_examples: usize = ranges.iter().map(|(_, r)| r.len()).sum();
-        let mut grads = opt.zero_grads();
-        let mut step_loss = 0f64;
-        for (mb, range) in ranges {
-            let batch: Vec<&T::Example> =
-                perm[range.clone()].iter().map(|&i| &examples[i]).collect();
-            let global_mb = (epoch * micro_per_epoch + mb) as u64;
-            let rng = TrainRng::new(mix(config.seed, 2, global_mb));
-            let loss = task.loss(&batch, &rng)?;
-            let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            if !value.is_finite() {
-                return Err(Error::Input(format!(
-                    "the loss is {value} at step {}: lower the learning rate",
-                    step + 1
-                )));
-            }
-            step_loss += value * batch.len() as f64;
-            let scaled = (loss * (batch.len() as f64 / step_examples as f64))?;
-            opt.accumulate(&mut grads, &scaled.backward()?)?;
-        }
-        opt.clip(&mut grads, config.clip)?;
-        let lr = linear_schedule(config.lr, step, warmup, total);
-        opt.apply(&grads, lr)?;
-        step += 1;
+        let (step_loss, step_examples) =
+            one_step(task, examples, perm, config, &plan, step, &mut opt)?;
+        let lr = linear_schedule(config.lr, step, plan.warmup, plan.total);
+        progress.step += 1;
+        let step = progress.step;
         examples_done += step_examples;
         train_secs += t0.elapsed().as_secs_f64();
         window_loss += step_loss;
         window_n += step_examples;
-        let epoch_f = step as f64 / steps_per_epoch as f64;
+        let epoch_f = step as f64 / plan.steps_per_epoch as f64;
         let rate = examples_done as f64 / train_secs.max(1e-9);
         bar.set_position(step as u64);
         bar.set_message(format!(
@@ -608,7 +546,7 @@ fn train_on_pool<T: TrainTask>(
             rate
         ));
 
-        if step.is_multiple_of(config.log_every) || step == total {
+        if step.is_multiple_of(config.log_every) || step == plan.total {
             let secs = window_start.elapsed().as_secs_f64().max(1e-9);
             log.write(serde_json::json!({
                 "split": "train",
@@ -621,28 +559,32 @@ fn train_on_pool<T: TrainTask>(
             (window_loss, window_n, window_start) = (0.0, 0, Instant::now());
         }
 
-        if step.is_multiple_of(eval_every) || step == total {
+        if step.is_multiple_of(plan.eval_every) || step == plan.total {
             let metrics = task.evaluate()?;
             let mut line = serde_json::json!({"split": "dev", "step": step, "epoch": epoch_f});
             for (k, v) in &metrics.values {
                 line[k] = serde_json::json!(v);
             }
             log.write(line)?;
-            if best.as_ref().is_none_or(|b| metrics.better_than(b)) {
+            if progress
+                .best
+                .as_ref()
+                .is_none_or(|b| metrics.better_than(b))
+            {
                 save_best(task, out)?;
-                best = Some(metrics.clone());
-                best_step = Some(step);
-                stale = 0;
+                progress.best = Some(metrics.clone());
+                progress.best_step = Some(step);
+                progress.stale = 0;
             } else {
-                stale += 1;
+                progress.stale += 1;
             }
-            let stop = config.patience.is_some_and(|p| stale >= p);
+            let stop = config.patience.is_some_and(|p| progress.stale >= p);
             let state = ResumeState {
                 step,
                 epoch: epoch_f,
-                best: best.clone(),
-                best_step,
-                evals_without_improvement: stale,
+                best: progress.best.clone(),
+                best_step: progress.best_step,
+                evals_without_improvement: progress.stale,
                 fingerprint: fp.clone(),
                 rng: "shuffling seeded by (seed, epoch); dropout by (seed, micro-batch)".into(),
             };
@@ -655,17 +597,141 @@ fn train_on_pool<T: TrainTask>(
         }
     }
     bar.finish_and_clear();
-    let _ = started;
     Ok(TrainOutcome {
-        steps: step,
-        total_steps: total,
+        steps: progress.step,
+        total_steps: plan.total,
         resumed_from,
         stopped_early,
-        best,
-        best_step,
+        best: progress.best,
+        best_step: progress.best_step,
         last,
         examples_per_s: examples_done as f64 / train_secs.max(1e-9),
     })
+}
+
+/// The run's shape, from the config and the number of examples.
+struct Plan {
+    micro_per_epoch: usize,
+    steps_per_epoch: usize,
+    total: usize,
+    warmup: usize,
+    eval_every: usize,
+}
+
+impl Plan {
+    fn new(config: &TrainConfig, n: usize) -> Self {
+        let micro_per_epoch = n.div_ceil(config.batch);
+        let steps_per_epoch = micro_per_epoch.div_ceil(config.grad_accum);
+        let total = config.max_steps.unwrap_or(config.epochs * steps_per_epoch);
+        Self {
+            micro_per_epoch,
+            steps_per_epoch,
+            total,
+            warmup: (total as f64 * config.warmup_ratio).ceil() as usize,
+            eval_every: config.eval_every.unwrap_or(steps_per_epoch),
+        }
+    }
+}
+
+/// Where a run stands: the steps done, the best evaluation and its step, and the
+/// evaluations since it (for early stopping).
+#[derive(Default)]
+struct Progress {
+    step: usize,
+    best: Option<Metrics>,
+    best_step: Option<usize>,
+    stale: usize,
+}
+
+/// A resumed run's weights, optimizer state and progress; the metrics log is cut
+/// back to its last checkpoint.
+fn restore(out: &Path, varmap: &VarMap, opt: &mut AdamW, state: &ResumeState) -> Result<Progress> {
+    let dir = out.join(RESUME_DIR);
+    load_vars(varmap, &dir.join("model.safetensors"))?;
+    let opt_path = dir.join("optimizer.safetensors");
+    let tensors = candle_core::safetensors::load(&opt_path, &Device::Cpu)
+        .map_err(|e| Error::file(&opt_path, slimformer::error::first_line(&e.to_string())))?;
+    opt.load_state(&tensors, state.step)
+        .map_err(|e| Error::file(&opt_path, e))?;
+    truncate_metrics(&out.join(METRICS_FILE), state.step)?;
+    Ok(Progress {
+        step: state.step,
+        best: state.best.clone(),
+        best_step: state.best_step,
+        stale: state.evals_without_improvement,
+    })
+}
+
+/// `train_config.json`: the settings, the task, and what follows from them.
+fn write_run_config(
+    out: &Path,
+    config: &TrainConfig,
+    opts: &RunOptions,
+    n: usize,
+    plan: &Plan,
+) -> Result<()> {
+    let record = serde_json::json!({
+        "train": config,
+        "task": opts.task_info,
+        "derived": {
+            "examples": n,
+            "steps_per_epoch": plan.steps_per_epoch,
+            "total_steps": plan.total,
+            "warmup_steps": plan.warmup,
+            "eval_every": plan.eval_every,
+            "schedule": "linear warm-up from 0, then linear decay to 0",
+            "optimizer": "AdamW (betas 0.9, 0.999; eps 1e-8; no decay on biases and norms)",
+        },
+    });
+    let text = serde_json::to_string_pretty(&record).expect("json") + "\n";
+    write_atomic(&out.join(CONFIG_FILE), text.as_bytes())
+}
+
+/// Optimizer step `step` (from 0): its micro-batches' gradients, each weighted
+/// by its share of the step's examples, clipped, then applied at the schedule's
+/// rate. Returns the summed loss and the number of examples.
+fn one_step<T: TrainTask>(
+    task: &T,
+    examples: &[T::Example],
+    perm: &[usize],
+    config: &TrainConfig,
+    plan: &Plan,
+    step: usize,
+    opt: &mut AdamW,
+) -> Result<(f64, usize)> {
+    let n = examples.len();
+    let epoch = step / plan.steps_per_epoch;
+    let within = step % plan.steps_per_epoch;
+    let first_mb = within * config.grad_accum;
+    let last_mb = ((within + 1) * config.grad_accum).min(plan.micro_per_epoch);
+    let ranges: Vec<(usize, std::ops::Range<usize>)> = (first_mb..last_mb)
+        .map(|mb| (mb, mb * config.batch..((mb + 1) * config.batch).min(n)))
+        .collect();
+    let step_examples: usize = ranges.iter().map(|(_, r)| r.len()).sum();
+    let mut grads = opt.zero_grads();
+    let mut step_loss = 0f64;
+    for (mb, range) in ranges {
+        let batch: Vec<&T::Example> = perm[range].iter().map(|&i| &examples[i]).collect();
+        let global_mb = (epoch * plan.micro_per_epoch + mb) as u64;
+        let rng = TrainRng::new(mix(config.seed, 2, global_mb));
+        let loss = task.loss(&batch, &rng)?;
+        let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            return Err(Error::Input(format!(
+                "the loss is {value} at step {}: lower the learning rate",
+                step + 1
+            )));
+        }
+        step_loss += value * batch.len() as f64;
+        let scaled = (loss * (batch.len() as f64 / step_examples as f64))?;
+        opt.accumulate(&mut grads, &scaled.backward()?)?;
+    }
+    opt.clip(&mut grads, config.clip)?;
+    opt.apply(
+        &grads,
+        linear_schedule(config.lr, step, plan.warmup, plan.total),
+    )?;
+    Ok((step_loss, step_examples))
 }
 
 fn progress_bar(enabled: bool, total: u64, pos: u64) -> indicatif::ProgressBar {

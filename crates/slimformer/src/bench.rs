@@ -9,13 +9,14 @@ use crate::pipeline::Pipeline;
 use crate::tokenize::Encoded;
 use crate::Result;
 use candle_core::{Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// The shapes (batch × length) every benchmark reports.
 pub const SHAPES: [(usize, usize); 3] = [(1, 16), (1, 128), (32, 128)];
 
-#[derive(Debug, Clone, Serialize)]
+/// One shape timed: the median and 95th percentile of `runs` forward passes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchResult {
     pub shape: String,
     pub precision: String,

@@ -12,3 +12,4 @@ mod retrain_cli;
 mod serve;
 mod shrink_cli;
 mod study_cli;
+mod vendored;

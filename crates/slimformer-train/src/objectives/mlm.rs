@@ -28,6 +28,18 @@ pub struct MlmConfig {
     pub mode: MaskingMode,
 }
 
+/// The ids below `vocab` that are not the tokenizer's special tokens: what a
+/// random replacement is drawn from ([`MlmConfig::random_ids`]).
+pub fn non_special_ids(tokenizer: &tokenizers::Tokenizer, vocab: u32) -> Vec<u32> {
+    let specials: std::collections::BTreeSet<u32> = tokenizer
+        .get_added_tokens_decoder()
+        .iter()
+        .filter(|(_, t)| t.special)
+        .map(|(id, _)| *id)
+        .collect();
+    (0..vocab).filter(|id| !specials.contains(id)).collect()
+}
+
 impl MlmConfig {
     /// transformers' defaults (15%, 80/10/10), token-level, dynamic.
     pub fn new(mask_token_id: u32, random_ids: Vec<u32>) -> Self {

@@ -234,63 +234,138 @@ pub fn compress(
     teacher: &Checkpoint,
     opts: &CompressOptions,
 ) -> Result<(StudentCheckpoint, CompressReport)> {
-    if teacher.family != Family::Bert {
-        return Err(Error::Input(format!(
-            "compress takes a BERT checkpoint (all-MiniLM, bert-base...), not {}",
-            teacher.family
-        )));
-    }
-    let cfg = &teacher.config;
-    let get = |k: &str| cfg.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
-    let config_path = teacher.dir.join(slimformer::checkpoint::CONFIG_FILE);
-    let need = |k: &str| get(k).ok_or_else(|| Error::file(&config_path, format!("no {k:?} field")));
-    let h = need("hidden_size")?;
-    let layers = need("num_hidden_layers")?;
-    let e = opts.embedding_size.unwrap_or(h);
-    if e == 0 || e > h {
-        return Err(Error::bad_value(
-            "embedding_size",
-            e,
-            format!("must be between 1 and the hidden size {h}"),
-        ));
-    }
-    let groups = match (opts.sharing, opts.groups) {
-        (Sharing::None, Some(g)) if g != layers => {
+    let shape = CompressedShape::of(teacher, opts)?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let embeddings = factorize_embeddings(teacher, &shape, opts, &mut tensors)?;
+    share_layers(teacher, &shape, opts, &mut tensors)?;
+    carry_heads(teacher, &mut tensors)?;
+    let partial = matches!(opts.sharing, Sharing::Attention | Sharing::Ffn);
+    let config = albert_config(teacher, &shape, &embeddings, opts.sharing, &tensors);
+    let report = CompressReport {
+        embedding_size: shape.e,
+        hidden_size: shape.h,
+        sharing: opts.sharing,
+        groups: shape.groups,
+        layers: shape.layers,
+        share_init: opts.share_init,
+        word_embedding_svd_error: embeddings.svd_error,
+        embedding_output_error: embeddings.output_error,
+        embedding_fit: embeddings.fit,
+        transformers_loadable: !partial,
+    };
+    Ok((
+        StudentCheckpoint {
+            family: Family::Albert,
+            config,
+            tensors,
+        },
+        report,
+    ))
+}
+
+/// The compressed model's sizes, checked against the teacher's.
+struct CompressedShape {
+    /// Hidden size (the teacher's) and embedding size (E ≤ H).
+    h: usize,
+    e: usize,
+    layers: usize,
+    groups: usize,
+    eps: f64,
+}
+
+impl CompressedShape {
+    fn of(teacher: &Checkpoint, opts: &CompressOptions) -> Result<Self> {
+        if teacher.family != Family::Bert {
+            return Err(Error::Input(format!(
+                "compress takes a BERT checkpoint (all-MiniLM, bert-base...), not {}",
+                teacher.family
+            )));
+        }
+        let cfg = &teacher.config;
+        let config_path = teacher.dir.join(slimformer::checkpoint::CONFIG_FILE);
+        let need = |k: &str| {
+            config_usize(cfg, k).ok_or_else(|| Error::file(&config_path, format!("no {k:?} field")))
+        };
+        let h = need("hidden_size")?;
+        let layers = need("num_hidden_layers")?;
+        let e = opts.embedding_size.unwrap_or(h);
+        if e == 0 || e > h {
+            return Err(Error::bad_value(
+                "embedding_size",
+                e,
+                format!("must be between 1 and the hidden size {h}"),
+            ));
+        }
+        let groups = match (opts.sharing, opts.groups) {
+            (Sharing::None, Some(g)) if g != layers => {
+                return Err(Error::bad_value(
+                    "groups",
+                    g,
+                    format!("without sharing: nothing is shared, so there are {layers} groups"),
+                ))
+            }
+            (Sharing::None, _) => layers,
+            (_, Some(g)) => g,
+            (_, None) => 1,
+        };
+        if groups == 0 || !layers.is_multiple_of(groups) {
             return Err(Error::bad_value(
                 "groups",
-                g,
-                format!("without sharing: nothing is shared, so there are {layers} groups"),
-            ))
+                groups,
+                format!("must divide the teacher's {layers} layers"),
+            ));
         }
-        (Sharing::None, _) => layers,
-        (_, Some(g)) => g,
-        (_, None) => 1,
-    };
-    if groups == 0 || !layers.is_multiple_of(groups) {
-        return Err(Error::bad_value(
-            "groups",
+        let eps = cfg
+            .get("layer_norm_eps")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(1e-12);
+        Ok(Self {
+            h,
+            e,
+            layers,
             groups,
-            format!("must divide the teacher's {layers} layers"),
-        ));
+            eps,
+        })
     }
-    let tensor = |n: &str| {
-        teacher
-            .tensors
-            .get(n)
-            .ok_or_else(|| Error::file(teacher.weights_path(), format!("no tensor {n:?}")))
-    };
-    let eps = cfg
-        .get("layer_norm_eps")
-        .and_then(|v| v.as_f64())
-        .unwrap_or(1e-12);
+}
 
-    // Embeddings.
+fn config_usize(cfg: &serde_json::Value, key: &str) -> Option<usize> {
+    cfg.get(key).and_then(|v| v.as_u64()).map(|v| v as usize)
+}
+
+fn teacher_tensor<'a>(teacher: &'a Checkpoint, name: &str) -> Result<&'a Tensor> {
+    teacher
+        .tensors
+        .get(name)
+        .ok_or_else(|| Error::file(teacher.weights_path(), format!("no tensor {name:?}")))
+}
+
+/// What factorizing the embeddings measured, and the tables' sizes.
+struct FactorizedEmbeddings {
+    svd_error: f64,
+    output_error: f64,
+    fit: Option<EmbeddingFitReport>,
+    positions: usize,
+    types: usize,
+}
+
+/// BERT's H-wide embedding tables as ALBERT's E-wide ones and the E→H mapping
+/// (SVD of the centred tables, LayerNorm's scale folded into the mapping), fitted
+/// to BERT's embedding output if asked; into `tensors`.
+fn factorize_embeddings(
+    teacher: &Checkpoint,
+    shape: &CompressedShape,
+    opts: &CompressOptions,
+    tensors: &mut HashMap<String, Tensor>,
+) -> Result<FactorizedEmbeddings> {
+    let CompressedShape { h, e, eps, .. } = *shape;
+    let tensor = |n: &str| teacher_tensor(teacher, n);
+    let type_table = teacher
+        .tensors
+        .get("embeddings.token_type_embeddings.weight");
     let words = centred(f32_rows(tensor("embeddings.word_embeddings.weight")?)?);
     let positions = centred(f32_rows(tensor("embeddings.position_embeddings.weight")?)?);
-    let types = match teacher
-        .tensors
-        .get("embeddings.token_type_embeddings.weight")
-    {
+    let types = match type_table {
         Some(t) => centred(f32_rows(t)?),
         None => vec![vec![0.0; h]],
     };
@@ -304,21 +379,12 @@ pub fn compress(
             map_w[i * e + k] = (ratio * gamma[i] * factor.basis[i * e + k]) as f32;
         }
     }
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let dev = &Device::Cpu;
-    let word_e = factor.project(&words)?;
-    let pos_e = factor.project(&positions)?;
-    let type_e = factor.project(&types)?;
-    let map_weight = Tensor::from_vec(map_w, (h, e), dev)?;
-    let map_bias = Tensor::from_vec(beta.iter().map(|&v| v as f32).collect::<Vec<_>>(), h, dev)?;
     let f32_of = |n: &str| -> Result<Tensor> { Ok(tensor(n)?.to_dtype(DType::F32)?) };
     let bert = BertEmbeddings {
         words: f32_of("embeddings.word_embeddings.weight")?,
         positions: f32_of("embeddings.position_embeddings.weight")?,
-        type0: match teacher
-            .tensors
-            .get("embeddings.token_type_embeddings.weight")
-        {
+        type0: match type_table {
             Some(t) => t.to_dtype(DType::F32)?.get(0)?,
             None => Tensor::zeros(h, DType::F32, dev)?,
         },
@@ -327,20 +393,20 @@ pub fn compress(
         eps,
     };
     let mut albert = AlbertEmbeddings {
-        words: word_e,
-        positions: pos_e,
-        types: type_e,
-        map_weight,
-        map_bias,
+        words: factor.project(&words)?,
+        positions: factor.project(&positions)?,
+        types: factor.project(&types)?,
+        map_weight: Tensor::from_vec(map_w, (h, e), dev)?,
+        map_bias: Tensor::from_vec(beta.iter().map(|&v| v as f32).collect::<Vec<_>>(), h, dev)?,
         eps,
     };
-    let mut embedding_fit = None;
+    let mut fit_report = None;
     if let (Some(fit_opts), true) = (&opts.embedding_fit, e < h) {
         let (fitted, report) = fit(&bert, &albert, fit_opts)?;
         albert = fitted;
-        embedding_fit = Some(report);
+        fit_report = Some(report);
     }
-    let embedding_output_error = random_pair_error(&bert, &albert)?;
+    let output_error = random_pair_error(&bert, &albert)?;
     let AlbertEmbeddings {
         words: word_e,
         positions: pos_e,
@@ -365,8 +431,24 @@ pub fn compress(
         map_weight,
     );
     tensors.insert("encoder.embedding_hidden_mapping_in.bias".into(), map_bias);
+    Ok(FactorizedEmbeddings {
+        svd_error: factor.svd_error,
+        output_error,
+        fit: fit_report,
+        positions: positions.len(),
+        types: types.len(),
+    })
+}
 
-    // Layers.
+/// The teacher's layers as ALBERT's layer groups: each shared block of a group is
+/// its members' mean (or its first member), the blocks not shared stay per layer.
+fn share_layers(
+    teacher: &Checkpoint,
+    shape: &CompressedShape,
+    opts: &CompressOptions,
+    tensors: &mut HashMap<String, Tensor>,
+) -> Result<()> {
+    let CompressedShape { layers, groups, .. } = *shape;
     let per_group = layers / groups;
     for (part, (bert, albert)) in LAYER_NAMES.iter().enumerate() {
         let shared = match opts.sharing {
@@ -377,39 +459,43 @@ pub fn compress(
         };
         for suffix in ["weight", "bias"] {
             let of_layer = |l: usize| -> Result<Tensor> {
-                Ok(tensor(&format!("encoder.layer.{l}.{bert}.{suffix}"))?.to_dtype(DType::F32)?)
+                let name = format!("encoder.layer.{l}.{bert}.{suffix}");
+                Ok(teacher_tensor(teacher, &name)?.to_dtype(DType::F32)?)
             };
-            if shared {
-                for g in 0..groups {
-                    let members: Vec<usize> = (g * per_group..(g + 1) * per_group).collect();
-                    let value = match opts.share_init {
-                        ShareInit::First => of_layer(members[0])?,
-                        ShareInit::Mean => {
-                            let stacked = members
-                                .iter()
-                                .map(|&l| of_layer(l))
-                                .collect::<Result<Vec<_>>>()?;
-                            Tensor::stack(&stacked, 0)?.mean(0)?
-                        }
-                    };
-                    tensors.insert(
-                        format!(
-                            "encoder.albert_layer_groups.{g}.albert_layers.0.{albert}.{suffix}"
-                        ),
-                        value,
-                    );
-                }
-            } else {
+            if !shared {
                 for l in 0..layers {
                     tensors.insert(
                         format!("encoder.slimformer_layers.{l}.{albert}.{suffix}"),
                         of_layer(l)?,
                     );
                 }
+                continue;
+            }
+            for g in 0..groups {
+                let members: Vec<usize> = (g * per_group..(g + 1) * per_group).collect();
+                let value = match opts.share_init {
+                    ShareInit::First => of_layer(members[0])?,
+                    ShareInit::Mean => {
+                        let stacked = members
+                            .iter()
+                            .map(|&l| of_layer(l))
+                            .collect::<Result<Vec<_>>>()?;
+                        Tensor::stack(&stacked, 0)?.mean(0)?
+                    }
+                };
+                tensors.insert(
+                    format!("encoder.albert_layer_groups.{g}.albert_layers.0.{albert}.{suffix}"),
+                    value,
+                );
             }
         }
     }
-    // Heads: BERT's pooler is ALBERT's; the classifier carries over.
+    Ok(())
+}
+
+/// BERT's pooler is ALBERT's; the classifier carries over. The masked-LM head
+/// does not (ALBERT's lives in E-space).
+fn carry_heads(teacher: &Checkpoint, tensors: &mut HashMap<String, Tensor>) -> Result<()> {
     for (from, to) in [("pooler.dense.", "pooler."), ("classifier.", "classifier.")] {
         for (name, t) in &teacher.tensors {
             if let Some(rest) = name.strip_prefix(from) {
@@ -426,14 +512,27 @@ pub fn compress(
             "the teacher's masked-LM head is not carried over (ALBERT's lives in E-space)"
         );
     }
+    Ok(())
+}
 
+/// The student's `config.json`: ALBERT's fields from the teacher's, its labels,
+/// and a note where the sharing is one transformers cannot load.
+fn albert_config(
+    teacher: &Checkpoint,
+    shape: &CompressedShape,
+    embeddings: &FactorizedEmbeddings,
+    sharing: Sharing,
+    tensors: &HashMap<String, Tensor>,
+) -> serde_json::Value {
+    let cfg = &teacher.config;
+    let get = |k: &str| config_usize(cfg, k);
     let mut config = serde_json::json!({
         "model_type": "albert",
         "vocab_size": get("vocab_size"),
-        "embedding_size": e,
-        "hidden_size": h,
-        "num_hidden_layers": layers,
-        "num_hidden_groups": groups,
+        "embedding_size": shape.e,
+        "hidden_size": shape.h,
+        "num_hidden_layers": shape.layers,
+        "num_hidden_groups": shape.groups,
         "inner_group_num": 1,
         "num_attention_heads": get("num_attention_heads"),
         "intermediate_size": get("intermediate_size"),
@@ -442,10 +541,10 @@ pub fn compress(
         "attention_probs_dropout_prob": cfg.get("attention_probs_dropout_prob").cloned().unwrap_or(0.1.into()),
         "classifier_dropout_prob": cfg.get("classifier_dropout").filter(|v| !v.is_null()).cloned()
             .or_else(|| cfg.get("hidden_dropout_prob").cloned()).unwrap_or(0.1.into()),
-        "max_position_embeddings": positions.len(),
-        "type_vocab_size": types.len(),
+        "max_position_embeddings": embeddings.positions,
+        "type_vocab_size": embeddings.types,
         "initializer_range": cfg.get("initializer_range").cloned().unwrap_or(0.02.into()),
-        "layer_norm_eps": eps,
+        "layer_norm_eps": shape.eps,
         "pad_token_id": cfg.get("pad_token_id").cloned().unwrap_or(0.into()),
         "position_embedding_type": "absolute",
     });
@@ -454,33 +553,13 @@ pub fn compress(
             config[key] = v.clone();
         }
     }
-    let partial = matches!(opts.sharing, Sharing::Attention | Sharing::Ffn);
-    if partial {
-        config["slimformer_shared"] = serde_json::to_value(opts.sharing).expect("json");
+    if matches!(sharing, Sharing::Attention | Sharing::Ffn) {
+        config["slimformer_shared"] = serde_json::to_value(sharing).expect("json");
         config["slimformer_note"] = "only one block of each layer is shared: a slimformer \
             extension of ALBERT that transformers cannot load"
             .into();
     }
     config["architectures"] =
-        serde_json::json!([super::student::architecture(Family::Albert, &tensors)]);
-    let report = CompressReport {
-        embedding_size: e,
-        hidden_size: h,
-        sharing: opts.sharing,
-        groups,
-        layers,
-        share_init: opts.share_init,
-        word_embedding_svd_error: factor.svd_error,
-        embedding_output_error,
-        embedding_fit,
-        transformers_loadable: !partial,
-    };
-    Ok((
-        StudentCheckpoint {
-            family: Family::Albert,
-            config,
-            tensors,
-        },
-        report,
-    ))
+        serde_json::json!([super::student::architecture(Family::Albert, tensors)]);
+    config
 }

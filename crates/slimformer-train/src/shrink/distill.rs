@@ -428,12 +428,16 @@ fn build_student(opts: &DistillOptions, teacher: &Model) -> Result<PathBuf> {
 
 fn check_widths(weights: &DistillWeights, teacher: &Model, student: &Model) -> Result<()> {
     if weights.alpha_cos > 0.0 && teacher.hidden_size() != student.hidden_size() {
-        return Err(Error::Input(format!(
-            "the teacher's hidden size is {} and the student's {}: the cosine loss needs \
-             them equal (pass --alpha-cos 0)",
-            teacher.hidden_size(),
-            student.hidden_size()
-        )));
+        return Err(Error::bad_value(
+            "alpha_cos",
+            weights.alpha_cos,
+            format!(
+                "the teacher's hidden size is {} and the student's {}: the cosine loss \
+                 needs them equal (set its weight to 0)",
+                teacher.hidden_size(),
+                student.hidden_size()
+            ),
+        ));
     }
     Ok(())
 }
@@ -515,10 +519,22 @@ fn teacher_outputs(
 
 /// Loads teacher and student and builds the task; returns it with the training examples.
 pub fn prepare(opts: &DistillOptions) -> Result<(DistillTask, Vec<DistillExample>)> {
-    if !opts.teacher.is_dir() {
-        return Err(Error::file(&opts.teacher, "no such teacher model folder"));
+    check_weights(&opts.weights)?;
+    let pair = load_pair(opts)?;
+    match &opts.data {
+        DistillData::Task {
+            train,
+            dev,
+            dev_split,
+            columns,
+            ..
+        } => prepare_task(opts, pair, train, (dev.as_deref(), *dev_split), columns),
+        DistillData::General { corpus } => prepare_general(opts, pair, corpus),
     }
-    let w = &opts.weights;
+}
+
+/// Every loss weight is a non-negative number, and the temperature positive.
+fn check_weights(w: &DistillWeights) -> Result<()> {
     for (name, v) in [
         ("temperature", w.temperature),
         ("alpha_ce", w.alpha_ce),
@@ -529,10 +545,28 @@ pub fn prepare(opts: &DistillOptions) -> Result<(DistillTask, Vec<DistillExample
             return Err(Error::bad_value(name, v, "must be a positive number"));
         }
     }
+    Ok(())
+}
+
+/// The teacher and the student built from it, with their tokenizers.
+struct Pair {
+    teacher: Teacher,
+    student: Model,
+    varmap: VarMap,
+    tokenizer: TextTokenizer,
+    /// The student's initial folder (its config, tokenizer and side files).
+    init: PathBuf,
+    max_len: usize,
+}
+
+fn load_pair(opts: &DistillOptions) -> Result<Pair> {
+    if !opts.teacher.is_dir() {
+        return Err(Error::file(&opts.teacher, "no such teacher model folder"));
+    }
     let teacher_model = Model::load(&opts.teacher)?;
     let init = build_student(opts, &teacher_model)?;
-    let (mut student, varmap) = Model::load_trainable(&init)?;
-    check_widths(w, &teacher_model, &student)?;
+    let (student, varmap) = Model::load_trainable(&init)?;
+    check_widths(&opts.weights, &teacher_model, &student)?;
     let max_len = max_len_for(opts, &student)?;
     let teacher_tok = TextTokenizer::load(
         &opts.teacher,
@@ -541,188 +575,222 @@ pub fn prepare(opts: &DistillOptions) -> Result<(DistillTask, Vec<DistillExample
         true,
     )?;
     let tokenizer = TextTokenizer::load(&init, student.config.padding(), Some(max_len), true)?;
-    let teacher = Teacher {
-        model: teacher_model,
-        tokenizer: teacher_tok,
+    Ok(Pair {
+        teacher: Teacher {
+            model: teacher_model,
+            tokenizer: teacher_tok,
+        },
+        student,
+        varmap,
+        tokenizer,
+        init,
+        max_len,
+    })
+}
+
+/// Task distillation: the teacher's classifier's soft targets on labelled rows
+/// (cached when asked), the student's own head, a dev set to pick the best step.
+fn prepare_task(
+    opts: &DistillOptions,
+    pair: Pair,
+    train: &Path,
+    (dev, dev_split): (Option<&Path>, Option<f64>),
+    columns: &data::Columns,
+) -> Result<(DistillTask, Vec<DistillExample>)> {
+    let Pair {
+        teacher,
+        mut student,
+        varmap,
+        tokenizer,
+        max_len,
+        ..
+    } = pair;
+    let (w, batch) = (&opts.weights, opts.train_config.batch);
+    let teacher_head = SequenceClassifier::load(&teacher.model).map_err(|e| {
+        Error::file(
+            &opts.teacher,
+            format!(
+                "the teacher has no sequence-classification head ({e}): fine-tune it \
+                 first, or distill on raw text (a corpus) instead"
+            ),
+        )
+    })?;
+    let labels = teacher_head.labels.names.clone();
+    let rows = data::read_rows(train, columns)?;
+    let (rows, dev_rows, dev_path) = match (dev, dev_split) {
+        (Some(d), _) => (rows, data::read_rows(d, columns)?, d.to_path_buf()),
+        (None, Some(f)) => {
+            let (t, d) = data::split_dev(
+                rows,
+                f,
+                data::HoldOut::Seeded(opts.train_config.seed),
+                "dev_split",
+            )?;
+            (t, d, train.to_path_buf())
+        }
+        (None, None) => {
+            return Err(Error::setting(
+                "dev",
+                "no dev data: give a dev file or a fraction of the training data to split off",
+            ))
+        }
     };
-    let batch = opts.train_config.batch;
-    match &opts.data {
-        DistillData::Task {
-            train,
-            dev,
-            dev_split,
-            columns,
-            ..
-        } => {
-            let teacher_head = SequenceClassifier::load(&teacher.model).map_err(|e| {
-                Error::file(
+    let train_ids = data::label_ids(train, &rows, &labels)?;
+    let dev_ids = data::label_ids(&dev_path, &dev_rows, &labels)?;
+    let encode = |path: &Path, rows: &[data::Row], ids: &[usize]| {
+        rows.iter()
+            .zip(ids)
+            .enumerate()
+            .map(|(index, (row, &label))| {
+                let encoded = tokenizer
+                    .encode(&row.input)
+                    .map_err(|e| Error::file(path, format!("line {}: {e}", row.line)))?;
+                Ok(DistillExample {
+                    index,
+                    encoded,
+                    label: label as u32,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+    };
+    let examples = encode(train, &rows, &train_ids)?;
+    let dev_examples: Vec<Example> = encode(&dev_path, &dev_rows, &dev_ids)?
+        .into_iter()
+        .map(|e| Example {
+            encoded: e.encoded,
+            label: e.label,
+        })
+        .collect();
+    let head = student_head(&mut student, &varmap, &labels, opts.train_config.seed)?;
+    let with_hidden = w.alpha_cos > 0.0;
+    let cache = match &opts.cache_dir {
+        Some(dir) => {
+            let train_bytes = std::fs::read(train).map_err(|e| Error::file(train, e))?;
+            let key = teacher_cache::cache_key(&[
+                &teacher_cache::model_fingerprint(
                     &opts.teacher,
+                    &teacher.model.checkpoint.weight_files,
+                )?,
+                &train_bytes,
+                format!("{columns:?} max_len={max_len} dev_split={dev_split:?} seed={} hidden={with_hidden}", opts.train_config.seed).as_bytes(),
+            ]);
+            Some(teacher_cache::load_or_compute(Some(dir), &key, || {
+                teacher_outputs(&teacher, &teacher_head, &examples, with_hidden, batch * 2)
+            })?)
+        }
+        None => None,
+    };
+    let student = ClassificationTask {
+        model: student,
+        varmap,
+        head,
+        tokenizer,
+        labels,
+        dev: dev_examples,
+        eval_batch: batch,
+    };
+    Ok((
+        DistillTask {
+            teacher,
+            mode: Mode::Task {
+                student,
+                teacher_head,
+                cache,
+            },
+            weights: *w,
+            eval_batch: batch,
+        },
+        examples,
+    ))
+}
+
+/// General distillation on raw text: soft masked-LM targets and the hidden
+/// states' cosine, a held-out 2% (at most 500 texts) to evaluate on.
+fn prepare_general(
+    opts: &DistillOptions,
+    pair: Pair,
+    corpus: &[PathBuf],
+) -> Result<(DistillTask, Vec<DistillExample>)> {
+    let Pair {
+        teacher,
+        student,
+        varmap,
+        tokenizer,
+        init,
+        ..
+    } = pair;
+    let (w, batch) = (&opts.weights, opts.train_config.batch);
+    let docs = crate::pretrain::read_corpus(corpus)?;
+    let mut texts: Vec<String> = docs.into_iter().flatten().collect();
+    texts.retain(|t| !t.trim().is_empty());
+    let mut examples = texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            Ok(DistillExample {
+                index,
+                encoded: tokenizer.encode(&TextInput::Single(text.clone()))?,
+                label: 0,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Rng::new(opts.train_config.seed ^ 0xD157).shuffle(&mut examples);
+    let dev_n = (examples.len() / 50)
+        .clamp(1, 500)
+        .min(examples.len().saturating_sub(1));
+    let dev = examples.split_off(examples.len() - dev_n);
+    let mlm_on = w.alpha_hard > 0.0 || w.alpha_ce > 0.0;
+    let (student_mlm, teacher_mlm, mlm) = if mlm_on {
+        let t_head = if w.alpha_ce > 0.0 {
+            Some(MaskedLmHead::load(&teacher.model).map_err(|e| {
+                Error::bad_value(
+                    "alpha_ce",
+                    w.alpha_ce,
                     format!(
-                        "the teacher has no sequence-classification head ({e}): fine-tune it \
-                         first, or distill on raw text with --corpus"
+                        "{}: the teacher has no masked-LM head for the soft targets ({e}); \
+                         set this weight to 0 (and the masked-LM one too, to train on the \
+                         cosine loss alone)",
+                        opts.teacher.display()
                     ),
                 )
-            })?;
-            let labels = teacher_head.labels.names.clone();
-            let rows = data::read_rows(train, columns)?;
-            let (rows, dev_rows, dev_path) = match (dev, dev_split) {
-                (Some(d), _) => (rows, data::read_rows(d, columns)?, d.clone()),
-                (None, Some(f)) => {
-                    let (t, d) = data::split_dev(rows, *f, opts.train_config.seed)?;
-                    (t, d, train.clone())
-                }
-                (None, None) => return Err(Error::setting(
-                    "dev",
-                    "no dev data: give a dev file or a fraction of the training data to split off",
-                )),
-            };
-            let train_ids = data::label_ids(train, &rows, &labels)?;
-            let dev_ids = data::label_ids(&dev_path, &dev_rows, &labels)?;
-            let encode = |path: &Path, rows: &[data::Row], ids: &[usize]| {
-                rows.iter()
-                    .zip(ids)
-                    .enumerate()
-                    .map(|(index, (row, &label))| {
-                        let encoded = tokenizer
-                            .encode(&row.input)
-                            .map_err(|e| Error::file(path, format!("line {}: {e}", row.line)))?;
-                        Ok(DistillExample {
-                            index,
-                            encoded,
-                            label: label as u32,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()
-            };
-            let examples = encode(train, &rows, &train_ids)?;
-            let dev_examples: Vec<Example> = encode(&dev_path, &dev_rows, &dev_ids)?
-                .into_iter()
-                .map(|e| Example {
-                    encoded: e.encoded,
-                    label: e.label,
-                })
-                .collect();
-            let head = student_head(&mut student, &varmap, &labels, opts.train_config.seed)?;
-            let with_hidden = w.alpha_cos > 0.0;
-            let cache = match &opts.cache_dir {
-                Some(dir) => {
-                    let train_bytes = std::fs::read(train).map_err(|e| Error::file(train, e))?;
-                    let key = teacher_cache::cache_key(&[
-                        &teacher_cache::model_fingerprint(
-                            &opts.teacher,
-                            &teacher.model.checkpoint.weight_files,
-                        )?,
-                        &train_bytes,
-                        format!("{columns:?} max_len={max_len} dev_split={dev_split:?} seed={} hidden={with_hidden}", opts.train_config.seed).as_bytes(),
-                    ]);
-                    Some(teacher_cache::load_or_compute(Some(dir), &key, || {
-                        teacher_outputs(&teacher, &teacher_head, &examples, with_hidden, batch * 2)
-                    })?)
-                }
-                None => None,
-            };
-            let student = ClassificationTask {
+            })?)
+        } else {
+            None
+        };
+        let before = var_names(&varmap);
+        let s_head = MaskedLmHead::load(&student)?;
+        init_new_vars(&varmap, &before, opts.train_config.seed)?;
+        let (_, mask_id) = tokenizer.mask_token().ok_or_else(|| {
+            Error::file(&init, "the tokenizer has no mask token for masked-LM terms")
+        })?;
+        let vocab = tokenizer.inner().get_vocab_size(true) as u32;
+        let random_ids = mlm::non_special_ids(tokenizer.inner(), vocab);
+        (
+            Some(s_head),
+            t_head,
+            Some(MlmConfig::new(mask_id, random_ids)),
+        )
+    } else {
+        (None, None, None)
+    };
+    Ok((
+        DistillTask {
+            teacher,
+            mode: Mode::General {
                 model: student,
                 varmap,
-                head,
                 tokenizer,
-                labels,
-                dev: dev_examples,
-                eval_batch: batch,
-            };
-            Ok((
-                DistillTask {
-                    teacher,
-                    mode: Mode::Task {
-                        student,
-                        teacher_head,
-                        cache,
-                    },
-                    weights: *w,
-                    eval_batch: batch,
-                },
-                examples,
-            ))
-        }
-        DistillData::General { corpus } => {
-            let docs = crate::pretrain::read_corpus(corpus)?;
-            let mut texts: Vec<String> = docs.into_iter().flatten().collect();
-            texts.retain(|t| !t.trim().is_empty());
-            let mut examples = texts
-                .iter()
-                .enumerate()
-                .map(|(index, text)| {
-                    Ok(DistillExample {
-                        index,
-                        encoded: tokenizer.encode(&TextInput::Single(text.clone()))?,
-                        label: 0,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Rng::new(opts.train_config.seed ^ 0xD157).shuffle(&mut examples);
-            let dev_n = (examples.len() / 50)
-                .clamp(1, 500)
-                .min(examples.len().saturating_sub(1));
-            let dev = examples.split_off(examples.len() - dev_n);
-            let mlm_on = w.alpha_hard > 0.0 || w.alpha_ce > 0.0;
-            let (student_mlm, teacher_mlm, mlm) = if mlm_on {
-                let t_head = if w.alpha_ce > 0.0 {
-                    Some(MaskedLmHead::load(&teacher.model).map_err(|e| {
-                        Error::file(
-                            &opts.teacher,
-                            format!(
-                                "the teacher has no masked-LM head for the soft targets ({e}): \
-                                 pass --alpha-ce 0 (and --alpha-mlm 0 to train on the cosine \
-                                 loss alone)"
-                            ),
-                        )
-                    })?)
-                } else {
-                    None
-                };
-                let before = var_names(&varmap);
-                let s_head = MaskedLmHead::load(&student)?;
-                init_new_vars(&varmap, &before, opts.train_config.seed)?;
-                let (_, mask_id) = tokenizer.mask_token().ok_or_else(|| {
-                    Error::file(&init, "the tokenizer has no mask token for masked-LM terms")
-                })?;
-                let specials: BTreeSet<u32> = tokenizer
-                    .inner()
-                    .get_added_tokens_decoder()
-                    .iter()
-                    .filter(|(_, t)| t.special)
-                    .map(|(id, _)| *id)
-                    .collect();
-                let vocab = tokenizer.inner().get_vocab_size(true) as u32;
-                let random_ids = (0..vocab).filter(|i| !specials.contains(i)).collect();
-                (
-                    Some(s_head),
-                    t_head,
-                    Some(MlmConfig::new(mask_id, random_ids)),
-                )
-            } else {
-                (None, None, None)
-            };
-            Ok((
-                DistillTask {
-                    teacher,
-                    mode: Mode::General {
-                        model: student,
-                        varmap,
-                        tokenizer,
-                        student_mlm,
-                        teacher_mlm,
-                        mlm,
-                        dev,
-                        side_files: init.clone(),
-                    },
-                    weights: *w,
-                    eval_batch: batch,
-                },
-                examples,
-            ))
-        }
-    }
+                student_mlm,
+                teacher_mlm,
+                mlm,
+                dev,
+                side_files: init.clone(),
+            },
+            weights: *w,
+            eval_batch: batch,
+        },
+        examples,
+    ))
 }
 
 fn var_names(varmap: &VarMap) -> BTreeSet<String> {

@@ -118,11 +118,14 @@ pub fn from_teacher_layers(teacher: &Checkpoint, layers: &[usize]) -> Result<Stu
     let n = layer_count(teacher)?;
     check_layers(layers, n)?;
     let prefix = layer_prefix(teacher.family).ok_or_else(|| {
-        Error::Input(format!(
-            "a student made of teacher layers needs a BERT, RoBERTa or DistilBERT teacher, \
-             not {}: use --student-config for a student of any shape",
-            teacher.family
-        ))
+        Error::setting(
+            "student_layers",
+            format!(
+                "a student made of teacher layers needs a BERT, RoBERTa or DistilBERT \
+                 teacher, not {}: give a student config for a student of any shape",
+                teacher.family
+            ),
+        )
     })?;
     let to_distilbert = teacher.family == Family::Bert;
     let mut tensors = HashMap::new();

@@ -359,9 +359,11 @@ fn bad_data_errors_name_file_and_line() {
 fn dev_split_is_seeded() {
     let tmp = tempfile::tempdir().unwrap();
     let rows = data::read_rows(&labelled_csv(tmp.path()), &Columns::default()).unwrap();
-    let (t1, d1) = data::split_dev(rows.clone(), 0.25, 3).unwrap();
-    let (_, d2) = data::split_dev(rows.clone(), 0.25, 3).unwrap();
-    let (_, d3) = data::split_dev(rows, 0.25, 4).unwrap();
+    let (t1, d1) =
+        data::split_dev(rows.clone(), 0.25, data::HoldOut::Seeded(3), "dev_split").unwrap();
+    let (_, d2) =
+        data::split_dev(rows.clone(), 0.25, data::HoldOut::Seeded(3), "dev_split").unwrap();
+    let (_, d3) = data::split_dev(rows, 0.25, data::HoldOut::Seeded(4), "dev_split").unwrap();
     assert_eq!((t1.len(), d1.len()), (24, 8));
     assert_eq!(d1, d2);
     assert_ne!(d1, d3);
