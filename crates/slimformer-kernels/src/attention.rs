@@ -3,11 +3,12 @@
 //! sequence and head, reading the projections in place and writing the context in
 //! place: no [batch, heads, len, len] tensor and no head transposes.
 
-use crate::gemm::{written_by, OutPtr};
+use crate::gemm::{assume_written, written_by, OutPtr};
 use crate::head::Head;
 use crate::math::{exp, lane_max, lane_sum, lane_sum_squares};
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -65,8 +66,8 @@ pub fn attention(
     );
     #[cfg(not(target_arch = "x86_64"))]
     let (wide, amx) = (false, false);
-    let fill = |out: &mut [f32]| {
-        let ptr = OutPtr(out.as_mut_ptr());
+    let fill = |out: &mut [MaybeUninit<f32>]| {
+        let ptr = OutPtr(out.as_mut_ptr().cast::<f32>());
         #[cfg(target_arch = "x86_64")]
         if amx && crate::attend_amx::per_sequence(b) {
             (0..b).into_par_iter().for_each(|s| {
@@ -214,9 +215,10 @@ fn attend_rows<const R: usize>(
         }
         *inv = 1.0 / lane_sum(row);
     }
-    // SAFETY: rows i..i+R of this head: in bounds, written by this task only.
-    let mut o: [&mut [f32]; R] = std::array::from_fn(|r| unsafe {
-        std::slice::from_raw_parts_mut(out.get().add((i + r) * hidden), d)
+    // SAFETY: rows i..i+R of this head: in bounds, written by this task only (not
+    // yet written: hence `MaybeUninit`).
+    let mut o: [&mut [MaybeUninit<f32>]; R] = std::array::from_fn(|r| unsafe {
+        std::slice::from_raw_parts_mut(out.get().add((i + r) * hidden).cast(), d)
     });
     match d {
         32 => weighted_values::<R, 32>(scores, l, vh, &inv, &mut o),
@@ -266,7 +268,7 @@ fn weighted_values<const R: usize, const D: usize>(
     l: usize,
     vh: &[f32],
     inv: &[f32; R],
-    o: &mut [&mut [f32]; R],
+    o: &mut [&mut [MaybeUninit<f32>]; R],
 ) {
     if R == 1 {
         return weighted_values_one::<D>(&p[..l], vh, inv[0], &mut *o[0]);
@@ -283,13 +285,18 @@ fn weighted_values<const R: usize, const D: usize>(
     }
     for ((o, acc), &inv) in o.iter_mut().zip(&acc).zip(inv) {
         for (o, &a) in o.iter_mut().zip(acc) {
-            *o = a * inv;
+            o.write(a * inv);
         }
     }
 }
 
 #[inline(always)]
-fn weighted_values_one<const D: usize>(p: &[f32], vh: &[f32], inv: f32, o: &mut [f32]) {
+fn weighted_values_one<const D: usize>(
+    p: &[f32],
+    vh: &[f32],
+    inv: f32,
+    o: &mut [MaybeUninit<f32>],
+) {
     let mut acc = [[0f32; D]; 4];
     let rows = vh.chunks_exact(D);
     let mut quads = p.chunks_exact(4).zip(vh.chunks_exact(4 * D));
@@ -308,14 +315,16 @@ fn weighted_values_one<const D: usize>(p: &[f32], vh: &[f32], inv: f32, o: &mut 
         }
     }
     for (t, o) in o.iter_mut().enumerate() {
-        *o = (acc[0][t] + acc[1][t] + acc[2][t] + acc[3][t]) * inv;
+        o.write((acc[0][t] + acc[1][t] + acc[2][t] + acc[3][t]) * inv);
     }
 }
 
 #[inline(always)]
-fn weighted_values_any(p: &[f32], vh: &[f32], inv: f32, o: &mut [f32]) {
+fn weighted_values_any(p: &[f32], vh: &[f32], inv: f32, o: &mut [MaybeUninit<f32>]) {
     let d = o.len();
-    o.fill(0.0);
+    o.fill(MaybeUninit::new(0.0));
+    // SAFETY: every value was just written.
+    let o = unsafe { assume_written(o) };
     for (&pj, v) in p.iter().zip(vh.chunks_exact(d)) {
         for (o, &vv) in o.iter_mut().zip(v) {
             *o = pj.mul_add(vv, *o);
@@ -340,7 +349,7 @@ pub fn residual_layer_norm(
         return Err("the input and the residual disagree in shape");
     }
     let rows = (4096 / dim).max(1) * dim;
-    // SAFETY: `residual_norm_rows` sets each value of a row before it reads it.
+    // SAFETY: `residual_norm_rows` writes every value.
     Ok(unsafe {
         written_by(x.len(), |out| {
             out.par_chunks_mut(rows).enumerate().for_each(|(chunk, o)| {
@@ -354,18 +363,24 @@ pub fn residual_layer_norm(
     })
 }
 
-// `r` empty: no residual.
-dispatch!(residual_norm_rows, (out: &mut [f32], x: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f32), {
+// Writes every value of `out`; `r` empty: no residual.
+dispatch!(residual_norm_rows, (out: &mut [MaybeUninit<f32>], x: &[f32], r: &[f32], w: &[f32], b: &[f32], eps: f32), {
     let dim = w.len();
     for (row, (o, x)) in out.chunks_mut(dim).zip(x.chunks(dim)).enumerate() {
         match r.get(row * dim..(row + 1) * dim) {
             Some(r) => {
                 for ((o, &x), &r) in o.iter_mut().zip(x).zip(r) {
-                    *o = x + r;
+                    o.write(x + r);
                 }
             }
-            None => o.copy_from_slice(x),
+            None => {
+                for (o, &x) in o.iter_mut().zip(x) {
+                    o.write(x);
+                }
+            }
         }
+        // SAFETY: every value of the row was just written.
+        let o = unsafe { assume_written(o) };
         let mean = lane_sum(o) / dim as f32;
         o.iter_mut().for_each(|o| *o -= mean);
         let var = lane_sum_squares(o);

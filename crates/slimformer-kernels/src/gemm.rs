@@ -15,6 +15,7 @@ use crate::aligned::AlignedVec;
 use crate::math::bias_then_act;
 pub use crate::math::Epilogue;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows of the register tile.
 pub const MR: usize = 12;
@@ -243,14 +244,26 @@ pub fn linear(
 /// one thread before the parallel work: 2.4% of a bf16 forward's samples.
 ///
 /// # Safety
-/// `fill` writes every value before it reads it.
-pub(super) unsafe fn written_by(len: usize, fill: impl FnOnce(&mut [f32])) -> Vec<f32> {
-    unsafe {
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        fill(std::slice::from_raw_parts_mut(out.as_mut_ptr(), len));
-        out.set_len(len);
-        out
-    }
+/// `fill` writes every value.
+pub(super) unsafe fn written_by(
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the capacity is `len`, and `fill` wrote every value (the caller's
+    // obligation).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// The values of `slice`, once they are all written.
+///
+/// # Safety
+/// Every value of `slice` is initialised.
+pub(super) unsafe fn assume_written(slice: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has f32's layout, and every value is initialised.
+    unsafe { &mut *(slice as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// The m × n output of a linear layer, computed in parallel by `tiles(rows, panels,
@@ -278,7 +291,7 @@ pub(super) unsafe fn tiled_output(
         // SAFETY: the blocks cover all m·n values, each stored by its task before the
         // epilogue reads it.
         written_by(m * n, |out| {
-            let ptr = OutPtr(out.as_mut_ptr());
+            let ptr = OutPtr(out.as_mut_ptr().cast::<f32>());
             for_each_tile(m, mc, panels, |rows, panels| {
                 let block = OutPtr(ptr.get().add(rows.start * n));
                 tiles(rows.clone(), panels.clone(), block);
