@@ -12,7 +12,8 @@
 //! multiple of 32 (one AMX tile) with zeros.
 
 use crate::aligned::AlignedVec;
-use crate::gemm::{tiled_output, whole_rows, Epilogue, Finish, OutPtr, NR};
+use crate::chain::LowPrecision;
+use crate::gemm::{tiled_output, Epilogue, Finish, OutPtr, NR};
 use rayon::prelude::*;
 
 /// Rows of the register tile (24 of the 32 zmm registers hold its sums).
@@ -150,57 +151,91 @@ pub fn product(
     linear_on(a, m, w, bias, epilogue, Kernel::here())
 }
 
-/// `down(epilogue(a·upᵀ + up_bias)) + down_bias`, a feed-forward block: the inner
-/// activation is converted to bf16 row by row as the up product's tasks finish
-/// it, while the row is still in cache, not in a pass of its own over memory.
+/// `down(epilogue(a·upᵀ + up_bias)) + down_bias`, a feed-forward block, with the
+/// inner activation converted to bf16 row by row as the up product finishes it
+/// ([`crate::chain`]).
 pub fn chained(
     a: &[f32],
     m: usize,
-    (up, up_bias): (&PackedBf16Weight, Option<&[f32]>),
+    up: (&PackedBf16Weight, Option<&[f32]>),
     epilogue: Epilogue,
-    (down, down_bias): (&PackedBf16Weight, Option<&[f32]>),
+    down: (&PackedBf16Weight, Option<&[f32]>),
 ) -> Vec<f32> {
-    assert_eq!(up.n, down.k, "{} outputs feed {} inputs", up.n, down.k);
-    let kernel = Kernel::here();
-    if m == 0 || up.n == 0 || down.n == 0 || !whole_rows(m, MC, up.panels) {
-        let inner = linear_on(Lhs::Rows(a), m, up, up_bias, epilogue, kernel);
-        return linear_on(
-            Lhs::Rows(&inner),
-            m,
-            down,
-            down_bias,
-            Epilogue::None,
-            kernel,
-        );
+    crate::chain::chained::<Bf16>(a, m, up, epilogue, down)
+}
+
+/// The bf16 products, for [`crate::chain`].
+struct Bf16;
+
+impl LowPrecision for Bf16 {
+    type Weight = PackedBf16Weight;
+    type Kernel = Kernel;
+    type Rows = AlignedVec<u16>;
+
+    fn kernel(_: &PackedBf16Weight) -> Kernel {
+        Kernel::here()
     }
-    let mut rows = ROWS.with(|r| r.take());
-    rows_of(&mut rows, Lhs::Rows(a), m, up.k, up.k2, kernel);
-    let mut next = HANDED_OVER.with(|r| r.take());
-    let (k, k2) = (down.k, down.k2);
-    next.reuse(padded_rows(m) * k2);
-    next[m * k2..].fill(0);
-    let (native, q) = (kernel.native(), OutPtr(next.as_mut_ptr()));
-    let then = |r: usize, row: &[f32]| {
-        // SAFETY: row r < m, which only the task holding that row writes.
-        let q = unsafe { std::slice::from_raw_parts_mut(q.get().add(r * k2), k2) };
-        convert_row(q, row, native);
-        q[k..].fill(0);
-    };
-    let finish = Finish {
-        then: Some(&then),
-        ..Finish::new(up_bias, epilogue)
-    };
-    product_of_rows(&rows, m, up, finish, kernel);
-    ROWS.with(|r| r.replace(rows));
-    let out = product_of_rows(
-        &next,
-        m,
-        down,
-        Finish::new(down_bias, Epilogue::None),
-        kernel,
-    );
-    HANDED_OVER.with(|r| r.replace(next));
-    out
+
+    fn shape(w: &PackedBf16Weight) -> (usize, usize, usize) {
+        (w.k, w.n, w.panels)
+    }
+
+    fn rows_per_task(_: Kernel) -> usize {
+        MC
+    }
+
+    fn linear(
+        a: &[f32],
+        m: usize,
+        w: &PackedBf16Weight,
+        bias: Option<&[f32]>,
+        epilogue: Epilogue,
+        kernel: Kernel,
+    ) -> Vec<f32> {
+        linear_on(Lhs::Rows(a), m, w, bias, epilogue, kernel)
+    }
+
+    fn with_buffers<R>(f: impl FnOnce(&mut Self::Rows, &mut Self::Rows) -> R) -> R {
+        let (mut rows, mut next) = (ROWS.with(|r| r.take()), HANDED_OVER.with(|r| r.take()));
+        let out = f(&mut rows, &mut next);
+        ROWS.with(|r| r.replace(rows));
+        HANDED_OVER.with(|r| r.replace(next));
+        out
+    }
+
+    fn convert(rows: &mut Self::Rows, a: &[f32], m: usize, w: &PackedBf16Weight, kernel: Kernel) {
+        rows_of(rows, Lhs::Rows(a), m, w.k, w.k2, kernel);
+    }
+
+    fn fill_rows<R>(
+        rows: &mut Self::Rows,
+        m: usize,
+        w: &PackedBf16Weight,
+        kernel: Kernel,
+        f: impl FnOnce(&(dyn Fn(usize, &[f32]) + Sync)) -> R,
+    ) -> R {
+        let (k, k2) = (w.k, w.k2);
+        rows.reuse(padded_rows(m) * k2);
+        rows[m * k2..].fill(0);
+        let (native, q) = (kernel.native(), OutPtr(rows.as_mut_ptr()));
+        let write = move |r: usize, row: &[f32]| {
+            // SAFETY: row r < m, which only the task holding that row writes.
+            let q = unsafe { std::slice::from_raw_parts_mut(q.get().add(r * k2), k2) };
+            convert_row(q, row, native);
+            q[k..].fill(0);
+        };
+        f(&write)
+    }
+
+    fn product(
+        rows: &Self::Rows,
+        m: usize,
+        w: &PackedBf16Weight,
+        finish: Finish,
+        kernel: Kernel,
+    ) -> Vec<f32> {
+        product_of_rows(rows, m, w, finish, kernel)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,8 @@
 //! product (`tdpbssd`), so its activations are stored unshifted.
 
 use crate::aligned::AlignedVec;
-use crate::gemm::{tiled_output, whole_rows, Epilogue, Finish, OutPtr, NR};
+use crate::chain::LowPrecision;
+use crate::gemm::{tiled_output, Epilogue, Finish, OutPtr, NR};
 use rayon::prelude::*;
 
 /// Values that share one activation scale (a multiple of 4): per-row scales alone
@@ -142,11 +143,11 @@ fn padded(
 
 thread_local! {
     /// The last product's quantized rows, kept for the next call on this thread.
-    static QUANTIZED: std::cell::RefCell<AlignedVec<u8>> =
-        std::cell::RefCell::new(AlignedVec::default());
+    static QUANTIZED: std::cell::RefCell<QuantizedRows> =
+        std::cell::RefCell::new(QuantizedRows::default());
     /// [`chained`]'s inner activation, quantized, kept likewise.
-    static HANDED_OVER: std::cell::RefCell<AlignedVec<u8>> =
-        std::cell::RefCell::new(AlignedVec::default());
+    static HANDED_OVER: std::cell::RefCell<QuantizedRows> =
+        std::cell::RefCell::new(QuantizedRows::default());
 }
 
 fn quantize_row(q: &mut [u8], scales: &mut [f32], row: &[f32], vnni: bool, zero: u8) {
@@ -184,66 +185,108 @@ pub fn linear(
     linear_on(a, m, w, bias, epilogue, Kernel::for_weight(w))
 }
 
-/// `down(epilogue(a·upᵀ + up_bias)) + down_bias`, a feed-forward block: the inner
-/// activation is quantized row by row as the up product's tasks finish it, while
-/// the row is still in cache. As a pass of its own it read 4096 × 1536 values back
-/// from L3: 12% of an int8 MiniLM forward at 32×128, most of it waiting on memory.
+/// `down(epilogue(a·upᵀ + up_bias)) + down_bias`, a feed-forward block, with the
+/// inner activation quantized row by row as the up product finishes it
+/// ([`crate::chain`]).
 pub fn chained(
     a: &[f32],
     m: usize,
-    (up, up_bias): (&PackedInt8Weight, Option<&[f32]>),
+    up: (&PackedInt8Weight, Option<&[f32]>),
     epilogue: Epilogue,
-    (down, down_bias): (&PackedInt8Weight, Option<&[f32]>),
+    down: (&PackedInt8Weight, Option<&[f32]>),
 ) -> Vec<f32> {
-    assert_eq!(up.n, down.k, "{} outputs feed {} inputs", up.n, down.k);
-    let (up_kernel, down_kernel) = (Kernel::for_weight(up), Kernel::for_weight(down));
-    let empty = m == 0 || up.k == 0 || up.n == 0 || down.n == 0;
-    if empty || !whole_rows(m, up_kernel.mc(), up.panels) {
-        // Tasks that split the columns (short inputs) never hold a whole row.
-        let inner = linear_on(a, m, up, up_bias, epilogue, up_kernel);
-        return linear_on(&inner, m, down, down_bias, Epilogue::None, down_kernel);
+    crate::chain::chained::<Int8>(a, m, up, epilogue, down)
+}
+
+/// Quantized activation rows (as `quantize_rows` makes them) and their scales.
+#[derive(Default)]
+struct QuantizedRows {
+    q: AlignedVec<u8>,
+    scales: Vec<f32>,
+}
+
+/// The int8 products, for [`crate::chain`].
+struct Int8;
+
+impl LowPrecision for Int8 {
+    type Weight = PackedInt8Weight;
+    type Kernel = Kernel;
+    type Rows = QuantizedRows;
+
+    fn kernel(w: &PackedInt8Weight) -> Kernel {
+        Kernel::for_weight(w)
     }
-    assert_eq!(
-        a.len(),
-        m * up.k,
-        "input of {m}×{} has {} values",
-        up.k,
-        a.len()
-    );
-    let mut qa = QUANTIZED.with(|q| q.take());
-    let row_scales = quantize_for(&mut qa, a, m, up, up_kernel);
-    let mut next = HANDED_OVER.with(|q| q.take());
-    let (k, k4, groups) = (down.k, down.k4, down.groups);
-    let (vnni, zero) = (down_kernel.vnni(), down_kernel.zero());
-    let mut next_scales = padded(&mut next, (m, down_kernel.rows(m)), (k, k4), zero);
-    let (q, s) = (OutPtr(next.as_mut_ptr()), OutPtr(next_scales.as_mut_ptr()));
-    let then = |r: usize, row: &[f32]| {
-        // SAFETY: row r < m of both buffers, which only the task holding that row
-        // writes.
-        let (q, s) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(q.get().add(r * k4), k4),
-                std::slice::from_raw_parts_mut(s.get().add(r * groups), groups),
-            )
+
+    fn shape(w: &PackedInt8Weight) -> (usize, usize, usize) {
+        (w.k, w.n, w.panels)
+    }
+
+    fn rows_per_task(kernel: Kernel) -> usize {
+        kernel.mc()
+    }
+
+    fn linear(
+        a: &[f32],
+        m: usize,
+        w: &PackedInt8Weight,
+        bias: Option<&[f32]>,
+        epilogue: Epilogue,
+        kernel: Kernel,
+    ) -> Vec<f32> {
+        linear_on(a, m, w, bias, epilogue, kernel)
+    }
+
+    fn with_buffers<R>(f: impl FnOnce(&mut Self::Rows, &mut Self::Rows) -> R) -> R {
+        let (mut rows, mut next) = (QUANTIZED.with(|q| q.take()), HANDED_OVER.with(|q| q.take()));
+        let out = f(&mut rows, &mut next);
+        QUANTIZED.with(|q| q.replace(rows));
+        HANDED_OVER.with(|q| q.replace(next));
+        out
+    }
+
+    fn convert(rows: &mut Self::Rows, a: &[f32], m: usize, w: &PackedInt8Weight, kernel: Kernel) {
+        let k = w.k;
+        assert_eq!(a.len(), m * k, "input of {m}×{k} has {} values", a.len());
+        rows.scales = quantize_for(&mut rows.q, a, m, w, kernel);
+    }
+
+    fn fill_rows<R>(
+        rows: &mut Self::Rows,
+        m: usize,
+        w: &PackedInt8Weight,
+        kernel: Kernel,
+        f: impl FnOnce(&(dyn Fn(usize, &[f32]) + Sync)) -> R,
+    ) -> R {
+        let (k, k4, groups) = (w.k, w.k4, w.groups);
+        let (vnni, zero) = (kernel.vnni(), kernel.zero());
+        rows.scales = padded(&mut rows.q, (m, kernel.rows(m)), (k, k4), zero);
+        let (q, s) = (
+            OutPtr(rows.q.as_mut_ptr()),
+            OutPtr(rows.scales.as_mut_ptr()),
+        );
+        let write = move |r: usize, row: &[f32]| {
+            // SAFETY: row r < m of both buffers, which only the task holding that row
+            // writes.
+            let (q, s) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(q.get().add(r * k4), k4),
+                    std::slice::from_raw_parts_mut(s.get().add(r * groups), groups),
+                )
+            };
+            quantize_row(q, s, row, vnni, zero);
         };
-        quantize_row(q, s, row, vnni, zero);
-    };
-    let finish = Finish {
-        then: Some(&then),
-        ..Finish::new(up_bias, epilogue)
-    };
-    product(&qa, &row_scales, m, up, finish, up_kernel);
-    QUANTIZED.with(|q| q.replace(qa));
-    let out = product(
-        &next,
-        &next_scales,
-        m,
-        down,
-        Finish::new(down_bias, Epilogue::None),
-        down_kernel,
-    );
-    HANDED_OVER.with(|q| q.replace(next));
-    out
+        f(&write)
+    }
+
+    fn product(
+        rows: &Self::Rows,
+        m: usize,
+        w: &PackedInt8Weight,
+        finish: Finish,
+        kernel: Kernel,
+    ) -> Vec<f32> {
+        product(&rows.q, &rows.scales, m, w, finish, kernel)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,10 +362,17 @@ fn linear_on(
     if m == 0 || n == 0 {
         return vec![0f32; m * n];
     }
-    let mut qa = QUANTIZED.with(|q| q.take());
-    let row_scales = quantize_for(&mut qa, a, m, w, kernel);
-    let out = product(&qa, &row_scales, m, w, Finish::new(bias, epilogue), kernel);
-    QUANTIZED.with(|q| q.replace(qa));
+    let mut rows = QUANTIZED.with(|q| q.take());
+    rows.scales = quantize_for(&mut rows.q, a, m, w, kernel);
+    let out = product(
+        &rows.q,
+        &rows.scales,
+        m,
+        w,
+        Finish::new(bias, epilogue),
+        kernel,
+    );
+    QUANTIZED.with(|q| q.replace(rows));
     out
 }
 

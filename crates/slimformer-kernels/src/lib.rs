@@ -21,6 +21,7 @@ mod attend_amx;
 #[cfg(target_arch = "x86_64")]
 mod attend_avx512;
 pub mod attention;
+mod chain;
 pub mod gemm;
 pub mod gemm_bf16;
 pub mod gemm_int8;

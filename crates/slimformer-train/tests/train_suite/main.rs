@@ -6,3 +6,4 @@ mod finetune;
 mod gradients;
 mod parity;
 mod shrink;
+mod training_parity;

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Writes the step-by-step training parity fixtures under tests/fixtures/train-*/ with PyTorch.
+
+Run with the reference venv (scripts/setup-reference.sh):
+
+    .venv-ref/bin/python scripts/make_training_fixtures.py
+
+Each case starts from a tiny checkpoint of tests/fixtures/ (classifier head included) with
+dropout off, and fine-tunes it in PyTorch exactly as `slimformer finetune` would with the
+settings in `expected.json`: the same examples in the same order (slimformer's seeded epoch
+permutation, ported below), micro-batches padded to their longest text, gradient accumulation
+weighting each micro-batch by its share of the step's examples, global-norm clipping as
+`torch.nn.utils.clip_grad_norm_`, `torch.optim.AdamW` with decoupled weight decay and no decay on
+biases and LayerNorm weights, and transformers' linear warm-up and decay. It writes
+
+  * init/: the starting checkpoint (config.json with dropout 0, model.safetensors, tokenizer.json);
+  * train.csv: the examples (text,label);
+  * expected.json: the settings, and per optimizer step the mean loss over its examples, the
+    learning rate and the gradient norm before clipping;
+  * final.safetensors: every weight after the last step, under transformers' names.
+
+The tests in crates/slimformer-train/tests/train_suite/training_parity.rs
+runs slimformer's trainer on the same files and compares.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
+from transformers import AutoModelForSequenceClassification  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+MASK64 = (1 << 64) - 1
+
+
+class SplitMix64:
+    """slimformer's seeded generator (crates/slimformer/src/rng.rs)."""
+
+    def __init__(self, seed: int):
+        self.state = seed & MASK64
+
+    def next_u64(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        return z ^ (z >> 31)
+
+    def below(self, n: int) -> int:
+        return self.next_u64() % max(n, 1)
+
+    def shuffle(self, items: list) -> None:
+        for i in range(len(items) - 1, 0, -1):
+            j = self.below(i + 1)
+            items[i], items[j] = items[j], items[i]
+
+
+def rotl64(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & MASK64
+
+
+def mix(seed: int, a: int, b: int) -> int:
+    """The trainer's seed mixing (crates/slimformer-train/src/trainer.rs)."""
+    return SplitMix64(seed ^ ((a * 0x9E3779B97F4A7C15) & MASK64) ^ rotl64(b, 32)).next_u64()
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
+    order = list(range(n))
+    SplitMix64(mix(seed, 1, epoch)).shuffle(order)
+    return order
+
+
+def linear_schedule(peak: float, step: int, warmup: int, total: int) -> float:
+    """transformers' get_linear_schedule_with_warmup, as the lr of 0-based step `step`."""
+    if step < warmup:
+        return peak * step / max(warmup, 1)
+    return peak * max(0.0, (total - step) / max(total - warmup, 1))
+
+
+def sentences(n: int, labels: list[str], seed: int) -> list[tuple[str, str]]:
+    words = ("the a good bad film plot actor slow quick dull bright story scene long short "
+             "funny sad music end quite very not really cast moment").split()
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 14)))
+        rows.append((text.capitalize() + ".", labels[i % len(labels)]))
+    return rows
+
+
+def decays(name: str) -> bool:
+    """slimformer's rule: no decay on biases and normalization weights."""
+    lower = name.lower()
+    return not (lower.endswith("bias") or "layernorm" in lower or "norm" in lower)
+
+
+def make_case(name: str, source: str, settings: dict) -> None:
+    out = FIXTURES / name
+    if out.exists():
+        shutil.rmtree(out)
+    init = out / "init"
+    init.mkdir(parents=True)
+    src = FIXTURES / source
+    config = json.loads((src / "config.json").read_text())
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
+                "dropout", "attention_dropout", "seq_classif_dropout"):
+        if key in config:
+            config[key] = 0.0
+    (init / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copy(src / "model.safetensors", init / "model.safetensors")
+    shutil.copy(src / "tokenizer.json", init / "tokenizer.json")
+
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    rows = sentences(settings["examples"], labels, settings["seed"])
+    with open(out / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(init).float()
+    model.train()
+    tok = Tokenizer.from_file(str(init / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(settings["max_len"])
+    pad_id = config.get("pad_token_id") or 0
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if decays(n)], "weight_decay": settings["weight_decay"]},
+        {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=settings["lr"], betas=(0.9, 0.999), eps=1e-8)
+
+    n, batch, accum = len(rows), settings["batch"], settings["grad_accum"]
+    micro_per_epoch = -(-n // batch)
+    steps_per_epoch = -(-micro_per_epoch // accum)
+    total = settings["max_steps"]
+    warmup = int(-(-(total * settings["warmup_ratio"]) // 1))
+    label_id = {name: i for i, name in enumerate(labels)}
+    steps = []
+    order: tuple[int, list[int]] | None = None
+    for step in range(total):
+        epoch, within = divmod(step, steps_per_epoch)
+        if order is None or order[0] != epoch:
+            order = (epoch, epoch_order(settings["seed"], epoch, n))
+        perm = order[1]
+        first, last = within * accum, min((within + 1) * accum, micro_per_epoch)
+        ranges = [range(mb * batch, min((mb + 1) * batch, n)) for mb in range(first, last)]
+        step_examples = sum(len(r) for r in ranges)
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for r in ranges:
+            idx = [perm[i] for i in r]
+            enc = [tok.encode(rows[i][0]) for i in idx]
+            longest = max(len(e.ids) for e in enc)
+            ids = torch.tensor([e.ids + [pad_id] * (longest - len(e.ids)) for e in enc])
+            types = torch.tensor([e.type_ids + [0] * (longest - len(e.ids)) for e in enc])
+            mask = torch.tensor([[1] * len(e.ids) + [0] * (longest - len(e.ids)) for e in enc])
+            target = torch.tensor([label_id[rows[i][1]] for i in idx])
+            logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            step_loss += loss.item() * len(idx)
+            (loss * (len(idx) / step_examples)).backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings["clip"]).item()
+        lr = linear_schedule(settings["lr"], step, warmup, total)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        steps.append({"step": step + 1, "loss": step_loss / step_examples, "lr": lr,
+                      "grad_norm": norm})
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out / "final.safetensors")
+    clipped = sum(1 for s in steps if s["grad_norm"] > settings["clip"])
+    expected = {"settings": settings, "labels": labels, "steps": steps,
+                "clipped_steps": clipped, "torch_version": torch.__version__}
+    (out / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
+    print(f"{name}: {total} steps, loss {steps[0]['loss']:.4f} -> {steps[-1]['loss']:.4f}, "
+          f"{clipped} steps clipped")
+
+
+SETTINGS = {
+    "examples": 22, "batch": 4, "grad_accum": 2, "max_steps": 30, "lr": 2e-3,
+    "warmup_ratio": 0.1, "weight_decay": 0.01, "clip": 1.0, "seed": 7, "max_len": 32,
+}
+
+
+def main() -> None:
+    make_case("train-bert-seqcls", "bert-seqcls", SETTINGS)
+    make_case("train-distilbert-seqcls", "distilbert-seqcls", SETTINGS)
+
+
+if __name__ == "__main__":
+    main()
