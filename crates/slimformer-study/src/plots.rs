@@ -61,17 +61,24 @@ fn scatter<DB: DrawingBackend>(
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
+    let mut placed: Vec<LabelBox> = Vec::new();
     for (i, (label, x, y)) in points.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
             .draw_series(std::iter::once(Circle::new((*x, *y), 6, color.filled())))
             .map_err(|e| e.to_string())?;
+        let at = chart.backend_coord(&(*x, *y));
+        let offset = free_offset(at, label, &placed);
+        placed.push(LabelBox::new((at.0 + offset.0, at.1 + offset.1), label));
         chart
-            .draw_series(std::iter::once(Text::new(
-                label.clone(),
-                (*x, *y),
-                ("sans-serif", 13).into_font().color(&BLACK),
-            )))
+            .draw_series(std::iter::once(
+                EmptyElement::at((*x, *y))
+                    + Text::new(
+                        label.clone(),
+                        offset,
+                        ("sans-serif", 13).into_font().color(&BLACK),
+                    ),
+            ))
             .map_err(|e| e.to_string())?;
     }
     if points.is_empty() {
@@ -83,6 +90,58 @@ fn scatter<DB: DrawingBackend>(
         .map_err(|e| e.to_string())?;
     }
     root.present().map_err(|e| e.to_string())
+}
+
+/// Where a label sits, in pixels (its top-left corner and an estimate of its size
+/// at 13 px).
+#[derive(Debug, Clone, Copy)]
+struct LabelBox {
+    x: i32,
+    y: i32,
+    w: i32,
+    h: i32,
+}
+
+impl LabelBox {
+    fn new((x, y): (i32, i32), label: &str) -> Self {
+        Self {
+            x,
+            y,
+            w: 7 * label.chars().count() as i32,
+            h: 14,
+        }
+    }
+
+    fn overlaps(&self, other: &LabelBox) -> bool {
+        self.x < other.x + other.w
+            && other.x < self.x + self.w
+            && self.y < other.y + other.h
+            && other.y < self.y + self.h
+    }
+}
+
+/// The first offset from a point (right of it, then further above or below)
+/// where its label covers no label drawn before: two models at nearly the same
+/// place would otherwise print their names over each other.
+fn free_offset(at: (i32, i32), label: &str, placed: &[LabelBox]) -> (i32, i32) {
+    const CANDIDATES: [(i32, i32); 9] = [
+        (8, -7),
+        (8, 9),
+        (8, -23),
+        (8, 25),
+        (8, -39),
+        (8, 41),
+        (8, -55),
+        (8, 57),
+        (8, -71),
+    ];
+    CANDIDATES
+        .into_iter()
+        .find(|&(dx, dy)| {
+            let candidate = LabelBox::new((at.0 + dx, at.1 + dy), label);
+            placed.iter().all(|p| !p.overlaps(&candidate))
+        })
+        .unwrap_or(CANDIDATES[0])
 }
 
 /// Stacked bars: embeddings, encoder, heads (millions of parameters).
@@ -174,9 +233,50 @@ impl Chart<'_> {
     }
 }
 
+/// A name per model for the charts: the shortest end of its path that no other
+/// model's path ends with (a teacher in `runs/minilm/slimformer` and a student in
+/// `runs/student/slimformer` are `minilm/slimformer` and `student/slimformer`).
+fn distinct_labels(models: &[Measurement]) -> Vec<String> {
+    let parts: Vec<Vec<String>> = models
+        .iter()
+        .map(|m| {
+            let path = m.path.canonicalize().unwrap_or_else(|_| m.path.clone());
+            path.components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .filter(|c| c != "/")
+                .collect()
+        })
+        .collect();
+    let tail = |p: &[String], k: usize| p[p.len().saturating_sub(k)..].join("/");
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (1..=p.len())
+                .find(|&k| {
+                    let name = tail(p, k);
+                    parts
+                        .iter()
+                        .enumerate()
+                        .all(|(j, q)| j == i || tail(q, k) != name)
+                })
+                .map(|k| tail(p, k))
+                .unwrap_or_else(|| models[i].model.clone())
+        })
+        .collect()
+}
+
 /// Writes `NAME.svg` and `NAME.png` for each chart into `dir`; returns the names.
 pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
     register_font();
+    let labels = distinct_labels(models);
+    let label = |m: &Measurement| {
+        let i = models
+            .iter()
+            .position(|o| std::ptr::eq(o, m))
+            .expect("one of them");
+        labels[i].clone()
+    };
     let acc = |m: &Measurement| m.metrics.as_ref().and_then(|v| v.get("accuracy").copied());
     // One shape for every point: the longest single sequence all models were timed at.
     let shapes = crate::compare::measured_shapes(models);
@@ -206,7 +306,7 @@ pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
                 x_label: format!("median ms at {shape}"),
                 points: models
                     .iter()
-                    .filter_map(|m| Some((m.model.clone(), lat(m)?, acc(m)?)))
+                    .filter_map(|m| Some((label(m), lat(m)?, acc(m)?)))
                     .collect(),
             },
         ),
@@ -217,7 +317,7 @@ pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
                 x_label: "MB on disk".into(),
                 points: models
                     .iter()
-                    .filter_map(|m| Some((m.model.clone(), m.size_bytes as f64 / 1e6, acc(m)?)))
+                    .filter_map(|m| Some((label(m), m.size_bytes as f64 / 1e6, acc(m)?)))
                     .collect(),
             },
         ),
@@ -245,4 +345,37 @@ pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
         names.push(name.to_string());
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_tell_models_apart_and_do_not_overlap() {
+        let measured = |path: &str| -> Measurement {
+            serde_json::from_value(serde_json::json!({
+                "model": "slimformer", "path": path, "family": "bert", "hidden_size": 8,
+                "layers": 2, "params": {"total": 1, "embeddings": 1, "encoder": 0, "heads": 0},
+                "size_bytes": 1, "quantization": null, "load_ms": 1.0, "peak_rss_mib": null,
+                "latency": [], "throughput_texts_per_s": 1.0, "eval_texts": 1,
+                "metrics": null, "threads": 1
+            }))
+            .unwrap()
+        };
+        let models = [
+            measured("/no/such/runs/minilm/slimformer"),
+            measured("/no/such/runs/student/slimformer"),
+            measured("/no/such/runs/student-int8"),
+        ];
+        assert_eq!(
+            distinct_labels(&models),
+            ["minilm/slimformer", "student/slimformer", "student-int8"]
+        );
+        let first = LabelBox::new((108, 93), "minilm/slimformer");
+        let offset = free_offset((101, 100), "student/slimformer", &[first]);
+        let second = LabelBox::new((101 + offset.0, 100 + offset.1), "student/slimformer");
+        assert!(!first.overlaps(&second), "{first:?} {second:?}");
+        assert_eq!(free_offset((500, 500), "far away", &[first]), (8, -7));
+    }
 }
