@@ -185,6 +185,39 @@ pub fn measured_shapes<'a>(models: impl IntoIterator<Item = &'a Measurement>) ->
     shapes
 }
 
+/// A name per model for reports and charts: the shortest end of its path that no other
+/// model's path ends with (a teacher in `runs/minilm/slimformer` and a student in
+/// `runs/student/slimformer` are `minilm/slimformer` and `student/slimformer`).
+pub fn model_labels(models: &[Measurement]) -> Vec<String> {
+    let parts: Vec<Vec<String>> = models
+        .iter()
+        .map(|m| {
+            let path = m.path.canonicalize().unwrap_or_else(|_| m.path.clone());
+            path.components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .filter(|c| c != "/")
+                .collect()
+        })
+        .collect();
+    let tail = |p: &[String], k: usize| p[p.len().saturating_sub(k)..].join("/");
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (1..=p.len())
+                .find(|&k| {
+                    let name = tail(p, k);
+                    parts
+                        .iter()
+                        .enumerate()
+                        .all(|(j, q)| j == i || tail(q, k) != name)
+                })
+                .map(|k| tail(p, k))
+                .unwrap_or_else(|| models[i].model.clone())
+        })
+        .collect()
+}
+
 /// Where each model of a comparison is measured. A model's peak memory must be
 /// its own, so the `slimformer` binary measures each in a child process of its
 /// own; this crate only asks for the measurement.

@@ -233,43 +233,10 @@ impl Chart<'_> {
     }
 }
 
-/// A name per model for the charts: the shortest end of its path that no other
-/// model's path ends with (a teacher in `runs/minilm/slimformer` and a student in
-/// `runs/student/slimformer` are `minilm/slimformer` and `student/slimformer`).
-fn distinct_labels(models: &[Measurement]) -> Vec<String> {
-    let parts: Vec<Vec<String>> = models
-        .iter()
-        .map(|m| {
-            let path = m.path.canonicalize().unwrap_or_else(|_| m.path.clone());
-            path.components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .filter(|c| c != "/")
-                .collect()
-        })
-        .collect();
-    let tail = |p: &[String], k: usize| p[p.len().saturating_sub(k)..].join("/");
-    parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            (1..=p.len())
-                .find(|&k| {
-                    let name = tail(p, k);
-                    parts
-                        .iter()
-                        .enumerate()
-                        .all(|(j, q)| j == i || tail(q, k) != name)
-                })
-                .map(|k| tail(p, k))
-                .unwrap_or_else(|| models[i].model.clone())
-        })
-        .collect()
-}
-
 /// Writes `NAME.svg` and `NAME.png` for each chart into `dir`; returns the names.
 pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
     register_font();
-    let labels = distinct_labels(models);
+    let labels = crate::compare::model_labels(models);
     let label = |m: &Measurement| {
         let i = models
             .iter()
@@ -369,7 +336,7 @@ mod tests {
             measured("/no/such/runs/student-int8"),
         ];
         assert_eq!(
-            distinct_labels(&models),
+            crate::compare::model_labels(&models),
             ["minilm/slimformer", "student/slimformer", "student-int8"]
         );
         let first = LabelBox::new((108, 93), "minilm/slimformer");

@@ -132,9 +132,15 @@ fn markdown(outcomes: &[ModelOutcome], eval: &Path) -> String {
     );
     md += &"|---".repeat(10 + shapes.len());
     md += "|\n";
+    let measured: Vec<Measurement> = outcomes
+        .iter()
+        .filter_map(|o| o.measurement.clone())
+        .collect();
+    let mut labels = crate::compare::model_labels(&measured).into_iter();
     for o in outcomes {
         match &o.measurement {
             Some(m) => {
+                let label = labels.next().unwrap_or_else(|| m.model.clone());
                 let lat = |s| latency(m, s).map_or("-".into(), |(a, b)| format!("{a:.1} ({b:.1})"));
                 let q = m
                     .quantization
@@ -144,7 +150,7 @@ fn markdown(outcomes: &[ModelOutcome], eval: &Path) -> String {
                 let latencies: String = shapes.iter().map(|s| format!(" {} |", lat(s))).collect();
                 md += &format!(
                     "| {} | {}{q} | {} ({} / {} / {}) | {:.1} | {:.0} | {} |{latencies} {:.1} | {} | {} | {} |\n",
-                    m.model, m.family, m.params.total, m.params.embeddings, m.params.encoder, m.params.heads,
+                    label, m.family, m.params.total, m.params.embeddings, m.params.encoder, m.params.heads,
                     m.size_bytes as f64 / 1e6, m.load_ms, opt(m.peak_rss_mib, 0),
                     m.throughput_texts_per_s,
                     opt(metric(m, "accuracy"), 4), opt(metric(m, "macro_f1"), 4), opt(metric(m, "mcc"), 4),
