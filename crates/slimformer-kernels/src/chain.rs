@@ -5,6 +5,12 @@
 //! from L3: 12% of an int8 MiniLM forward at 32×128, most of it waiting on memory.
 
 use crate::gemm::{whole_rows, Epilogue, Finish};
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
+/// A thread's row buffer, kept from call to call: a fresh one costs a zero fill,
+/// and page faults for a large one, at every call.
+pub(crate) type Buffer<R> = LocalKey<RefCell<R>>;
 
 /// A product whose kernels read their input rows converted to a low precision.
 pub(crate) trait LowPrecision {
@@ -12,7 +18,7 @@ pub(crate) trait LowPrecision {
     /// The kernel a weight is multiplied with on this CPU.
     type Kernel: Copy;
     /// Converted input rows, as a kernel reads them.
-    type Rows;
+    type Rows: Default + 'static;
 
     fn kernel(w: &Self::Weight) -> Self::Kernel;
     /// (inputs k, outputs n, panels) of a weight.
@@ -28,9 +34,8 @@ pub(crate) trait LowPrecision {
         epilogue: Epilogue,
         kernel: Self::Kernel,
     ) -> Vec<f32>;
-    /// `f` with this thread's two row buffers (the input's and the handed-over
-    /// activation's), kept from call to call.
-    fn with_buffers<R>(f: impl FnOnce(&mut Self::Rows, &mut Self::Rows) -> R) -> R;
+    /// This thread's two row buffers: the input's, and the handed-over activation's.
+    fn buffers() -> [&'static Buffer<Self::Rows>; 2];
     /// `rows` = a's m rows converted for a product with `w`.
     fn convert(rows: &mut Self::Rows, a: &[f32], m: usize, w: &Self::Weight, kernel: Self::Kernel);
     /// `rows` sized for m rows of `w`'s input, padding set; then calls `f` with a
@@ -69,16 +74,24 @@ pub(crate) fn chained<P: LowPrecision>(
         let inner = P::linear(a, m, up, up_bias, epilogue, up_kernel);
         return P::linear(&inner, m, down, down_bias, Epilogue::None, down_kernel);
     }
-    P::with_buffers(|rows, next| {
-        P::convert(rows, a, m, up, up_kernel);
-        P::fill_rows(next, m, down, down_kernel, |write| {
-            let finish = Finish {
-                then: Some(write),
-                ..Finish::new(up_bias, epilogue)
-            };
-            P::product(rows, m, up, finish, up_kernel);
-        });
-        let finish = Finish::new(down_bias, Epilogue::None);
-        P::product(next, m, down, finish, down_kernel)
-    })
+    let [rows_buffer, next_buffer] = P::buffers();
+    let (mut rows, mut next) = (rows_buffer.take(), next_buffer.take());
+    P::convert(&mut rows, a, m, up, up_kernel);
+    P::fill_rows(&mut next, m, down, down_kernel, |write| {
+        let finish = Finish {
+            then: Some(write),
+            ..Finish::new(up_bias, epilogue)
+        };
+        P::product(&rows, m, up, finish, up_kernel);
+    });
+    let out = P::product(
+        &next,
+        m,
+        down,
+        Finish::new(down_bias, Epilogue::None),
+        down_kernel,
+    );
+    rows_buffer.set(rows);
+    next_buffer.set(next);
+    out
 }

@@ -12,7 +12,7 @@
 //! multiple of 32 (one AMX tile) with zeros.
 
 use crate::aligned::AlignedVec;
-use crate::chain::LowPrecision;
+use crate::chain::{Buffer, LowPrecision};
 use crate::gemm::{tiled_output, Epilogue, Finish, OutPtr, NR};
 use rayon::prelude::*;
 
@@ -195,12 +195,8 @@ impl LowPrecision for Bf16 {
         linear_on(Lhs::Rows(a), m, w, bias, epilogue, kernel)
     }
 
-    fn with_buffers<R>(f: impl FnOnce(&mut Self::Rows, &mut Self::Rows) -> R) -> R {
-        let (mut rows, mut next) = (ROWS.with(|r| r.take()), HANDED_OVER.with(|r| r.take()));
-        let out = f(&mut rows, &mut next);
-        ROWS.with(|r| r.replace(rows));
-        HANDED_OVER.with(|r| r.replace(next));
-        out
+    fn buffers() -> [&'static Buffer<Self::Rows>; 2] {
+        [&ROWS, &HANDED_OVER]
     }
 
     fn convert(rows: &mut Self::Rows, a: &[f32], m: usize, w: &PackedBf16Weight, kernel: Kernel) {

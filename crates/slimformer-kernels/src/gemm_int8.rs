@@ -9,7 +9,7 @@
 //! product (`tdpbssd`), so its activations are stored unshifted.
 
 use crate::aligned::AlignedVec;
-use crate::chain::LowPrecision;
+use crate::chain::{Buffer, LowPrecision};
 use crate::gemm::{tiled_output, Epilogue, Finish, OutPtr, NR};
 use rayon::prelude::*;
 
@@ -236,12 +236,8 @@ impl LowPrecision for Int8 {
         linear_on(a, m, w, bias, epilogue, kernel)
     }
 
-    fn with_buffers<R>(f: impl FnOnce(&mut Self::Rows, &mut Self::Rows) -> R) -> R {
-        let (mut rows, mut next) = (QUANTIZED.with(|q| q.take()), HANDED_OVER.with(|q| q.take()));
-        let out = f(&mut rows, &mut next);
-        QUANTIZED.with(|q| q.replace(rows));
-        HANDED_OVER.with(|q| q.replace(next));
-        out
+    fn buffers() -> [&'static Buffer<Self::Rows>; 2] {
+        [&QUANTIZED, &HANDED_OVER]
     }
 
     fn convert(rows: &mut Self::Rows, a: &[f32], m: usize, w: &PackedInt8Weight, kernel: Kernel) {

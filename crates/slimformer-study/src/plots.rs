@@ -237,13 +237,7 @@ impl Chart<'_> {
 pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
     register_font();
     let labels = crate::compare::model_labels(models);
-    let label = |m: &Measurement| {
-        let i = models
-            .iter()
-            .position(|o| std::ptr::eq(o, m))
-            .expect("one of them");
-        labels[i].clone()
-    };
+    let labelled = || models.iter().zip(&labels);
     let acc = |m: &Measurement| m.metrics.as_ref().and_then(|v| v.get("accuracy").copied());
     // One shape for every point: the longest single sequence all models were timed at.
     let shapes = crate::compare::measured_shapes(models);
@@ -271,9 +265,8 @@ pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
             Chart::Scatter {
                 title: "accuracy vs latency",
                 x_label: format!("median ms at {shape}"),
-                points: models
-                    .iter()
-                    .filter_map(|m| Some((label(m), lat(m)?, acc(m)?)))
+                points: labelled()
+                    .filter_map(|(m, label)| Some((label.clone(), lat(m)?, acc(m)?)))
                     .collect(),
             },
         ),
@@ -282,9 +275,10 @@ pub fn write_plots(dir: &Path, models: &[Measurement]) -> Result<Vec<String>> {
             Chart::Scatter {
                 title: "accuracy vs size",
                 x_label: "MB on disk".into(),
-                points: models
-                    .iter()
-                    .filter_map(|m| Some((label(m), m.size_bytes as f64 / 1e6, acc(m)?)))
+                points: labelled()
+                    .filter_map(|(m, label)| {
+                        Some((label.clone(), m.size_bytes as f64 / 1e6, acc(m)?))
+                    })
                     .collect(),
             },
         ),

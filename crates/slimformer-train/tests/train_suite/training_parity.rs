@@ -59,11 +59,12 @@ fn reference(case: &str) -> Reference {
 /// logged loss of each step and the saved weights.
 fn finetune_case(
     case: &str,
+    reference: &Reference,
     out: &Path,
     change: impl FnOnce(&mut TrainConfig),
 ) -> (Vec<f64>, HashMap<String, Tensor>) {
     let dir = fixture(case);
-    let s = reference(case).settings;
+    let s = &reference.settings;
     let get = |k: &str| s[k].as_f64().unwrap();
     let steps = s["max_steps"].as_u64().unwrap() as usize;
     let mut train_config = TrainConfig {
@@ -162,7 +163,7 @@ fn differences(
 fn check_case(case: &str) {
     let reference = reference(case);
     let tmp = tempfile::tempdir().unwrap();
-    let (losses, weights) = finetune_case(case, &tmp.path().join("run"), |_| {});
+    let (losses, weights) = finetune_case(case, &reference, &tmp.path().join("run"), |_| {});
     let (loss_diff, weight_diff, name) = differences(&reference, &losses, &weights);
     assert!(
         loss_diff <= TOLERANCE,
@@ -176,7 +177,9 @@ fn check_case(case: &str) {
 
     // The comparison notices a real difference: without clipping (every step of
     // the reference was clipped), the run leaves the reference's path.
-    let (losses, weights) = finetune_case(case, &tmp.path().join("unclipped"), |c| c.clip = 0.0);
+    let (losses, weights) = finetune_case(case, &reference, &tmp.path().join("unclipped"), |c| {
+        c.clip = 0.0
+    });
     let (loss_diff, weight_diff, _) = differences(&reference, &losses, &weights);
     assert!(
         loss_diff > 100.0 * TOLERANCE && weight_diff > 100.0 * TOLERANCE,
