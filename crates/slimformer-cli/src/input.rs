@@ -42,14 +42,71 @@ pub struct InputArgs {
     /// The most texts in one forward pass.
     #[arg(long, default_value_t = BatchLimits::DEFAULT.max_rows as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
+    /// Process only shard I of N (0-based): the I-th of N contiguous, equal runs
+    /// of the input's rows, so the outputs of shards 0..N, concatenated in that
+    /// order, are the whole input's output. For batch jobs spread over machines
+    /// (a Kubernetes Indexed Job's `$JOB_COMPLETION_INDEX/N`).
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
     /// The most tokens in one forward pass (texts × the longest's tokens).
     #[arg(long, default_value_t = BatchLimits::DEFAULT.max_tokens as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_tokens: u64,
 }
 
+/// One of N contiguous runs of an input's rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// The rows `[start, end)` of this shard when the input has `rows` rows: the
+    /// first `rows % count` shards take one row more than the others.
+    pub fn range(self, rows: usize) -> (usize, usize) {
+        let (base, extra) = (rows / self.count, rows % self.count);
+        let start = self.index * base + self.index.min(extra);
+        let len = base + usize::from(self.index < extra);
+        (start, start + len)
+    }
+}
+
+fn parse_shard(text: &str) -> Result<Shard, String> {
+    let (index, count) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: expected I/N, such as 0/4"))?;
+    let number = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{text:?}: {v:?} is not a whole number"))
+    };
+    let (index, count) = (number(index)?, number(count)?);
+    if count == 0 || index >= count {
+        return Err(format!(
+            "{text:?}: the shard index must be below the shard count (0/{count} to {}/{count})",
+            count.saturating_sub(1)
+        ));
+    }
+    Ok(Shard { index, count })
+}
+
 impl InputArgs {
-    /// Opens the input rows.
+    /// Opens the input rows: all of them, or this shard's.
     pub fn rows(&self) -> anyhow::Result<Rows> {
+        let Some(shard) = self.shard else {
+            return self.all_rows();
+        };
+        if self.input.is_none() {
+            bail!("--shard needs --input FILE: each shard reads the same file");
+        }
+        // A first pass counts the rows (reading only; no model work), so each
+        // shard knows its run without any coordination.
+        let total = self.all_rows()?.count();
+        let (start, end) = shard.range(total);
+        Ok(Box::new(self.all_rows()?.skip(start).take(end - start)))
+    }
+
+    fn all_rows(&self) -> anyhow::Result<Rows> {
         let source = if !self.texts.is_empty() {
             Source::Texts(self.texts.clone())
         } else if let Some(path) = &self.input {
@@ -80,5 +137,41 @@ impl InputArgs {
                 max_rows: self.batch_size as usize,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_row_once_in_order() {
+        for rows in [0, 1, 5, 12, 13] {
+            for count in 1..=5 {
+                let ranges: Vec<_> = (0..count)
+                    .map(|index| Shard { index, count }.range(rows))
+                    .collect();
+                assert_eq!(ranges[0].0, 0);
+                assert_eq!(ranges[count - 1].1, rows);
+                for pair in ranges.windows(2) {
+                    assert_eq!(pair[0].1, pair[1].0);
+                }
+                let sizes: Vec<_> = ranges.iter().map(|(s, e)| e - s).collect();
+                assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+            }
+        }
+    }
+
+    #[test]
+    fn shard_flags_are_checked() {
+        assert_eq!(parse_shard("2/4"), Ok(Shard { index: 2, count: 4 }));
+        assert!(parse_shard("4/4")
+            .unwrap_err()
+            .contains("below the shard count"));
+        assert!(parse_shard("0/0").is_err());
+        assert!(parse_shard("1").unwrap_err().contains("expected I/N"));
+        assert!(parse_shard("a/2")
+            .unwrap_err()
+            .contains("not a whole number"));
     }
 }

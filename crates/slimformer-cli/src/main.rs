@@ -5,6 +5,7 @@ mod alloc;
 mod compare_cmd;
 mod input;
 mod pretrain_cmd;
+mod probe_cmd;
 mod registry_cmd;
 mod serve_cmd;
 mod shrink_cmd;
@@ -33,8 +34,23 @@ struct Cli {
     /// products in bf16.
     #[arg(long, global = true, default_value = "fp32")]
     precision: slimformer::layers::Precision,
+    /// How log lines look: text, or json (one JSON object per line; `serve`
+    /// then writes them to standard output, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        env = "SLIMFORMER_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +93,8 @@ enum Command {
     Registry(registry_cmd::RegistryCommand),
     /// Retrain on new inbox data on a schedule, promoting only what passes the gate.
     Retrain(registry_cmd::RetrainArgs),
+    /// GET an http:// address; exit 0 on a 200 (a health check with no curl).
+    Probe(probe_cmd::ProbeArgs),
     /// One model of `compare`, in a process of its own.
     #[command(hide = true)]
     CompareOne(Box<compare_cmd::CompareOneArgs>),
@@ -99,20 +117,7 @@ fn main() -> ExitCode {
             | Command::Retrain(_)
     );
     alloc::keep_freed_memory(!trains);
-    // The server logs each request (ids, routes, statuses; texts only if asked).
-    let default_log = if matches!(cli.command, Command::Serve(_)) {
-        "info"
-    } else {
-        "warn"
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLIMFORMER_LOG")
-                .unwrap_or_else(|_| default_log.into()),
-        )
-        .init();
+    init_logging(cli.log_format, matches!(cli.command, Command::Serve(_)));
     let result = match cli.command {
         Command::Inspect(args) => tasks::inspect(args),
         Command::Encode(args) => tasks::encode(args),
@@ -133,13 +138,45 @@ fn main() -> ExitCode {
         Command::Study(args) => study_cmd::study(args, cli.threads),
         Command::Registry(cmd) => registry_cmd::registry(cmd),
         Command::Retrain(args) => registry_cmd::retrain(args),
+        Command::Probe(args) => probe_cmd::probe(args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("slimformer: error: {}", describe(&e));
+            let message = describe(&e);
+            if cli.log_format == LogFormat::Json {
+                // A log collector sees why the process stopped, not only the terminal.
+                tracing::error!(error = %message, "stopped");
+            }
+            eprintln!("slimformer: error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Log lines: the server logs each request (ids, routes, statuses; texts only if
+/// asked) at info, the other commands only warnings. JSON lines from the server go
+/// to standard output, where container log drivers read; every other command keeps
+/// standard output for its results.
+fn init_logging(format: LogFormat, serving: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLIMFORMER_LOG")
+        .unwrap_or_else(|_| if serving { "info" } else { "warn" }.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match (format, serving) {
+        (LogFormat::Json, true) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stdout)
+            .init(),
+        (LogFormat::Json, false) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .init(),
+        (LogFormat::Text, _) => builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 

@@ -16,6 +16,14 @@ pub enum RegistryCommand {
         #[arg(long, default_value = "v1")]
         version: String,
     },
+    /// Copy a model folder in as a new candidate version (default: the next vN).
+    Add {
+        dir: PathBuf,
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Every version with its status and holdout scores.
     List {
         dir: PathBuf,
@@ -63,6 +71,22 @@ pub fn registry(cmd: RegistryCommand) -> anyhow::Result<ExitCode> {
             println!(
                 "{}",
                 serde_json::json!({"registry": dir, "production": version})
+            );
+        }
+        RegistryCommand::Add {
+            dir,
+            model,
+            version,
+        } => {
+            let registry = Registry::open(&dir)?;
+            let version = match version {
+                Some(v) => v,
+                None => registry.next_version()?,
+            };
+            registry.import(&model, &version)?;
+            println!(
+                "{}",
+                serde_json::json!({"registry": dir, "added": version, "status": "candidate"})
             );
         }
         RegistryCommand::List { dir, json } => {

@@ -280,10 +280,19 @@ impl Registry {
                 "the registry already has a production version",
             ));
         }
+        reg.import(model, name)?;
+        reg.promote(name, "initial version")?;
+        Ok(reg)
+    }
+
+    /// Copies a model folder (trained elsewhere) in as candidate version `name`;
+    /// `promote` makes it production.
+    pub fn import(&self, model: &Path, name: &str) -> Result<()> {
+        super::check_version_name(name)?;
         slimformer::checkpoint::Checkpoint::open(model)?;
-        let staging = reg.staging_dir(name);
+        let staging = self.staging_dir(name);
         copy_dir(model, &staging)?;
-        reg.add_version(
+        self.add_version(
             name,
             &staging,
             None,
@@ -291,9 +300,7 @@ impl Registry {
             &serde_json::json!({}),
             &serde_json::json!({}),
             &[],
-        )?;
-        reg.promote(name, "initial version")?;
-        Ok(reg)
+        )
     }
 
     /// Makes `name` production: the pointer first (atomic), then the records.

@@ -99,7 +99,11 @@ pub async fn reload(state: &Arc<AppState>, force: bool) -> Result<ReloadOutcome,
         }
         Err(e) => {
             state.metrics.reload_failed();
-            tracing::error!(%version, error = %e, "refused a new version; the old one keeps serving");
+            if state.engine.current().is_some() {
+                tracing::error!(%version, error = %e, "refused a new version; the old one keeps serving");
+            } else {
+                tracing::error!(%version, error = %e, "cannot load the model");
+            }
             Err(ReloadError::Refused { version, source: e })
         }
     }

@@ -411,3 +411,57 @@ fn parquet_in_and_out_keeps_ids_texts_and_vectors() {
         assert!((0.0..=1.0).contains(&scores.value(0)), "{name}");
     }
 }
+
+#[test]
+fn shards_concatenated_are_the_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("texts.txt");
+    let texts = shuffled_texts(103);
+    write_lines(&file, &texts);
+    let model = fixture("bert-base");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["embed", dir_str(&model), "--input", dir_str(&file)];
+        args.extend_from_slice(extra);
+        let out = slimformer(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        out.stdout
+    };
+    let lines = |bytes: Vec<u8>| -> Vec<Value> {
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let whole = lines(run(&[]));
+    let shards: Vec<Vec<Value>> = (0..4)
+        .map(|k| lines(run(&["--shard", &format!("{k}/4")])))
+        .collect();
+    // Shard sizes differ by at most one row: 103 = 26 + 26 + 26 + 25.
+    let sizes: Vec<usize> = shards.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [26, 26, 26, 25]);
+    let merged: Vec<Value> = shards.into_iter().flatten().collect();
+    assert_eq!(merged.len(), whole.len());
+    for (i, (m, w)) in merged.iter().zip(&whole).enumerate() {
+        assert_eq!(m["text"], w["text"], "row {i} out of order");
+        // Batches are formed within each shard, so padding differs: rounding only.
+        let diff = max_diff(&embedding(m), &embedding(w));
+        assert!(
+            diff <= 1e-5,
+            "row {i}: the shard's embedding differs by {diff}"
+        );
+    }
+
+    let err = slimformer(&["embed", dir_str(&model), "--text", "x", "--shard", "0/2"]);
+    assert!(!err.status.success());
+    assert!(stderr(&err).contains("--shard needs --input FILE"));
+    let err = slimformer(&[
+        "embed",
+        dir_str(&model),
+        "--input",
+        dir_str(&file),
+        "--shard",
+        "2/2",
+    ]);
+    assert!(stderr(&err).contains("below the shard count"));
+}

@@ -204,6 +204,30 @@ fn good_data_is_promoted_bad_data_rejected_corrupt_data_quarantined() {
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("rejected"));
 
+    // A model trained elsewhere comes in as a candidate, promoted by hand.
+    let model = crate::common::fixture("bert-seqcls");
+    let added: serde_json::Value = serde_json::from_str(&ok(slimformer(&[
+        "registry",
+        "add",
+        &s.reg(),
+        "--model",
+        model.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(added["added"], "v4");
+    let err = slimformer(&["registry", "add", &s.reg(), "--model", &s.reg()]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("config.json: missing"));
+    let err = slimformer(&[
+        "registry",
+        "add",
+        &s.reg(),
+        "--model",
+        model.to_str().unwrap(),
+        "--version",
+        "v4",
+    ]);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("a version of that name exists"));
+
     // Rollback, and the history of runs.
     ok(slimformer(&["registry", "rollback", &s.reg()]));
     assert_eq!(s.production(), "v1");

@@ -726,3 +726,74 @@ fn a_request_past_the_timeout_gets_504_and_sighup_reloads() {
     assert!(wait_for(|| reloads(&s) == 2));
     assert_eq!(s.call("GET", "/ready", None, None).status, 200);
 }
+
+#[test]
+fn probe_exits_zero_only_on_a_200() {
+    let model = fixture("bert-seqcls");
+    let s = Server::start(&[model.to_str().unwrap()]);
+    let probe = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_slimformer"))
+            .args(["probe", url, "--timeout", "5"])
+            .output()
+            .unwrap()
+    };
+    let ready = probe(&s.url("/ready"));
+    assert!(ready.status.success(), "{ready:?}");
+    let missing = probe(&s.url("/no-such-route"));
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("answered 404"));
+    // The port of a server that has stopped: nothing listens there any more.
+    let url = s.url("/ready");
+    assert!(s.stop().success());
+    let refused = probe(&url);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot connect"));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_on_stdout() {
+    let model = fixture("bert-seqcls");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slimformer"))
+        .args(["serve", "--port", "0", model.to_str().unwrap()])
+        .env("SLIMFORMER_LOG_FORMAT", "json")
+        .env_remove("SLIMFORMER_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let base = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "stdout ended: {lines:?}"
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        lines.push(v.clone());
+        if let Some(addr) = v["listening"].as_str() {
+            break format!("http://{addr}");
+        }
+    };
+    let reply = ureq::post(&format!("{base}/v1/classify"))
+        .send_json(serde_json::json!({"inputs": "hello world"}))
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        lines.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}")));
+    }
+    assert!(child.wait().unwrap().success());
+    let events: Vec<_> = lines.iter().filter(|v| v.get("level").is_some()).collect();
+    assert!(events.iter().all(|v| v["timestamp"].is_string()));
+    assert!(
+        events
+            .iter()
+            .any(|v| v.to_string().contains("/v1/classify")),
+        "no request line among {lines:?}"
+    );
+}
