@@ -59,6 +59,17 @@ pub struct ServeArgs {
     /// Threads the retraining may use.
     #[arg(long, env = "SLIMFORMER_RETRAIN_THREADS", default_value_t = 1)]
     pub retrain_threads: usize,
+    /// The prompt of the model's `prompts` (config_sentence_transformers.json) that
+    /// embedding requests get when they name none.
+    #[arg(
+        long,
+        env = "SLIMFORMER_DEFAULT_PROMPT_NAME",
+        conflicts_with = "default_prompt"
+    )]
+    pub default_prompt_name: Option<String>,
+    /// A prompt text that embedding requests get when they name none.
+    #[arg(long, env = "SLIMFORMER_DEFAULT_PROMPT")]
+    pub default_prompt: Option<String>,
     /// Seconds between checks of the registry's production pointer.
     #[arg(long, env = "SLIMFORMER_POLL_SECONDS", default_value_t = 2.0)]
     pub poll_seconds: f64,
@@ -91,6 +102,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         api_key: args.api_key.filter(|k| !k.is_empty()),
         log_texts: args.log_texts,
         poll_interval: Duration::from_secs_f64(args.poll_seconds),
+        default_prompt_name: args.default_prompt_name,
+        default_prompt: args.default_prompt,
         ..ServerConfig::new(source)
     };
     let retrainer = match &args.retrain_config {

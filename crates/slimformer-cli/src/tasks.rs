@@ -9,7 +9,7 @@ use slimformer::batching::BatchLimits;
 use slimformer::heads::{MaskedLmHead, ProblemType, SequenceClassifier, TokenClassifier};
 use slimformer::pipeline::{self, LengthLimit, StreamItem};
 use slimformer::pooling::{EmbeddingSettings, Pooling};
-use slimformer::tokenize::Encoded;
+use slimformer::tokenize::{Encoded, TextInput};
 use slimformer::{hub, params, Model, Pipeline};
 use slimformer_corpus::{ColumnNames, Columnar, Shape, Writer};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,17 @@ pub struct EmbedArgs {
     pub normalize: bool,
     #[arg(long, overrides_with = "normalize")]
     pub no_normalize: bool,
+    /// Keep the first D values of each embedding (Matryoshka models), then
+    /// normalize if normalizing, as sentence-transformers' `truncate_dim`.
+    #[arg(long, value_name = "D")]
+    pub dimensions: Option<usize>,
+    /// Put the model's prompt NAME (config_sentence_transformers.json's `prompts`,
+    /// e.g. query) before each text.
+    #[arg(long, value_name = "NAME", conflicts_with = "prompt")]
+    pub prompt_name: Option<String>,
+    /// Put this text before each text.
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -115,11 +126,33 @@ const TRUNCATION_WARNINGS: usize = 5;
 /// length, batched under a token budget) and writes one result per input, in
 /// input order. Per-text failures are written in place and make the exit code
 /// non-zero; the other texts still run.
+fn with_prompt(input: TextInput, prompt: Option<&str>) -> TextInput {
+    match (prompt, input) {
+        (None, input) => input,
+        (Some(p), TextInput::Single(t)) => TextInput::Single(format!("{p}{t}")),
+        (Some(p), TextInput::Pair(a, b)) => TextInput::Pair(format!("{p}{a}"), b),
+    }
+}
+
 fn stream<T: Columnar + Send>(
     pipeline: &Pipeline,
     args: &TaskArgs,
     shape: Shape,
     window: usize,
+    check: impl Fn(&Encoded) -> slimformer::Result<()> + Sync,
+    task: impl Fn(&[&Encoded], Vec<Tensor>) -> slimformer::Result<Vec<T>>,
+) -> anyhow::Result<ExitCode> {
+    stream_prompted(pipeline, args, shape, window, None, check, task)
+}
+
+/// [`stream`], with `prompt` put before each input's (first) text; the output
+/// shows the text as it was read.
+fn stream_prompted<T: Columnar + Send>(
+    pipeline: &Pipeline,
+    args: &TaskArgs,
+    shape: Shape,
+    window: usize,
+    prompt: Option<&str>,
     check: impl Fn(&Encoded) -> slimformer::Result<()> + Sync,
     task: impl Fn(&[&Encoded], Vec<Tensor>) -> slimformer::Result<Vec<T>>,
 ) -> anyhow::Result<ExitCode> {
@@ -130,7 +163,7 @@ fn stream<T: Columnar + Send>(
             let input = std::mem::replace(&mut row.input, Err(String::new()));
             StreamItem {
                 payload: row,
-                input,
+                input: input.map(|text| with_prompt(text, prompt)),
             }
         })
     });
@@ -214,14 +247,20 @@ pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         settings.normalize = false;
     }
     let pipeline = Pipeline::load(&dir, limit(&args.task), settings.max_seq_length)?;
+    let full = settings.full_dimensions(pipeline.model.config.hidden_size());
+    let settings = settings.truncated(args.dimensions, full)?;
+    let prompt = settings
+        .prompts
+        .resolve(args.prompt_name.as_deref(), args.prompt.as_deref())?;
     let shape = Shape::Embedding {
-        dim: pipeline.model.config.hidden_size() * settings.pooling.len(),
+        dim: settings.dimensions.unwrap_or(full),
     };
-    stream(
+    stream_prompted(
         &pipeline,
         &args.task,
         shape,
         WINDOW,
+        prompt.as_deref(),
         no_check,
         |_, hidden| pipeline::embed(&settings, hidden),
     )

@@ -38,6 +38,11 @@ pub struct ServerConfig {
     pub poll_interval: Duration,
     /// Threads of the HTTP runtime (inference has its own).
     pub http_threads: usize,
+    /// The prompt (one of the model's `prompts`) embedding requests get when they
+    /// name none, as TEI's `--default-prompt-name`; a version without it is refused.
+    pub default_prompt_name: Option<String>,
+    /// A prompt text embedding requests get when they name none.
+    pub default_prompt: Option<String>,
 }
 
 impl ServerConfig {
@@ -57,6 +62,8 @@ impl ServerConfig {
             log_texts: false,
             poll_interval: Duration::from_secs(2),
             http_threads: 2,
+            default_prompt_name: None,
+            default_prompt: None,
         }
     }
 }

@@ -17,6 +17,8 @@ pub enum Task {
     Embed {
         pooling: Vec<Pooling>,
         normalize: bool,
+        /// Keep the first this many values (checked against the model's size).
+        dimensions: Option<usize>,
     },
     FillMask {
         top_k: usize,
@@ -99,6 +101,11 @@ impl Engine {
         tasks
     }
 
+    /// The length of this model's embeddings with `pooling`, before truncation.
+    pub fn embedding_size(&self, pooling: &[Pooling]) -> usize {
+        self.pipeline.model.config.hidden_size() * pooling.len()
+    }
+
     /// The tokenizer a task uses (embeddings have their own length limit).
     pub fn tokenizer_for(&self, task: &Task) -> &TextTokenizer {
         match task {
@@ -132,11 +139,16 @@ impl Engine {
                     .map(TaskOutput::Classify)
                     .collect()
             }
-            Task::Embed { pooling, normalize } => {
+            Task::Embed {
+                pooling,
+                normalize,
+                dimensions,
+            } => {
                 let settings = EmbeddingSettings {
                     pooling: pooling.clone(),
                     normalize: *normalize,
-                    max_seq_length: self.embed_settings.max_seq_length,
+                    dimensions: *dimensions,
+                    ..self.embed_settings.clone()
                 };
                 pipeline::embed(&settings, hidden)?
                     .into_iter()
@@ -162,6 +174,7 @@ impl Engine {
         let mut tasks = vec![Task::Embed {
             pooling: self.embed_settings.pooling.clone(),
             normalize: self.embed_settings.normalize,
+            dimensions: None,
         }];
         if self.classifier.is_some() {
             tasks.push(Task::Classify);

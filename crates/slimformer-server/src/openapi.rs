@@ -36,6 +36,8 @@ pub fn document() -> Value {
             {"type": "object", "properties": {"text": {"type": "string"}, "text_pair": {"type": "string"}}, "required": ["text", "text_pair"]}
         ]}}
     ]});
+    let dimensions = json!({"type": "integer", "minimum": 1, "description": "keep the first D values (Matryoshka), then normalize if normalizing"});
+    let prompt_name = json!({"type": "string", "description": "one of the model's prompts (config_sentence_transformers.json), put before each text"});
     let records =
         |extra: Value| json!({"type": "array", "items": {"type": "object", "properties": extra}});
     let error_types: Vec<&str> = ErrorType::ALL.iter().map(|t| t.name()).collect();
@@ -48,7 +50,7 @@ pub fn document() -> Value {
                 json!({"type": "object", "properties": {"inputs": inputs}, "required": ["inputs"]}),
                 ok("one record per input", records(json!({"text": {"type": "string"}, "label": {"type": "string"}, "scores": {"type": "object"}})))),
             "/v1/embed": post("Sentence embeddings (as `slimformer embed`)",
-                json!({"type": "object", "properties": {"inputs": inputs, "pooling": {"type": "string", "enum": ["mean", "cls", "max", "mean_sqrt_len"]}, "normalize": {"type": "boolean"}}, "required": ["inputs"]}),
+                json!({"type": "object", "properties": {"inputs": inputs, "pooling": {"type": "string", "enum": ["mean", "cls", "max", "mean_sqrt_len"]}, "normalize": {"type": "boolean"}, "dimensions": dimensions.clone(), "prompt_name": prompt_name.clone(), "prompt": {"type": "string", "description": "a text put before each text; wins over prompt_name"}}, "required": ["inputs"]}),
                 ok("one record per input", records(json!({"text": {"type": "string"}, "embedding": {"type": "array", "items": {"type": "number"}}})))),
             "/v1/fill-mask": post("Top-k predictions for each mask token (as `slimformer fill-mask`)",
                 json!({"type": "object", "properties": {"inputs": inputs, "top_k": {"type": "integer", "minimum": 1, "default": 5}}, "required": ["inputs"]}),
@@ -57,13 +59,13 @@ pub fn document() -> Value {
                 json!({"type": "object", "properties": {"inputs": inputs}, "required": ["inputs"]}),
                 ok("one record per input", records(json!({"ids": {"type": "array"}, "tokens": {"type": "array"}, "offsets": {"type": "array"}})))),
             "/embed": post("text-embeddings-inference compatible embeddings",
-                json!({"type": "object", "properties": {"inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}, "normalize": {"type": "boolean", "default": true}, "truncate": {"type": "boolean"}}, "required": ["inputs"]}),
+                json!({"type": "object", "properties": {"inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}, "normalize": {"type": "boolean", "default": true}, "truncate": {"type": "boolean"}, "dimensions": dimensions.clone(), "prompt_name": prompt_name}, "required": ["inputs"]}),
                 ok("one embedding per input", json!({"type": "array", "items": {"type": "array", "items": {"type": "number"}}}))),
             "/predict": post("text-embeddings-inference compatible classification",
                 json!({"type": "object", "properties": {"inputs": {"description": "a text, a pair [text, text_pair], or a batch of [text] / [text, text_pair]"}}, "required": ["inputs"]}),
                 ok("labels with scores, best first (an array of them for a batch)", json!({"type": "array"}))),
             "/v1/embeddings": post("OpenAI compatible embeddings",
-                json!({"type": "object", "properties": {"input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}, "model": {"type": "string"}, "encoding_format": {"type": "string", "enum": ["float"]}}, "required": ["input"]}),
+                json!({"type": "object", "properties": {"input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}, "model": {"type": "string"}, "encoding_format": {"type": "string", "enum": ["float", "base64"], "description": "base64: the float32 values, little-endian"}, "dimensions": dimensions}, "required": ["input"]}),
                 ok("OpenAI's embedding list", json!({"type": "object"}))),
             "/v1/models": {"get": {"summary": "The model served: name, version, family, parameters, quantization, tasks", "responses": {"200": ok("model list", json!({"type": "object"}))}}},
             "/health": {"get": {"summary": "Alive (no auth)", "responses": {"200": ok("ok", json!({"type": "object"}))}}},

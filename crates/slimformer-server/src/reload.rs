@@ -80,8 +80,14 @@ pub async fn reload(state: &Arc<AppState>, force: bool) -> Result<ReloadOutcome,
         no_truncate: state.config.no_truncate,
     };
     let v = version.clone();
+    let default_prompt = state.config.default_prompt_name.clone();
     let loaded = tokio::task::spawn_blocking(move || -> slimformer::Result<Engine> {
         let engine = Engine::load(&dir, &v, limit)?;
+        // A default prompt the version does not have would fail every request.
+        engine
+            .embed_settings
+            .prompts
+            .resolve(default_prompt.as_deref(), None)?;
         engine.smoke_test()?;
         Ok(engine)
     })

@@ -379,25 +379,94 @@ struct EmbedRequest {
     pooling: Option<String>,
     #[serde(default)]
     normalize: Option<bool>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+    #[serde(default)]
+    prompt_name: Option<String>,
+    #[serde(default)]
+    prompt: Option<String>,
 }
 
-fn embed_task(
-    engine: Option<Arc<Engine>>,
-    pooling: Option<&str>,
+/// What an embedding request may ask, on every embedding route.
+#[derive(Default)]
+struct EmbedOptions {
+    pooling: Option<String>,
     normalize: Option<bool>,
-) -> ApiResult<Task> {
-    let settings = engine.map(|e| e.embed_settings.clone());
-    let pooling = match pooling {
+    /// Matryoshka truncation: the first D values (then normalized if asked).
+    dimensions: Option<usize>,
+    /// One of the model's `prompts`, put before each text.
+    prompt_name: Option<String>,
+    /// A text put before each text (wins over `prompt_name`).
+    prompt: Option<String>,
+}
+
+/// An embedding request's task, and the prompt to put before each input.
+struct EmbedPlan {
+    task: Task,
+    prompt: Option<String>,
+}
+
+impl EmbedPlan {
+    /// The inputs as the model sees them: the prompt before each (first) text.
+    /// They are checked as the client sent them (an empty text stays an error).
+    fn inputs(&self, state: &AppState, inputs: &[TextInput]) -> ApiResult<Vec<TextInput>> {
+        validate_inputs(state, inputs)?;
+        let Some(prompt) = &self.prompt else {
+            return Ok(inputs.to_vec());
+        };
+        Ok(inputs
+            .iter()
+            .map(|input| match input {
+                TextInput::Single(t) => TextInput::Single(format!("{prompt}{t}")),
+                TextInput::Pair(a, b) => TextInput::Pair(format!("{prompt}{a}"), b.clone()),
+            })
+            .collect())
+    }
+}
+
+fn embed_plan(state: &AppState, options: EmbedOptions) -> ApiResult<EmbedPlan> {
+    let engine = state
+        .engine
+        .current()
+        .ok_or_else(|| ApiError::new(ErrorType::NotReady, "no model is loaded yet"))?;
+    let settings = &engine.embed_settings;
+    let invalid = |e: slimformer::Error| ApiError::new(ErrorType::InvalidInput, e.to_string());
+    let pooling = match options.pooling.as_deref() {
         Some(p) => vec![p
             .parse::<Pooling>()
             .map_err(|e| ApiError::new(ErrorType::InvalidInput, e))?],
-        None => settings
-            .as_ref()
-            .map(|s| s.pooling.clone())
-            .unwrap_or(vec![Pooling::Mean]),
+        None => settings.pooling.clone(),
     };
-    let normalize = normalize.unwrap_or_else(|| settings.is_some_and(|s| s.normalize));
-    Ok(Task::Embed { pooling, normalize })
+    let normalize = options.normalize.unwrap_or(settings.normalize);
+    let full = engine.embedding_size(&pooling);
+    let dimensions = settings
+        .clone()
+        .truncated(options.dimensions, full)
+        .map_err(invalid)?
+        .dimensions;
+    // The request's prompt, else its prompt name, else the server's defaults, else
+    // the model's default prompt name.
+    let config = &state.config;
+    let prompt = options.prompt.or_else(|| {
+        options
+            .prompt_name
+            .is_none()
+            .then(|| config.default_prompt.clone())
+            .flatten()
+    });
+    let name = options.prompt_name.or(config.default_prompt_name.clone());
+    let prompt = settings
+        .prompts
+        .resolve(name.as_deref(), prompt.as_deref())
+        .map_err(invalid)?;
+    Ok(EmbedPlan {
+        task: Task::Embed {
+            pooling,
+            normalize,
+            dimensions,
+        },
+        prompt,
+    })
 }
 
 async fn embed(
@@ -407,12 +476,15 @@ async fn embed(
 ) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let req: EmbedRequest = parse_json(&state, &headers, &body)?;
     let inputs = req.inputs.into_vec();
-    let task = embed_task(
-        state.engine.current(),
-        req.pooling.as_deref(),
-        req.normalize,
-    )?;
-    let run = run_task(&state, task, &inputs).await?;
+    let options = EmbedOptions {
+        pooling: req.pooling,
+        normalize: req.normalize,
+        dimensions: req.dimensions,
+        prompt_name: req.prompt_name,
+        prompt: req.prompt,
+    };
+    let plan = embed_plan(&state, options)?;
+    let run = run_task(&state, plan.task.clone(), &plan.inputs(&state, &inputs)?).await?;
     Ok(records(&inputs, run.outputs))
 }
 
@@ -508,6 +580,10 @@ struct TeiEmbedRequest {
     normalize: bool,
     #[serde(default)]
     truncate: Option<bool>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+    #[serde(default)]
+    prompt_name: Option<String>,
 }
 
 fn yes() -> bool {
@@ -543,8 +619,14 @@ async fn tei_embed(
         );
     }
     let inputs = tei_texts(req.inputs);
-    let task = embed_task(state.engine.current(), None, Some(req.normalize))?;
-    let run = run_task(&state, task, &inputs).await?;
+    let options = EmbedOptions {
+        normalize: Some(req.normalize),
+        dimensions: req.dimensions,
+        prompt_name: req.prompt_name,
+        ..EmbedOptions::default()
+    };
+    let plan = embed_plan(&state, options)?;
+    let run = run_task(&state, plan.task.clone(), &plan.inputs(&state, &inputs)?).await?;
     Ok(Json(embeddings_of(run.outputs)))
 }
 
@@ -621,6 +703,16 @@ struct OpenAiRequest {
     model: Option<String>,
     #[serde(default)]
     encoding_format: Option<String>,
+    #[serde(default)]
+    dimensions: Option<usize>,
+}
+
+/// An embedding as OpenAI's `encoding_format: "base64"` has it: the float32 values,
+/// little-endian, in standard base64.
+fn base64_floats(values: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 async fn openai_embeddings(
@@ -629,19 +721,36 @@ async fn openai_embeddings(
     body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
     let req: OpenAiRequest = parse_json(&state, &headers, &body)?;
-    if let Some(f) = req.encoding_format.as_deref().filter(|f| *f != "float") {
-        return Err(ApiError::new(
-            ErrorType::InvalidInput,
-            format!("encoding_format {f:?} is not supported (only \"float\")"),
-        ));
-    }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(f) => {
+            return Err(ApiError::new(
+                ErrorType::InvalidInput,
+                format!("encoding_format {f:?} is not supported: \"float\" or \"base64\""),
+            ))
+        }
+    };
     let inputs = tei_texts(req.input);
-    let task = embed_task(state.engine.current(), None, None)?;
-    let run = run_task(&state, task, &inputs).await?;
+    // OpenAI's vectors are unit length, truncated or not.
+    let options = EmbedOptions {
+        normalize: Some(true),
+        dimensions: req.dimensions,
+        ..EmbedOptions::default()
+    };
+    let plan = embed_plan(&state, options)?;
+    let run = run_task(&state, plan.task.clone(), &plan.inputs(&state, &inputs)?).await?;
     let data: Vec<serde_json::Value> = embeddings_of(run.outputs)
         .into_iter()
         .enumerate()
-        .map(|(i, e)| serde_json::json!({"object": "embedding", "index": i, "embedding": e}))
+        .map(|(i, e)| {
+            let embedding = if base64 {
+                serde_json::json!(base64_floats(&e))
+            } else {
+                serde_json::json!(e)
+            };
+            serde_json::json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     Ok(Json(serde_json::json!({
         "object": "list",

@@ -4,6 +4,7 @@
 use crate::checkpoint::read_json;
 use crate::{Error, Result};
 use candle_core::{DType, Tensor, D};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,51 @@ pub struct EmbeddingSettings {
     pub normalize: bool,
     /// `max_seq_length` of `sentence_bert_config.json`.
     pub max_seq_length: Option<usize>,
+    /// Keep only the first this many values (Matryoshka embeddings), before the
+    /// normalization, as sentence-transformers' `truncate_dim` does.
+    pub dimensions: Option<usize>,
+    /// The prompts of `config_sentence_transformers.json`.
+    pub prompts: Prompts,
+}
+
+/// Named texts put before each input (`"query": "query: "`), as
+/// sentence-transformers' `prompts` and `default_prompt_name`.
+#[derive(Debug, Clone, Default)]
+pub struct Prompts {
+    pub named: BTreeMap<String, String>,
+    /// Used when a call names no prompt.
+    pub default_name: Option<String>,
+    /// `include_prompt` of the pooling config: false would pool without the
+    /// prompt's tokens, which is not implemented.
+    pub pooled: bool,
+}
+
+impl Prompts {
+    /// The text to put before each input: `prompt` itself, else the prompt named
+    /// `name`, else the default one; none when nothing is asked or configured.
+    pub fn resolve(&self, name: Option<&str>, prompt: Option<&str>) -> Result<Option<String>> {
+        let chosen = match (prompt, name.or(self.default_name.as_deref())) {
+            (Some(p), _) => Some(p.to_string()),
+            (None, Some(name)) => Some(self.named.get(name).cloned().ok_or_else(|| {
+                let known = if self.named.is_empty() {
+                    "the model defines no prompts (config_sentence_transformers.json)".to_string()
+                } else {
+                    let names: Vec<&str> = self.named.keys().map(String::as_str).collect();
+                    format!("not among the model's prompts: {}", names.join(", "))
+                };
+                Error::bad_value("prompt_name", format!("{name:?}"), known)
+            })?),
+            (None, None) => None,
+        };
+        if chosen.as_deref().is_some_and(|p| !p.is_empty()) && !self.pooled {
+            return Err(Error::Unsupported(
+                "the model pools without its prompt's tokens (include_prompt: false in its \
+                 pooling config), which slimformer does not do"
+                    .into(),
+            ));
+        }
+        Ok(chosen.filter(|p| !p.is_empty()))
+    }
 }
 
 impl EmbeddingSettings {
@@ -93,6 +139,15 @@ impl EmbeddingSettings {
         } else {
             vec![Pooling::Mean]
         };
+        let include_prompt = if pooling_path.exists() {
+            read_json(&pooling_path)?
+                .get("include_prompt")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true)
+        } else {
+            true
+        };
+        let prompts = read_prompts(dir, include_prompt)?;
         let st_config = dir.join("sentence_bert_config.json");
         let max_seq_length = if st_config.exists() {
             read_json(&st_config)?
@@ -106,8 +161,69 @@ impl EmbeddingSettings {
             pooling,
             normalize,
             max_seq_length,
+            dimensions: None,
+            prompts,
         })
     }
+
+    /// The length of an embedding before any truncation: the hidden size for each
+    /// pooling mode.
+    pub fn full_dimensions(&self, hidden_size: usize) -> usize {
+        hidden_size * self.pooling.len()
+    }
+
+    /// Keeps the first `dimensions` values of each embedding (checked against the
+    /// model's `full` length).
+    pub fn truncated(mut self, dimensions: Option<usize>, full: usize) -> Result<Self> {
+        if let Some(d) = dimensions {
+            if d == 0 || d > full {
+                return Err(Error::bad_value(
+                    "dimensions",
+                    d,
+                    format!("must be between 1 and {full}, the model's embedding size"),
+                ));
+            }
+        }
+        self.dimensions = dimensions.filter(|&d| d < full);
+        Ok(self)
+    }
+}
+
+/// `prompts` and `default_prompt_name` of `config_sentence_transformers.json`.
+fn read_prompts(dir: &Path, pooled: bool) -> Result<Prompts> {
+    let path = dir.join("config_sentence_transformers.json");
+    let mut prompts = Prompts {
+        pooled,
+        ..Prompts::default()
+    };
+    if !path.exists() {
+        return Ok(prompts);
+    }
+    let cfg = read_json(&path)?;
+    if let Some(map) = cfg.get("prompts").filter(|v| !v.is_null()) {
+        let map = map
+            .as_object()
+            .ok_or_else(|| Error::file(&path, "`prompts` must be an object of name: text"))?;
+        for (name, text) in map {
+            let text = text
+                .as_str()
+                .ok_or_else(|| Error::file(&path, format!("prompt {name:?} must be a string")))?;
+            prompts.named.insert(name.clone(), text.to_string());
+        }
+    }
+    prompts.default_name = cfg
+        .get("default_prompt_name")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    if let Some(name) = &prompts.default_name {
+        if !prompts.named.contains_key(name) {
+            return Err(Error::file(
+                &path,
+                format!("default_prompt_name {name:?} is not one of its prompts"),
+            ));
+        }
+    }
+    Ok(prompts)
 }
 
 /// Pools one text's hidden states [n_tokens, hidden] (padding already removed).
@@ -128,7 +244,10 @@ pub fn embed(hidden: &Tensor, settings: &EmbeddingSettings) -> Result<Tensor> {
         .iter()
         .map(|&p| pool(hidden, p))
         .collect::<Result<Vec<_>>>()?;
-    let pooled = Tensor::cat(&parts, 0)?;
+    let mut pooled = Tensor::cat(&parts, 0)?;
+    if let Some(d) = settings.dimensions {
+        pooled = pooled.narrow(0, 0, d)?;
+    }
     if settings.normalize {
         l2_normalize(&pooled)
     } else {

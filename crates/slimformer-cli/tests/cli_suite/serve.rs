@@ -797,3 +797,199 @@ fn json_logs_are_one_object_per_line_on_stdout() {
         "no request line among {lines:?}"
     );
 }
+
+/// A copy of the `bert-base` fixture with sentence-transformers prompts.
+fn model_with_prompts() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("bert-base")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("config_sentence_transformers.json"),
+        r#"{"prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": null}"#,
+    )
+    .unwrap();
+    dir
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn unit(v: &[f64]) -> Vec<f64> {
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    v.iter().map(|x| x / norm).collect()
+}
+
+fn close(a: &[f64], b: &[f64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
+}
+
+#[test]
+fn matryoshka_dimensions_base64_and_prompts() {
+    let model = model_with_prompts();
+    let dir = model.path().to_str().unwrap();
+    let s = Server::start(&[dir]);
+    let embed = |body: serde_json::Value| floats(&s.post("/v1/embed", body).json()[0]["embedding"]);
+    let full = embed(serde_json::json!({"inputs": "a river", "normalize": false}));
+    assert_eq!(full.len(), 32);
+    let first8 = &full[..8];
+    let cut = embed(serde_json::json!({"inputs": "a river", "normalize": false, "dimensions": 8}));
+    assert!(close(&cut, first8), "{cut:?} vs {first8:?}");
+    // Truncated first, normalized after, on every embedding route.
+    let cut_unit =
+        embed(serde_json::json!({"inputs": "a river", "normalize": true, "dimensions": 8}));
+    assert!(close(&cut_unit, &unit(first8)));
+    let tei = s.post(
+        "/embed",
+        serde_json::json!({"inputs": "a river", "dimensions": 8}),
+    );
+    assert!(close(&floats(&tei.json()[0]), &unit(first8)));
+    let openai = s
+        .post(
+            "/v1/embeddings",
+            serde_json::json!({"input": "a river", "dimensions": 8}),
+        )
+        .json();
+    let vector = floats(&openai["data"][0]["embedding"]);
+    assert!(close(&vector, &unit(first8)));
+    // OpenAI's vectors are unit length without `dimensions` too.
+    let whole = s
+        .post("/v1/embeddings", serde_json::json!({"input": "a river"}))
+        .json();
+    assert!(close(&floats(&whole["data"][0]["embedding"]), &unit(&full)));
+    // usage counts the input's tokens, special tokens included.
+    let ids = &cli("encode", model.path(), &["a river"], &[])[0]["ids"];
+    let n = ids.as_array().unwrap().len() as u64;
+    assert_eq!(openai["usage"]["prompt_tokens"], n);
+    assert_eq!(openai["usage"]["total_tokens"], n);
+
+    // base64: the same float32 values, little-endian.
+    let b64 = s
+        .post(
+            "/v1/embeddings",
+            serde_json::json!({"input": "a river", "dimensions": 8, "encoding_format": "base64"}),
+        )
+        .json();
+    let bytes = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64["data"][0]["embedding"].as_str().unwrap())
+            .unwrap()
+    };
+    let decoded: Vec<f64> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+        .collect();
+    let as_f32: Vec<f64> = vector.iter().map(|&v| v as f32 as f64).collect();
+    assert_eq!(decoded, as_f32);
+
+    // Prompts: named, given, or unknown; the answer shows the text as sent.
+    let plain_query = embed(serde_json::json!({"inputs": "query: a river"}));
+    let named = s
+        .post(
+            "/v1/embed",
+            serde_json::json!({"inputs": "a river", "prompt_name": "query"}),
+        )
+        .json();
+    assert_eq!(named[0]["text"], "a river");
+    assert!(close(&floats(&named[0]["embedding"]), &plain_query));
+    let given = embed(serde_json::json!({"inputs": "a river", "prompt": "query: "}));
+    assert!(close(&given, &plain_query));
+    let tei_named = s.post(
+        "/embed",
+        serde_json::json!({"inputs": "a river", "prompt_name": "query", "normalize": false}),
+    );
+    assert!(close(&floats(&tei_named.json()[0]), &plain_query));
+
+    // Bad values: 422 with the field named.
+    for (route, body, says) in [
+        (
+            "/v1/embed",
+            serde_json::json!({"inputs": "x", "dimensions": 0}),
+            "dimensions 0: must be between 1 and 32",
+        ),
+        (
+            "/embed",
+            serde_json::json!({"inputs": "x", "dimensions": 33}),
+            "dimensions 33: must be between 1 and 32",
+        ),
+        (
+            "/v1/embeddings",
+            serde_json::json!({"input": "x", "dimensions": 64}),
+            "must be between 1 and 32",
+        ),
+        (
+            "/v1/embeddings",
+            serde_json::json!({"input": "x", "encoding_format": "hex"}),
+            "is not supported: \\\"float\\\" or \\\"base64\\\"",
+        ),
+        (
+            "/v1/embed",
+            serde_json::json!({"inputs": "x", "prompt_name": "nope"}),
+            "prompt_name \\\"nope\\\": not among the model's prompts: passage, query",
+        ),
+        (
+            "/v1/embed",
+            serde_json::json!({"inputs": "", "prompt_name": "query"}),
+            "input 0 is empty",
+        ),
+    ] {
+        let reply = s.post(route, body);
+        assert_eq!(reply.status, 422, "{route}: {}", reply.body);
+        assert!(reply.body.contains(says), "{route}: {}", reply.body);
+    }
+    assert!(s.stop().success());
+
+    // The command line: the same truncation and prompts, the same errors by flag.
+    let cli_cut = &cli("embed", model.path(), &["a river"], &["--dimensions", "8"])[0];
+    assert!(close(&floats(&cli_cut["embedding"]), first8));
+    let cli_query = &cli(
+        "embed",
+        model.path(),
+        &["a river"],
+        &["--prompt-name", "query"],
+    )[0];
+    assert_eq!(cli_query["text"], "a river");
+    assert!(close(&floats(&cli_query["embedding"]), &plain_query));
+    for (flags, says) in [
+        (
+            &["--dimensions", "0"][..],
+            "--dimensions 0: must be between 1 and 32",
+        ),
+        (
+            &["--prompt-name", "nope"][..],
+            "--prompt-name \"nope\": not among the model's prompts",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_slimformer"))
+            .args(["embed", dir, "--text", "a river"])
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+
+    // A server default prompt applies when a request names none; one the model
+    // lacks stops the server at start.
+    let s = Server::start(&[dir, "--default-prompt-name", "query"]);
+    let defaulted = floats(
+        &s.post("/v1/embed", serde_json::json!({"inputs": "a river"}))
+            .json()[0]["embedding"],
+    );
+    assert!(close(&defaulted, &plain_query));
+    assert!(s.stop().success());
+    let out = Command::new(env!("CARGO_BIN_EXE_slimformer"))
+        .args(["serve", "--port", "0", dir, "--default-prompt-name", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prompt_name \"nope\""));
+}
