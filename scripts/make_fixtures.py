@@ -435,6 +435,10 @@ for _act in ["gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "silu", "tanh"]:
 # --- RoBERTa
 case("roberta-seqcls", "roberta", "bpe", RobertaForSequenceClassification, RobertaConfig, "seqcls",
      **ROBERTA_TINY, hidden_act="gelu", num_labels=3, **labels(SENTIMENT))
+# A cross-encoder of two labels (rerank scores the second's probability).
+case("roberta-rerank", "roberta", "bpe", RobertaForSequenceClassification, RobertaConfig, "seqcls",
+     **ROBERTA_TINY, hidden_act="gelu", num_labels=2, id2label={0: "not_relevant", 1: "relevant"},
+     label2id={"not_relevant": 0, "relevant": 1})
 case("roberta-tokcls", "roberta", "bpe", RobertaForTokenClassification, RobertaConfig, "tokcls",
      **ROBERTA_TINY, hidden_act="gelu_new", num_labels=5, **labels(NER))
 case("roberta-mlm", "roberta", "bpe", RobertaForMaskedLM, RobertaConfig, "mlm", **ROBERTA_TINY, hidden_act="gelu")

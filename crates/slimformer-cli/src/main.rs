@@ -7,6 +7,7 @@ mod input;
 mod pretrain_cmd;
 mod probe_cmd;
 mod registry_cmd;
+mod rerank_cmd;
 mod serve_cmd;
 mod shrink_cmd;
 mod study_cmd;
@@ -65,6 +66,9 @@ enum Command {
     Classify(tasks::TaskArgs),
     /// Token classification, with character offsets.
     Tag(tasks::TaskArgs),
+    /// Documents ranked against a query, best first: a cross-encoder's relevance,
+    /// or an embedding model's cosine similarity.
+    Rerank(Box<rerank_cmd::RerankArgs>),
     /// Top-k predictions for each mask token.
     FillMask(tasks::FillMaskArgs),
     /// Time the encoder's forward pass on synthetic inputs.
@@ -125,6 +129,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => tasks::classify(args),
         Command::Tag(args) => tasks::tag(args),
         Command::FillMask(args) => tasks::fill_mask(args),
+        Command::Rerank(args) => rerank_cmd::rerank(*args),
         Command::Bench(args) => tasks::bench(args),
         Command::Finetune(args) => train_cmd::finetune(*args),
         Command::Evaluate(args) => train_cmd::evaluate(args),

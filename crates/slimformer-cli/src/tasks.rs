@@ -104,11 +104,11 @@ pub fn parse_shape(s: &str) -> Result<(usize, usize), String> {
     }
 }
 
-fn model_dir(spec: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn model_dir(spec: &str) -> anyhow::Result<PathBuf> {
     Ok(hub::resolve_model(spec)?)
 }
 
-fn limit(args: &TaskArgs) -> LengthLimit {
+pub(crate) fn limit(args: &TaskArgs) -> LengthLimit {
     LengthLimit {
         max_len: args.max_len,
         no_truncate: args.no_truncate,

@@ -27,6 +27,7 @@ pub mod params;
 pub mod pipeline;
 pub mod pooling;
 pub mod quantized;
+pub mod rerank;
 pub mod rng;
 pub mod save;
 pub mod tokenize;

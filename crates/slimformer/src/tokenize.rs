@@ -53,6 +53,8 @@ pub struct TextTokenizer {
     plain: Tokenizer,
     /// The same tokenizer, truncating to `max_len`.
     truncating: Option<Tokenizer>,
+    /// Truncating only a pair's second text (a reranked document, never its query).
+    truncating_second: Option<Tokenizer>,
     max_len: Option<usize>,
     truncate: bool,
     pad_id: u32,
@@ -78,22 +80,25 @@ impl TextTokenizer {
         plain
             .with_truncation(None)
             .map_err(|e| Error::file(&path, e))?;
-        let truncating = match max_len {
-            Some(max_length) => {
-                let mut t = plain.clone();
-                t.with_truncation(Some(TruncationParams {
-                    max_length,
-                    strategy: TruncationStrategy::LongestFirst,
-                    ..Default::default()
-                }))
-                .map_err(|e| Error::file(&path, e))?;
-                Some(t)
-            }
-            None => None,
+        let truncating_with = |strategy: TruncationStrategy| -> Result<Option<Tokenizer>> {
+            let Some(max_length) = max_len else {
+                return Ok(None);
+            };
+            let mut t = plain.clone();
+            t.with_truncation(Some(TruncationParams {
+                max_length,
+                strategy,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::file(&path, e))?;
+            Ok(Some(t))
         };
+        let truncating = truncating_with(TruncationStrategy::LongestFirst)?;
+        let truncating_second = truncating_with(TruncationStrategy::OnlySecond)?;
         Ok(Self {
             plain,
             truncating,
+            truncating_second,
             max_len,
             truncate,
             pad_id: padding.id,
@@ -111,11 +116,25 @@ impl TextTokenizer {
     }
 
     pub fn encode(&self, input: &TextInput) -> Result<Encoded> {
+        self.encode_with(input, self.truncating.as_ref())
+    }
+
+    /// As [`TextTokenizer::encode`], but a pair too long loses tokens from its
+    /// second text only (a query stays whole against its document); when the
+    /// first text alone is too long, from both.
+    pub fn encode_keeping_first(&self, input: &TextInput) -> Result<Encoded> {
+        match self.encode_with(input, self.truncating_second.as_ref()) {
+            Err(Error::Tokenizer(_)) if matches!(input, TextInput::Pair(..)) => self.encode(input),
+            other => other,
+        }
+    }
+
+    fn encode_with(&self, input: &TextInput, truncating: Option<&Tokenizer>) -> Result<Encoded> {
         let full = self
             .plain
             .encode_char_offsets(input.to_encode_input(), true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let (encoding, truncated_from) = match (self.max_len, &self.truncating) {
+        let (encoding, truncated_from) = match (self.max_len, truncating) {
             (Some(max), Some(truncating)) if full.len() > max => {
                 if !self.truncate {
                     return Err(Error::TooLong {

@@ -218,6 +218,7 @@ parity_tests! {
     bert_act_silu => "bert-act-silu",
     bert_act_tanh => "bert-act-tanh",
     roberta_seqcls => "roberta-seqcls",
+    roberta_rerank => "roberta-rerank",
     roberta_tokcls => "roberta-tokcls",
     roberta_mlm => "roberta-mlm",
     distilbert_seqcls => "distilbert-seqcls",
