@@ -5,6 +5,7 @@ use slimformer::heads::{MaskedLmHead, SequenceClassifier};
 use slimformer::params::{count_parameters, ParamCounts};
 use slimformer::pipeline::{self, LengthLimit, Pipeline};
 use slimformer::pooling::{EmbeddingSettings, Pooling};
+use slimformer::rerank::{self, Scorer};
 use slimformer::tokenize::{Encoded, TextInput, TextTokenizer};
 use slimformer::Result;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,10 @@ pub enum Task {
     FillMask {
         top_k: usize,
     },
+    /// A cross-encoder's score of each (query, document) pair.
+    Rerank {
+        raw: bool,
+    },
 }
 
 /// One input's result.
@@ -32,6 +37,7 @@ pub enum TaskOutput {
     Classify(pipeline::ClassifyOutput),
     Embed(pipeline::EmbedOutput),
     FillMask(pipeline::FillMaskOutput),
+    Score(f32),
 }
 
 pub struct Engine {
@@ -46,6 +52,8 @@ pub struct Engine {
     pub embed_settings: EmbeddingSettings,
     pub classifier: Option<SequenceClassifier>,
     pub mlm: Option<MaskedLmHead>,
+    /// How `/rerank` scores pairs, or why this model cannot.
+    pub reranker: std::result::Result<Scorer, String>,
     pub params: ParamCounts,
     pub quantization: Option<String>,
 }
@@ -67,6 +75,11 @@ impl Engine {
         )?;
         let classifier = SequenceClassifier::load(&pipeline.model).ok();
         let mlm = MaskedLmHead::load(&pipeline.model).ok();
+        let reranker = Scorer::new(
+            SequenceClassifier::load(&pipeline.model).ok(),
+            embed_settings.clone(),
+        )
+        .map_err(|e| e.to_string());
         let params = count_parameters(&pipeline.model.checkpoint);
         let quantization = pipeline.model.checkpoint.quantization.clone();
         let name = dir
@@ -84,6 +97,7 @@ impl Engine {
             embed_settings,
             classifier,
             mlm,
+            reranker,
             params,
             quantization,
         })
@@ -97,6 +111,9 @@ impl Engine {
         }
         if self.mlm.is_some() {
             tasks.push("fill-mask");
+        }
+        if self.reranker.is_ok() {
+            tasks.push("rerank");
         }
         tasks
     }
@@ -115,7 +132,11 @@ impl Engine {
     }
 
     pub fn encode(&self, task: &Task, input: &TextInput) -> Result<Encoded> {
-        let encoded = self.tokenizer_for(task).encode(input)?;
+        let encoded = match task {
+            // A document is cut to fit beside its query, never the query.
+            Task::Rerank { .. } => self.pipeline.tokenizer.encode_keeping_first(input)?,
+            _ => self.tokenizer_for(task).encode(input)?,
+        };
         if let Task::FillMask { .. } = task {
             pipeline::require_mask(&self.pipeline.tokenizer, &encoded)?;
         }
@@ -153,6 +174,17 @@ impl Engine {
                 pipeline::embed(&settings, hidden)?
                     .into_iter()
                     .map(TaskOutput::Embed)
+                    .collect()
+            }
+            Task::Rerank { raw } => {
+                let Ok(Scorer::CrossEncoder(head)) = &self.reranker else {
+                    return Err(slimformer::Error::Input(
+                        "the model is no cross-encoder".into(),
+                    ));
+                };
+                rerank::cross_scores(head, hidden, *raw)?
+                    .into_iter()
+                    .map(TaskOutput::Score)
                     .collect()
             }
             Task::FillMask { top_k } => {

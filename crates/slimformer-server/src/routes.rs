@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use slimformer::pipeline::ClassifyOutput;
 use slimformer::pooling::Pooling;
+use slimformer::rerank::{self, Scorer};
 use slimformer::tokenize::TextInput;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/embed", post(tei_embed))
         .route("/predict", post(tei_predict))
         .route("/v1/embeddings", post(openai_embeddings))
+        .route("/rerank", post(tei_rerank))
+        .route("/v1/rerank", post(cohere_rerank))
         .route("/openapi.json", get(openapi))
         .route("/docs", get(docs))
         .route("/admin/reload", post(admin_reload))
@@ -559,6 +562,7 @@ async fn models(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json
             "parameters": e.params,
             "quantization": e.quantization,
             "tasks": e.tasks(),
+            "rerank": e.reranker.as_ref().map(Scorer::kind).ok(),
             "max_input_length": e.pipeline.tokenizer.max_len(),
         }],
     })))
@@ -757,6 +761,166 @@ async fn openai_embeddings(
         "data": data,
         "model": req.model.unwrap_or_else(|| run.engine.name.clone()),
         "usage": {"prompt_tokens": run.tokens, "total_tokens": run.tokens},
+    })))
+}
+
+// ----- reranking -----
+
+/// Each document's score against the query, in document order, and the tokens read.
+async fn rerank_scores(
+    state: &Arc<AppState>,
+    query: String,
+    documents: Vec<String>,
+    raw: bool,
+) -> ApiResult<(Vec<f32>, usize, Arc<Engine>)> {
+    let invalid = |m: &str| ApiError::new(ErrorType::InvalidInput, m.to_string());
+    if query.trim().is_empty() {
+        return Err(invalid("the query is empty"));
+    }
+    if documents.is_empty() {
+        return Err(invalid("no documents to rank"));
+    }
+    let engine = state
+        .engine
+        .current()
+        .ok_or_else(|| ApiError::new(ErrorType::NotReady, "no model is loaded yet"))?;
+    let embedding = match &engine.reranker {
+        Err(why) => return Err(ApiError::new(ErrorType::UnsupportedTask, why.clone())),
+        Ok(Scorer::CrossEncoder(_)) => None,
+        Ok(Scorer::Embedding(settings)) => Some(settings.clone()),
+    };
+    let Some(settings) = embedding else {
+        let pairs: Vec<TextInput> = documents
+            .into_iter()
+            .map(|d| TextInput::Pair(query.clone(), d))
+            .collect();
+        let run = run_task(state, Task::Rerank { raw }, &pairs).await?;
+        let scores = run
+            .outputs
+            .into_iter()
+            .map(|o| match o {
+                TaskOutput::Score(s) => s,
+                _ => f32::NAN,
+            })
+            .collect();
+        return Ok((scores, run.tokens, run.engine));
+    };
+    // An embedding model: the cosine of the query's and each document's embedding.
+    let task = Task::Embed {
+        pooling: settings.pooling.clone(),
+        normalize: false,
+        dimensions: None,
+    };
+    let docs: Vec<TextInput> = documents.into_iter().map(TextInput::Single).collect();
+    let query_run = run_task(state, task.clone(), &[TextInput::Single(query)]).await?;
+    let docs_run = run_task(state, task, &docs).await?;
+    let query_vector = embeddings_of(query_run.outputs).remove(0);
+    let scores = embeddings_of(docs_run.outputs)
+        .iter()
+        .map(|d| rerank::cosine(&query_vector, d))
+        .collect();
+    Ok((scores, query_run.tokens + docs_run.tokens, docs_run.engine))
+}
+
+/// text-embeddings-inference's `/rerank` request.
+#[derive(Deserialize)]
+struct TeiRerankRequest {
+    query: String,
+    texts: Vec<String>,
+    #[serde(default)]
+    raw_scores: bool,
+    /// Documents are always cut to fit beside the query, so TEI's `truncate`
+    /// (ignored with the other fields this route does not use) changes nothing.
+    #[serde(default)]
+    return_text: bool,
+}
+
+async fn tei_rerank(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let req: TeiRerankRequest = parse_json(&state, &headers, &body)?;
+    let texts = req.texts.clone();
+    let (scores, _, _) = rerank_scores(&state, req.query, req.texts, req.raw_scores).await?;
+    let ranked: Vec<serde_json::Value> = rerank::ranked(&scores, None)
+        .into_iter()
+        .map(|i| {
+            let mut hit = serde_json::json!({"index": i, "score": scores[i]});
+            if req.return_text {
+                hit["text"] = serde_json::json!(texts[i]);
+            }
+            hit
+        })
+        .collect();
+    Ok(Json(serde_json::json!(ranked)))
+}
+
+/// A Cohere/Jina document: a text, or an object holding one.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RerankDocument {
+    Text(String),
+    Object { text: String },
+}
+
+/// The Cohere/Jina `/v1/rerank` request.
+#[derive(Deserialize)]
+struct CohereRerankRequest {
+    #[serde(default)]
+    model: Option<String>,
+    query: String,
+    documents: Vec<RerankDocument>,
+    #[serde(default)]
+    top_n: Option<usize>,
+    #[serde(default)]
+    return_documents: bool,
+}
+
+async fn cohere_rerank(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let req: CohereRerankRequest = parse_json(&state, &headers, &body)?;
+    let documents: Vec<String> = req
+        .documents
+        .into_iter()
+        .map(|d| match d {
+            RerankDocument::Text(t) | RerankDocument::Object { text: t } => t,
+        })
+        .collect();
+    match req.top_n {
+        Some(0) => {
+            return Err(ApiError::new(
+                ErrorType::InvalidInput,
+                "top_n must be at least 1",
+            ))
+        }
+        Some(n) if n > documents.len() => {
+            return Err(ApiError::new(
+                ErrorType::InvalidInput,
+                format!("top_n {n} is more than the {} documents", documents.len()),
+            ))
+        }
+        _ => {}
+    }
+    let texts = documents.clone();
+    let (scores, tokens, engine) = rerank_scores(&state, req.query, documents, false).await?;
+    let results: Vec<serde_json::Value> = rerank::ranked(&scores, req.top_n)
+        .into_iter()
+        .map(|i| {
+            let mut hit = serde_json::json!({"index": i, "relevance_score": scores[i]});
+            if req.return_documents {
+                hit["document"] = serde_json::json!({"text": texts[i]});
+            }
+            hit
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "model": req.model.unwrap_or_else(|| engine.name.clone()),
+        "results": results,
+        "usage": {"total_tokens": tokens},
     })))
 }
 

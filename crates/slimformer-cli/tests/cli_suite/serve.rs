@@ -993,3 +993,142 @@ fn matryoshka_dimensions_base64_and_prompts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("prompt_name \"nope\""));
 }
+
+#[test]
+fn rerank_routes_rank_as_the_command_line_does() {
+    let model = fixture("roberta-rerank");
+    let s = Server::start(&[model.to_str().unwrap()]);
+    let docs = [
+        "a river",
+        "the dog and the fox",
+        "bread",
+        "river banks flood",
+    ];
+    let cli_ranked = cli("rerank", &model, &docs, &["--query", "rivers"]);
+    let tei = s
+        .post(
+            "/rerank",
+            serde_json::json!({"query": "rivers", "texts": docs, "return_text": true}),
+        )
+        .json();
+    assert_eq!(tei.as_array().unwrap().len(), docs.len());
+    for (hit, want) in tei.as_array().unwrap().iter().zip(&cli_ranked) {
+        assert_eq!(hit["index"], want["index"]);
+        assert_eq!(hit["text"], want["text"]);
+        assert!((hit["score"].as_f64().unwrap() - want["score"].as_f64().unwrap()).abs() < 1e-5);
+    }
+    let plain = s
+        .post(
+            "/rerank",
+            serde_json::json!({"query": "rivers", "texts": docs}),
+        )
+        .json();
+    assert!(plain[0].get("text").is_none(), "text only with return_text");
+    let raw = s
+        .post(
+            "/rerank",
+            serde_json::json!({"query": "rivers", "texts": ["a river"], "raw_scores": true}),
+        )
+        .json();
+    let cli_raw = cli(
+        "rerank",
+        &model,
+        &["a river"],
+        &["--query", "rivers", "--raw-scores"],
+    );
+    assert!(
+        (raw[0]["score"].as_f64().unwrap() - cli_raw[0]["score"].as_f64().unwrap()).abs() < 1e-5
+    );
+
+    let cohere = s
+        .post(
+            "/v1/rerank",
+            serde_json::json!({"model": "reranker", "query": "rivers",
+                "documents": ["a river", {"text": "the dog and the fox"}, "bread", "river banks flood"],
+                "top_n": 2, "return_documents": true}),
+        )
+        .json();
+    assert_eq!(cohere["model"], "reranker");
+    let results = cohere["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for (hit, want) in results.iter().zip(&cli_ranked) {
+        assert_eq!(hit["index"], want["index"]);
+        assert_eq!(hit["document"]["text"], want["text"]);
+        assert!(
+            (hit["relevance_score"].as_f64().unwrap() - want["score"].as_f64().unwrap()).abs()
+                < 1e-5
+        );
+    }
+    assert!(cohere["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    let models = s.call("GET", "/v1/models", None, None).json();
+    assert_eq!(models["data"][0]["rerank"], "cross-encoder");
+
+    for (route, body, status, says) in [
+        (
+            "/rerank",
+            serde_json::json!({"query": " ", "texts": ["d"]}),
+            422,
+            "the query is empty",
+        ),
+        (
+            "/rerank",
+            serde_json::json!({"query": "q", "texts": []}),
+            422,
+            "no documents",
+        ),
+        (
+            "/rerank",
+            serde_json::json!({"query": "q", "texts": ["d", ""]}),
+            422,
+            "input 1 is empty",
+        ),
+        (
+            "/v1/rerank",
+            serde_json::json!({"query": "q", "documents": ["d"], "top_n": 0}),
+            422,
+            "top_n must be at least 1",
+        ),
+        (
+            "/v1/rerank",
+            serde_json::json!({"query": "q", "documents": ["d"], "top_n": 2}),
+            422,
+            "top_n 2 is more than the 1 documents",
+        ),
+        (
+            "/v1/rerank",
+            serde_json::json!({"query": "q"}),
+            400,
+            "missing field `documents`",
+        ),
+    ] {
+        let reply = s.post(route, body);
+        assert_eq!(reply.status, status, "{route}: {}", reply.body);
+        assert!(reply.body.contains(says), "{route}: {}", reply.body);
+    }
+    assert!(s.stop().success());
+
+    // A three-label classifier is no cross-encoder; a model without one ranks by cosine.
+    let s = Server::start(&[fixture("bert-seqcls").to_str().unwrap()]);
+    let reply = s.post("/rerank", serde_json::json!({"query": "q", "texts": ["d"]}));
+    assert_eq!(reply.error_type(), "unsupported_task", "{}", reply.body);
+    assert!(reply.body.contains("this classifier has 3"));
+    assert!(s.stop().success());
+    let base = fixture("bert-base");
+    let s = Server::start(&[base.to_str().unwrap()]);
+    assert_eq!(
+        s.call("GET", "/v1/models", None, None).json()["data"][0]["rerank"],
+        "embedding-cosine"
+    );
+    let served = s
+        .post(
+            "/rerank",
+            serde_json::json!({"query": "rivers", "texts": docs}),
+        )
+        .json();
+    let cli_cosine = cli("rerank", &base, &docs, &["--query", "rivers"]);
+    for (hit, want) in served.as_array().unwrap().iter().zip(&cli_cosine) {
+        assert_eq!(hit["index"], want["index"]);
+        assert!((hit["score"].as_f64().unwrap() - want["score"].as_f64().unwrap()).abs() < 1e-5);
+    }
+    assert!(s.stop().success());
+}
