@@ -5,18 +5,28 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Every flag can also be set by its environment variable.
+/// Every flag can also be set by its environment variable. text-embeddings-inference's
+/// flag names work too (`--model-id`, `--hostname`, `--payload-limit`,
+/// `--auto-truncate`), so a TEI command line runs unchanged.
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// The model folder to serve (or a hub id in the local cache).
-    #[arg(env = "SLIMFORMER_MODEL", required_unless_present = "registry")]
+    #[arg(env = "SLIMFORMER_MODEL", required_unless_present_any = ["registry", "model_id"])]
     pub model: Option<String>,
+    /// The model, as TEI names it.
+    #[arg(long, value_name = "MODEL", conflicts_with = "model")]
+    pub model_id: Option<String>,
     /// Serve this registry's production version, following its pointer (it wins over
     /// MODEL, so an image's default model does not get in the way).
     #[arg(long, env = "SLIMFORMER_REGISTRY")]
     pub registry: Option<PathBuf>,
     /// Address to bind (loopback unless told otherwise).
-    #[arg(long, env = "SLIMFORMER_HOST", default_value = "127.0.0.1")]
+    #[arg(
+        long,
+        visible_alias = "hostname",
+        env = "SLIMFORMER_HOST",
+        default_value = "127.0.0.1"
+    )]
     pub host: String,
     #[arg(long, env = "SLIMFORMER_PORT", default_value_t = 8080)]
     pub port: u16,
@@ -39,8 +49,11 @@ pub struct ServeArgs {
     /// Answer 413 to longer inputs instead of truncating them.
     #[arg(long, env = "SLIMFORMER_NO_TRUNCATE")]
     pub no_truncate: bool,
+    /// Truncate longer inputs (the default; TEI's flag for it).
+    #[arg(long, conflicts_with = "no_truncate")]
+    pub auto_truncate: bool,
     /// Largest request body in bytes.
-    #[arg(long, env = "SLIMFORMER_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    #[arg(long, visible_alias = "payload-limit", env = "SLIMFORMER_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Seconds a request may take before it gets 504.
     #[arg(long, env = "SLIMFORMER_REQUEST_TIMEOUT", default_value_t = 30.0)]
@@ -76,7 +89,7 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let source = match (args.registry, args.model) {
+    let source = match (args.registry, args.model.or(args.model_id)) {
         (Some(reg), _) => ModelSource::Registry(reg),
         (None, Some(model)) => ModelSource::Dir(slimformer::hub::resolve_model(&model)?),
         (None, None) => anyhow::bail!("pass a MODEL folder or --registry DIR"),

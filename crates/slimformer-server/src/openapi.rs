@@ -73,6 +73,7 @@ pub fn document() -> Value {
             "/v1/rerank": post("Cohere/Jina compatible reranking",
                 json!({"type": "object", "properties": {"model": {"type": "string"}, "query": {"type": "string"}, "documents": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}]}}, "top_n": {"type": "integer", "minimum": 1}, "return_documents": {"type": "boolean", "default": false}}, "required": ["query", "documents"]}),
                 ok("results best first", json!({"type": "object", "properties": {"results": {"type": "array"}, "model": {"type": "string"}, "usage": {"type": "object"}}}))),
+            "/info": {"get": {"summary": "text-embeddings-inference's model and server information: model_id, model_dtype, model_type, max_input_length, max_batch_tokens, max_client_batch_size, version, ...", "responses": {"200": ok("info", json!({"type": "object"}))}}},
             "/v1/models": {"get": {"summary": "The model served: name, version, family, parameters, quantization, tasks", "responses": {"200": ok("model list", json!({"type": "object"}))}}},
             "/health": {"get": {"summary": "Alive (no auth)", "responses": {"200": ok("ok", json!({"type": "object"}))}}},
             "/ready": {"get": {"summary": "A model is loaded (no auth)", "responses": {"200": ok("ready", json!({"type": "object"})), "503": {"description": "not ready"}}}},

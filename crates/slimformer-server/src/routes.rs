@@ -31,6 +31,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/fill-mask", post(fill_mask))
         .route("/v1/tokenize", post(tokenize))
         .route("/v1/models", get(models))
+        .route("/info", get(info))
         .route("/embed", post(tei_embed))
         .route("/predict", post(tei_predict))
         .route("/v1/embeddings", post(openai_embeddings))
@@ -565,6 +566,63 @@ async fn models(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json
             "rerank": e.reranker.as_ref().map(Scorer::kind).ok(),
             "max_input_length": e.pipeline.tokenizer.max_len(),
         }],
+    })))
+}
+
+/// text-embeddings-inference's `/info`: what is served and the server's limits.
+async fn info(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    let e = state
+        .engine
+        .current()
+        .ok_or_else(|| ApiError::new(ErrorType::NotReady, "no model is loaded yet"))?;
+    let labels = |names: &[String]| {
+        let id2label: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i.to_string(), serde_json::json!(n)))
+            .collect();
+        let label2id: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), serde_json::json!(i)))
+            .collect();
+        serde_json::json!({"id2label": id2label, "label2id": label2id})
+    };
+    // As TEI names them: a one-logit classifier is a reranker.
+    let model_type = match &e.classifier {
+        Some(c) if c.labels.names.len() == 1 => {
+            serde_json::json!({"reranker": labels(&c.labels.names)})
+        }
+        Some(c) => serde_json::json!({"classifier": labels(&c.labels.names)}),
+        None => {
+            let pooling: Vec<&str> = e.embed_settings.pooling.iter().map(|p| p.name()).collect();
+            serde_json::json!({"embedding": {"pooling": pooling.join("+")}})
+        }
+    };
+    let config = &state.config;
+    let dtype = match slimformer::layers::precision() {
+        slimformer::layers::Precision::Fp32 => "float32",
+        slimformer::layers::Precision::Int8 => "int8",
+        slimformer::layers::Precision::Bf16 => "bfloat16",
+    };
+    Ok(Json(serde_json::json!({
+        "model_id": e.name,
+        "model_sha": null,
+        "model_version": e.version,
+        "model_dtype": dtype,
+        "model_type": model_type,
+        "rerank": e.reranker.as_ref().map(Scorer::kind).ok(),
+        "prompts": e.embed_settings.prompts.named,
+        "max_concurrent_requests": config.max_concurrent_requests,
+        "max_input_length": e.pipeline.tokenizer.max_len(),
+        "max_batch_tokens": config.max_batch_tokens,
+        "max_batch_requests": null,
+        "max_client_batch_size": config.max_client_batch_size,
+        "auto_truncate": !config.no_truncate,
+        "tokenization_workers": config.http_threads,
+        "version": env!("CARGO_PKG_VERSION"),
+        "sha": null,
+        "docker_label": null,
     })))
 }
 

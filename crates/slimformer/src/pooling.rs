@@ -15,6 +15,18 @@ pub enum Pooling {
     MeanSqrtLen,
 }
 
+impl Pooling {
+    /// The name `--pooling` and the routes take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Max => "max",
+            Pooling::MeanSqrtLen => "mean_sqrt_len",
+        }
+    }
+}
+
 impl std::str::FromStr for Pooling {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {

@@ -1132,3 +1132,56 @@ fn rerank_routes_rank_as_the_command_line_does() {
     }
     assert!(s.stop().success());
 }
+
+#[test]
+fn tei_flag_names_and_info() {
+    let reranker = fixture("bert-regression");
+    // A TEI command line runs unchanged.
+    let s = Server::start(&[
+        "--model-id",
+        reranker.to_str().unwrap(),
+        "--hostname",
+        "127.0.0.1",
+        "--payload-limit",
+        "2000",
+        "--auto-truncate",
+    ]);
+    let info = s.call("GET", "/info", None, None).json();
+    assert_eq!(info["model_id"], "bert-regression");
+    assert_eq!(info["model_dtype"], "float32");
+    assert_eq!(info["model_type"]["reranker"]["id2label"]["0"], "LABEL_0");
+    assert_eq!(info["rerank"], "cross-encoder");
+    assert_eq!(info["max_batch_tokens"], 16384);
+    assert_eq!(info["max_client_batch_size"], 32);
+    assert_eq!(info["auto_truncate"], true);
+    assert!(info["max_input_length"].as_u64().unwrap() > 0);
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    let big = "word ".repeat(1000);
+    let reply = s.post("/embed", serde_json::json!({"inputs": big}));
+    assert_eq!(
+        reply.status, 413,
+        "--payload-limit is the body limit: {}",
+        reply.body
+    );
+    assert!(s.stop().success());
+
+    for (name, kind, key, value) in [
+        (
+            "bert-base",
+            "embedding",
+            "pooling",
+            serde_json::json!("mean"),
+        ),
+        (
+            "bert-seqcls",
+            "classifier",
+            "id2label",
+            serde_json::json!({"0": "negative", "1": "neutral", "2": "positive"}),
+        ),
+    ] {
+        let s = Server::start(&[fixture(name).to_str().unwrap()]);
+        let info = s.call("GET", "/info", None, None).json();
+        assert_eq!(info["model_type"][kind][key], value, "{name}: {info}");
+        assert!(s.stop().success());
+    }
+}
