@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use slimformer::heads::SequenceClassifier;
 use slimformer::pooling::EmbeddingSettings;
 use slimformer::rerank::{self, Scorer};
-use slimformer::tokenize::{Encoded, TextInput, TextTokenizer};
+use slimformer::tokenize::{Encoded, TextInput};
 use slimformer::Pipeline;
 use std::io::Write;
 use std::process::ExitCode;
@@ -50,20 +50,12 @@ pub fn rerank(args: RerankArgs) -> anyhow::Result<ExitCode> {
             })
         }
         Scorer::Embedding(settings) => {
-            // Embeddings truncate where sentence-transformers does (max_seq_length).
-            let max_len = [
-                args.task.max_len,
-                pipeline.model.config.max_input_len(),
-                settings.max_seq_length,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            pipeline.tokenizer = TextTokenizer::load(
+            // Embeddings truncate as `embed` does (sentence-transformers' max_seq_length).
+            pipeline.tokenizer = Pipeline::tokenizer(
                 &dir,
-                pipeline.model.config.padding(),
-                max_len,
-                !args.task.no_truncate,
+                &pipeline.model,
+                limit(&args.task),
+                settings.max_seq_length,
             )?;
             let texts = encode_all(
                 std::iter::once(query)

@@ -9,7 +9,7 @@ use slimformer::batching::BatchLimits;
 use slimformer::heads::{MaskedLmHead, ProblemType, SequenceClassifier, TokenClassifier};
 use slimformer::pipeline::{self, LengthLimit, StreamItem};
 use slimformer::pooling::{EmbeddingSettings, Pooling};
-use slimformer::tokenize::{Encoded, TextInput};
+use slimformer::tokenize::Encoded;
 use slimformer::{hub, params, Model, Pipeline};
 use slimformer_corpus::{ColumnNames, Columnar, Shape, Writer};
 use std::path::{Path, PathBuf};
@@ -126,14 +126,6 @@ const TRUNCATION_WARNINGS: usize = 5;
 /// length, batched under a token budget) and writes one result per input, in
 /// input order. Per-text failures are written in place and make the exit code
 /// non-zero; the other texts still run.
-fn with_prompt(input: TextInput, prompt: Option<&str>) -> TextInput {
-    match (prompt, input) {
-        (None, input) => input,
-        (Some(p), TextInput::Single(t)) => TextInput::Single(format!("{p}{t}")),
-        (Some(p), TextInput::Pair(a, b)) => TextInput::Pair(format!("{p}{a}"), b),
-    }
-}
-
 fn stream<T: Columnar + Send>(
     pipeline: &Pipeline,
     args: &TaskArgs,
@@ -163,7 +155,10 @@ fn stream_prompted<T: Columnar + Send>(
             let input = std::mem::replace(&mut row.input, Err(String::new()));
             StreamItem {
                 payload: row,
-                input: input.map(|text| with_prompt(text, prompt)),
+                input: input.map(|text| match prompt {
+                    Some(p) => text.with_prefix(p),
+                    None => text,
+                }),
             }
         })
     });

@@ -75,11 +75,8 @@ impl Engine {
         )?;
         let classifier = SequenceClassifier::load(&pipeline.model).ok();
         let mlm = MaskedLmHead::load(&pipeline.model).ok();
-        let reranker = Scorer::new(
-            SequenceClassifier::load(&pipeline.model).ok(),
-            embed_settings.clone(),
-        )
-        .map_err(|e| e.to_string());
+        let reranker =
+            Scorer::new(classifier.clone(), embed_settings.clone()).map_err(|e| e.to_string());
         let params = count_parameters(&pipeline.model.checkpoint);
         let quantization = pipeline.model.checkpoint.quantization.clone();
         let name = dir

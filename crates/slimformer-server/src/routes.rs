@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use slimformer::pipeline::ClassifyOutput;
-use slimformer::pooling::Pooling;
+use slimformer::pooling::{self, Pooling};
 use slimformer::rerank::{self, Scorer};
 use slimformer::tokenize::TextInput;
 use std::sync::atomic::Ordering;
@@ -415,14 +415,11 @@ impl EmbedPlan {
     /// They are checked as the client sent them (an empty text stays an error).
     fn inputs(&self, state: &AppState, inputs: &[TextInput]) -> ApiResult<Vec<TextInput>> {
         validate_inputs(state, inputs)?;
-        let Some(prompt) = &self.prompt else {
-            return Ok(inputs.to_vec());
-        };
         Ok(inputs
             .iter()
-            .map(|input| match input {
-                TextInput::Single(t) => TextInput::Single(format!("{prompt}{t}")),
-                TextInput::Pair(a, b) => TextInput::Pair(format!("{prompt}{a}"), b.clone()),
+            .map(|input| match &self.prompt {
+                Some(prompt) => input.clone().with_prefix(prompt),
+                None => input.clone(),
             })
             .collect())
     }
@@ -443,11 +440,7 @@ fn embed_plan(state: &AppState, options: EmbedOptions) -> ApiResult<EmbedPlan> {
     };
     let normalize = options.normalize.unwrap_or(settings.normalize);
     let full = engine.embedding_size(&pooling);
-    let dimensions = settings
-        .clone()
-        .truncated(options.dimensions, full)
-        .map_err(invalid)?
-        .dimensions;
+    let dimensions = pooling::checked_dimensions(options.dimensions, full).map_err(invalid)?;
     // The request's prompt, else its prompt name, else the server's defaults, else
     // the model's default prompt name.
     let config = &state.config;
@@ -827,8 +820,8 @@ async fn openai_embeddings(
 /// Each document's score against the query, in document order, and the tokens read.
 async fn rerank_scores(
     state: &Arc<AppState>,
-    query: String,
-    documents: Vec<String>,
+    query: &str,
+    documents: &[String],
     raw: bool,
 ) -> ApiResult<(Vec<f32>, usize, Arc<Engine>)> {
     let invalid = |m: &str| ApiError::new(ErrorType::InvalidInput, m.to_string());
@@ -849,8 +842,8 @@ async fn rerank_scores(
     };
     let Some(settings) = embedding else {
         let pairs: Vec<TextInput> = documents
-            .into_iter()
-            .map(|d| TextInput::Pair(query.clone(), d))
+            .iter()
+            .map(|d| TextInput::Pair(query.into(), d.clone()))
             .collect();
         let run = run_task(state, Task::Rerank { raw }, &pairs).await?;
         let scores = run
@@ -869,8 +862,8 @@ async fn rerank_scores(
         normalize: false,
         dimensions: None,
     };
-    let docs: Vec<TextInput> = documents.into_iter().map(TextInput::Single).collect();
-    let query_run = run_task(state, task.clone(), &[TextInput::Single(query)]).await?;
+    let docs: Vec<TextInput> = documents.iter().cloned().map(TextInput::Single).collect();
+    let query_run = run_task(state, task.clone(), &[TextInput::Single(query.into())]).await?;
     let docs_run = run_task(state, task, &docs).await?;
     let query_vector = embeddings_of(query_run.outputs).remove(0);
     let scores = embeddings_of(docs_run.outputs)
@@ -899,14 +892,13 @@ async fn tei_rerank(
     body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
     let req: TeiRerankRequest = parse_json(&state, &headers, &body)?;
-    let texts = req.texts.clone();
-    let (scores, _, _) = rerank_scores(&state, req.query, req.texts, req.raw_scores).await?;
+    let (scores, _, _) = rerank_scores(&state, &req.query, &req.texts, req.raw_scores).await?;
     let ranked: Vec<serde_json::Value> = rerank::ranked(&scores, None)
         .into_iter()
         .map(|i| {
             let mut hit = serde_json::json!({"index": i, "score": scores[i]});
             if req.return_text {
-                hit["text"] = serde_json::json!(texts[i]);
+                hit["text"] = serde_json::json!(req.texts[i]);
             }
             hit
         })
@@ -963,14 +955,13 @@ async fn cohere_rerank(
         }
         _ => {}
     }
-    let texts = documents.clone();
-    let (scores, tokens, engine) = rerank_scores(&state, req.query, documents, false).await?;
+    let (scores, tokens, engine) = rerank_scores(&state, &req.query, &documents, false).await?;
     let results: Vec<serde_json::Value> = rerank::ranked(&scores, req.top_n)
         .into_iter()
         .map(|i| {
             let mut hit = serde_json::json!({"index": i, "relevance_score": scores[i]});
             if req.return_documents {
-                hit["document"] = serde_json::json!({"text": texts[i]});
+                hit["document"] = serde_json::json!({"text": documents[i]});
             }
             hit
         })

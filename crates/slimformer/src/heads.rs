@@ -184,7 +184,8 @@ fn sequence_head_names(model: &Model) -> Result<SequenceHeadNames> {
 }
 
 /// Sequence classification: a summary token, a dense+activation "pooler", and a
-/// linear classifier — under each family's own names.
+/// linear classifier — under each family's own names. A clone shares the weights.
+#[derive(Clone)]
 pub struct SequenceClassifier {
     summary_token: SummaryToken,
     pooler: Linear,

@@ -36,6 +36,18 @@ impl Pipeline {
     /// embeddings, sentence-transformers' `max_seq_length`).
     pub fn load(dir: &Path, limit: LengthLimit, extra_limit: Option<usize>) -> Result<Self> {
         let model = Model::load(dir)?;
+        let tokenizer = Self::tokenizer(dir, &model, limit, extra_limit)?;
+        Ok(Self::new(model, tokenizer))
+    }
+
+    /// `dir`'s tokenizer for `model`, truncating as [`Pipeline::load`] does: at the
+    /// asked length, else at the smaller of the model's and the task's limit.
+    pub fn tokenizer(
+        dir: &Path,
+        model: &Model,
+        limit: LengthLimit,
+        extra_limit: Option<usize>,
+    ) -> Result<TextTokenizer> {
         let model_limit = model.config.max_input_len();
         let max_len = match limit.max_len {
             Some(asked) => {
@@ -50,9 +62,7 @@ impl Pipeline {
             }
             None => [model_limit, extra_limit].into_iter().flatten().min(),
         };
-        let tokenizer =
-            TextTokenizer::load(dir, model.config.padding(), max_len, !limit.no_truncate)?;
-        Ok(Self::new(model, tokenizer))
+        TextTokenizer::load(dir, model.config.padding(), max_len, !limit.no_truncate)
     }
 
     /// A loaded model with the tokenizer to feed it.

@@ -187,18 +187,22 @@ impl EmbeddingSettings {
     /// Keeps the first `dimensions` values of each embedding (checked against the
     /// model's `full` length).
     pub fn truncated(mut self, dimensions: Option<usize>, full: usize) -> Result<Self> {
-        if let Some(d) = dimensions {
-            if d == 0 || d > full {
-                return Err(Error::bad_value(
-                    "dimensions",
-                    d,
-                    format!("must be between 1 and {full}, the model's embedding size"),
-                ));
-            }
-        }
-        self.dimensions = dimensions.filter(|&d| d < full);
+        self.dimensions = checked_dimensions(dimensions, full)?;
         Ok(self)
     }
+}
+
+/// `dimensions` checked against an embedding of `full` values: none when it keeps
+/// them all.
+pub fn checked_dimensions(dimensions: Option<usize>, full: usize) -> Result<Option<usize>> {
+    if let Some(d) = dimensions.filter(|&d| d == 0 || d > full) {
+        return Err(Error::bad_value(
+            "dimensions",
+            d,
+            format!("must be between 1 and {full}, the model's embedding size"),
+        ));
+    }
+    Ok(dimensions.filter(|&d| d < full))
 }
 
 /// `prompts` and `default_prompt_name` of `config_sentence_transformers.json`.

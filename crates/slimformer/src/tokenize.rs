@@ -17,6 +17,14 @@ pub enum TextInput {
 }
 
 impl TextInput {
+    /// The input with `prefix` (a prompt) before its first text.
+    pub fn with_prefix(self, prefix: &str) -> TextInput {
+        match self {
+            TextInput::Single(t) => TextInput::Single(format!("{prefix}{t}")),
+            TextInput::Pair(a, b) => TextInput::Pair(format!("{prefix}{a}"), b),
+        }
+    }
+
     pub fn to_encode_input(&self) -> EncodeInput<'_> {
         match self {
             TextInput::Single(a) => EncodeInput::Single(a.as_str().into()),
