@@ -1,6 +1,6 @@
 //! `slimformer serve`: the REST service (see the slimformer-server crate).
 
-use slimformer_server::{ModelSource, ServerConfig};
+use slimformer_server::{ModelSource, ModelSpec, ServerConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,8 +11,17 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct ServeArgs {
     /// The model folder to serve (or a hub id in the local cache).
-    #[arg(env = "SLIMFORMER_MODEL", required_unless_present_any = ["registry", "model_id"])]
+    #[arg(env = "SLIMFORMER_MODEL", required_unless_present_any = ["registry", "model_id", "models"])]
     pub model: Option<String>,
+    /// Serve several models: NAME=DIR (a model folder) or NAME=REGISTRY (a registry,
+    /// followed as its pointer moves); repeat it. The first is the default of
+    /// requests that name none; others are picked by `"model"` or `X-Model`.
+    #[arg(
+        long = "model",
+        value_name = "NAME=DIR",
+        conflicts_with_all = ["model", "model_id", "registry"]
+    )]
+    pub models: Vec<String>,
     /// The model, as TEI names it.
     #[arg(long, value_name = "MODEL", conflicts_with = "model")]
     pub model_id: Option<String>,
@@ -88,12 +97,63 @@ pub struct ServeArgs {
     pub poll_seconds: f64,
 }
 
-pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let source = match (args.registry, args.model.or(args.model_id)) {
-        (Some(reg), _) => ModelSource::Registry(reg),
-        (None, Some(model)) => ModelSource::Dir(slimformer::hub::resolve_model(&model)?),
-        (None, None) => anyhow::bail!("pass a MODEL folder or --registry DIR"),
+/// One `--model NAME=DIR|REGISTRY`.
+fn named_model(spec: &str) -> anyhow::Result<ModelSpec> {
+    let Some((name, path)) = spec.split_once('=') else {
+        anyhow::bail!("--model {spec:?}: expected NAME=DIR (a model folder or a registry)");
     };
+    let name = name.trim();
+    if name.is_empty() || name.chars().any(|c| c.is_control() || c == '"') {
+        anyhow::bail!("--model {spec:?}: the name before '=' must be a plain, non-empty name");
+    }
+    let dir = PathBuf::from(path);
+    let source = if dir.join(slimformer_registry::PRODUCTION_FILE).exists()
+        || dir.join(slimformer_registry::db_file()).exists()
+        || dir.join("versions").is_dir()
+    {
+        ModelSource::Registry(dir)
+    } else {
+        ModelSource::Dir(slimformer::hub::resolve_model(path).map_err(|e| {
+            anyhow::anyhow!("--model {name}: {e} (neither a model folder nor a registry)")
+        })?)
+    };
+    Ok(ModelSpec {
+        name: Some(name.to_string()),
+        source,
+    })
+}
+
+/// What to serve: several named models, one registry, or one folder.
+fn model_specs(args: &ServeArgs) -> anyhow::Result<Vec<ModelSpec>> {
+    if !args.models.is_empty() {
+        let specs = args
+            .models
+            .iter()
+            .map(|s| named_model(s))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for (i, spec) in specs.iter().enumerate() {
+            if specs[..i].iter().any(|s| s.name == spec.name) {
+                anyhow::bail!(
+                    "--model: the name {:?} is given twice",
+                    spec.name.as_deref().unwrap_or_default()
+                );
+            }
+        }
+        return Ok(specs);
+    }
+    let source = match (
+        &args.registry,
+        args.model.as_ref().or(args.model_id.as_ref()),
+    ) {
+        (Some(reg), _) => ModelSource::Registry(reg.clone()),
+        (None, Some(model)) => ModelSource::Dir(slimformer::hub::resolve_model(model)?),
+        (None, None) => anyhow::bail!("pass a MODEL folder, --registry DIR or --model NAME=DIR"),
+    };
+    Ok(vec![ModelSpec { name: None, source }])
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let models = model_specs(&args)?;
     for (name, v) in [
         ("--request-timeout", args.request_timeout),
         ("--poll-seconds", args.poll_seconds),
@@ -117,7 +177,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         poll_interval: Duration::from_secs_f64(args.poll_seconds),
         default_prompt_name: args.default_prompt_name,
         default_prompt: args.default_prompt,
-        ..ServerConfig::new(source)
+        ..ServerConfig::with_models(models)
     };
     let retrainer = match &args.retrain_config {
         Some(path) => {

@@ -1,6 +1,6 @@
-//! The batching queue: requests from any number of clients are packed into forward
-//! passes under a token budget (padded length × texts) and run on one inference
-//! thread, off the async runtime. Jobs keep the engine they were tokenized for, so
+//! The batching queue of one model: requests from any number of clients are packed
+//! into forward passes under a token budget (padded length × texts) and run on the
+//! model's own inference thread, off the async runtime. Jobs keep the engine they were tokenized for, so
 //! a reload never mixes versions in a batch, and a job whose client has gone is
 //! dropped before any work is done for it.
 
@@ -34,11 +34,12 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn start(max_batch_tokens: usize, metrics: Arc<Metrics>) -> Batcher {
+    /// Starts the inference thread of the model named `model` (its metrics label).
+    pub fn start(max_batch_tokens: usize, metrics: Arc<Metrics>, model: String) -> Batcher {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("slimformer-inference".into())
-            .spawn(move || run(rx, max_batch_tokens, metrics))
+            .spawn(move || run(rx, max_batch_tokens, &metrics, &model))
             .expect("spawn the inference thread");
         Batcher {
             sender: Mutex::new(Some(tx)),
@@ -60,7 +61,7 @@ impl Batcher {
     }
 }
 
-fn run(rx: mpsc::Receiver<Job>, budget: usize, metrics: Arc<Metrics>) {
+fn run(rx: mpsc::Receiver<Job>, budget: usize, metrics: &Metrics, model: &str) {
     let mut pending: Option<Job> = None;
     loop {
         let first = match pending.take() {
@@ -70,11 +71,11 @@ fn run(rx: mpsc::Receiver<Job>, budget: usize, metrics: Arc<Metrics>) {
                 Err(_) => return,
             },
         };
-        metrics.queue_add(-1);
+        metrics.queue_add(model, -1);
         let mut batch = vec![first];
         let (mut n, mut longest) = batch[0].padded_tokens();
         while let Ok(job) = rx.try_recv() {
-            metrics.queue_add(-1);
+            metrics.queue_add(model, -1);
             let (jn, jl) = job.padded_tokens();
             let fits = (n + jn) * longest.max(jl) <= budget;
             if fits && Arc::ptr_eq(&job.engine, &batch[0].engine) {
@@ -82,16 +83,16 @@ fn run(rx: mpsc::Receiver<Job>, budget: usize, metrics: Arc<Metrics>) {
                 longest = longest.max(jl);
                 batch.push(job);
             } else {
-                metrics.queue_add(1);
+                metrics.queue_add(model, 1);
                 pending = Some(job);
                 break;
             }
         }
-        run_batch(batch, budget, &metrics);
+        run_batch(batch, budget, metrics, model);
     }
 }
 
-fn run_batch(batch: Vec<Job>, budget: usize, metrics: &Metrics) {
+fn run_batch(batch: Vec<Job>, budget: usize, metrics: &Metrics, model: &str) {
     let live: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
     if live.is_empty() {
         return;
@@ -107,10 +108,10 @@ fn run_batch(batch: Vec<Job>, budget: usize, metrics: &Metrics) {
     // lengths does not pay for padding every text to the longest.
     let hidden = engine.pipeline.run_packed(&texts, limits, |group, hidden| {
         let longest = group.last().map_or(0, |t| t.ids.len());
-        metrics.observe_batch(group.len(), group.len() * longest);
+        metrics.observe_batch(model, group.len(), group.len() * longest);
         Ok(hidden)
     });
-    metrics.observe_seconds(started.elapsed().as_secs_f64());
+    metrics.observe_seconds(model, started.elapsed().as_secs_f64());
     let mut hidden = hidden.into_iter();
     for job in live {
         let mine: Result<Vec<_>, String> = hidden.by_ref().take(job.texts.len()).collect();

@@ -12,12 +12,23 @@ pub enum ModelSource {
     Registry(PathBuf),
 }
 
+/// One model the server serves.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// The name requests pick it by (`"model"`, `X-Model`). `None` for the lone model
+    /// of `serve DIR`, which answers to any name, as TEI's one model does.
+    pub name: Option<String>,
+    pub source: ModelSource,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    pub source: ModelSource,
+    /// The models, the first being the default of requests that name none.
+    pub models: Vec<ModelSpec>,
     pub host: String,
     pub port: u16,
-    /// Tokens (padded length × texts) one forward pass may take.
+    /// Tokens (padded length × texts) one forward pass may take, per model: each
+    /// model has its own queue and inference thread.
     pub max_batch_tokens: usize,
     /// Requests in flight beyond which new ones get 429.
     pub max_concurrent_requests: usize,
@@ -46,9 +57,14 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// One unnamed model.
     pub fn new(source: ModelSource) -> Self {
+        Self::with_models(vec![ModelSpec { name: None, source }])
+    }
+
+    pub fn with_models(models: Vec<ModelSpec>) -> Self {
         Self {
-            source,
+            models,
             host: "127.0.0.1".into(),
             port: 8080,
             max_batch_tokens: 16384,

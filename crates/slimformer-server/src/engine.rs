@@ -6,7 +6,7 @@ use slimformer::params::{count_parameters, ParamCounts};
 use slimformer::pipeline::{self, LengthLimit, Pipeline};
 use slimformer::pooling::{EmbeddingSettings, Pooling};
 use slimformer::rerank::{self, Scorer};
-use slimformer::tokenize::{Encoded, TextInput, TextTokenizer};
+use slimformer::tokenize::{Encoded, TextInput, TextTokenizer, Truncation};
 use slimformer::Result;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -21,6 +21,8 @@ pub enum Task {
         /// Keep the first this many values (checked against the model's size).
         dimensions: Option<usize>,
     },
+    /// Every token's last hidden state (TEI's `/embed_all`).
+    EmbedAll,
     FillMask {
         top_k: usize,
     },
@@ -38,6 +40,8 @@ pub enum TaskOutput {
     Embed(pipeline::EmbedOutput),
     FillMask(pipeline::FillMaskOutput),
     Score(f32),
+    /// One vector per token.
+    Tokens(Vec<Vec<f32>>),
 }
 
 pub struct Engine {
@@ -123,17 +127,26 @@ impl Engine {
     /// The tokenizer a task uses (embeddings have their own length limit).
     pub fn tokenizer_for(&self, task: &Task) -> &TextTokenizer {
         match task {
-            Task::Embed { .. } => &self.embed_tokenizer,
+            Task::Embed { .. } | Task::EmbedAll => &self.embed_tokenizer,
             _ => &self.pipeline.tokenizer,
         }
     }
 
-    pub fn encode(&self, task: &Task, input: &TextInput) -> Result<Encoded> {
-        let encoded = match task {
-            // A document is cut to fit beside its query, never the query.
-            Task::Rerank { .. } => self.pipeline.tokenizer.encode_keeping_first(input)?,
-            _ => self.tokenizer_for(task).encode(input)?,
+    /// Tokenizes one input for `task`, a too-long one handled as `truncation` asks.
+    pub fn encode(
+        &self,
+        task: &Task,
+        input: &TextInput,
+        truncation: Truncation,
+    ) -> Result<Encoded> {
+        // A reranked document is cut to fit beside its query, never the query.
+        let truncation = Truncation {
+            keep_first: matches!(task, Task::Rerank { .. }),
+            ..truncation
         };
+        let encoded = self
+            .tokenizer_for(task)
+            .encode_truncating(input, truncation)?;
         if let Task::FillMask { .. } = task {
             pipeline::require_mask(&self.pipeline.tokenizer, &encoded)?;
         }
@@ -173,6 +186,10 @@ impl Engine {
                     .map(TaskOutput::Embed)
                     .collect()
             }
+            Task::EmbedAll => hidden
+                .iter()
+                .map(|h| Ok(TaskOutput::Tokens(h.to_vec2::<f32>()?)))
+                .collect::<Result<Vec<_>>>()?,
             Task::Rerank { raw } => {
                 let Ok(Scorer::CrossEncoder(head)) = &self.reranker else {
                     return Err(slimformer::Error::Input(
@@ -209,7 +226,7 @@ impl Engine {
             tasks.push(Task::Classify);
         }
         for task in tasks {
-            let encoded = self.encode(&task, &input)?;
+            let encoded = self.encode(&task, &input, Truncation::default())?;
             let hidden = self.pipeline.hidden_states(&[&encoded])?;
             let out = self.finish(&task, &[&encoded], hidden)?;
             let json = serde_json::to_value(&out)

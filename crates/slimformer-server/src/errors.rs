@@ -12,6 +12,7 @@ pub enum ErrorType {
     UnsupportedMediaType,
     Unauthorized,
     NotFound,
+    ModelNotFound,
     MethodNotAllowed,
     UnsupportedTask,
     Overloaded,
@@ -22,13 +23,14 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
-    pub const ALL: [ErrorType; 13] = [
+    pub const ALL: [ErrorType; 14] = [
         ErrorType::InvalidJson,
         ErrorType::InvalidInput,
         ErrorType::PayloadTooLarge,
         ErrorType::UnsupportedMediaType,
         ErrorType::Unauthorized,
         ErrorType::NotFound,
+        ErrorType::ModelNotFound,
         ErrorType::MethodNotAllowed,
         ErrorType::UnsupportedTask,
         ErrorType::Overloaded,
@@ -46,6 +48,7 @@ impl ErrorType {
             ErrorType::UnsupportedMediaType => "unsupported_media_type",
             ErrorType::Unauthorized => "unauthorized",
             ErrorType::NotFound => "not_found",
+            ErrorType::ModelNotFound => "model_not_found",
             ErrorType::MethodNotAllowed => "method_not_allowed",
             ErrorType::UnsupportedTask => "unsupported_task",
             ErrorType::Overloaded => "overloaded",
@@ -63,7 +66,7 @@ impl ErrorType {
             ErrorType::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorType::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorType::Unauthorized => StatusCode::UNAUTHORIZED,
-            ErrorType::NotFound => StatusCode::NOT_FOUND,
+            ErrorType::NotFound | ErrorType::ModelNotFound => StatusCode::NOT_FOUND,
             ErrorType::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorType::UnsupportedTask => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorType::Overloaded => StatusCode::TOO_MANY_REQUESTS,

@@ -13,7 +13,7 @@ pub mod reload;
 pub mod routes;
 pub mod state;
 
-pub use config::{ModelSource, ServerConfig};
+pub use config::{ModelSource, ModelSpec, ServerConfig};
 
 /// Loads the model, binds, prints one JSON line `{"listening": ADDR, ...}` on stdout,
 /// and serves until SIGTERM or Ctrl-C (then stops accepting, drains, returns).
@@ -27,13 +27,26 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
         let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
         let addr = listener.local_addr()?;
         reload::spawn_watchers(state.clone());
-        let engine = state.engine.current();
+        let default = &state.models[0];
+        let engine = default.engine.current();
+        let models: Vec<serde_json::Value> = state
+            .models
+            .iter()
+            .map(|m| {
+                let e = m.engine.current();
+                serde_json::json!({
+                    "name": m.name,
+                    "version": e.as_ref().map(|e| e.version.clone()),
+                })
+            })
+            .collect();
         println!(
             "{}",
             serde_json::json!({
                 "listening": addr.to_string(),
-                "model": engine.as_ref().map(|e| e.name.clone()),
+                "model": engine.as_ref().map(|e| default.shown_name(e)),
                 "version": engine.as_ref().map(|e| e.version.clone()),
+                "models": models,
             })
         );
         tracing::info!(%addr, "serving");
@@ -41,7 +54,7 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
-        state.batcher.close();
+        state.close();
         tracing::info!("stopped: every request in flight was answered");
         Ok(())
     })

@@ -1,6 +1,6 @@
 //! Prometheus metrics, rendered by hand in the text exposition format: requests by
-//! route and status, latency histograms, queue size, batch sizes and tokens, the
-//! model version, reloads and their failures.
+//! route and status, latency histograms, and by model: requests, queue size, batch
+//! sizes and tokens, inference time, the version; reloads and their failures.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -55,18 +55,33 @@ impl Histogram {
     }
 }
 
+/// What is counted per model.
+#[derive(Default, Clone)]
+struct ModelStats {
+    requests: u64,
+    batch_size: Histogram,
+    batch_tokens: Histogram,
+    inference_seconds: Histogram,
+    queue: i64,
+    version: Option<String>,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
-    batch_size: Mutex<Histogram>,
-    batch_tokens: Mutex<Histogram>,
-    inference_seconds: Mutex<Histogram>,
-    queue: AtomicI64,
+    /// By model name.
+    models: Mutex<BTreeMap<String, ModelStats>>,
     in_flight: AtomicI64,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
-    model: Mutex<Option<(String, String)>>,
+}
+
+/// A label value, escaped.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -80,38 +95,43 @@ impl Metrics {
             .observe(&LATENCY_BUCKETS, seconds);
     }
 
-    /// One forward pass: its texts and padded tokens.
-    pub fn observe_batch(&self, texts: usize, tokens: usize) {
-        for (m, buckets, v) in [
-            (&self.batch_size, &SIZE_BUCKETS[..], texts as f64),
-            (&self.batch_tokens, &TOKEN_BUCKETS[..], tokens as f64),
-        ] {
-            m.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .observe(buckets, v);
-        }
+    fn with_model(&self, model: &str, f: impl FnOnce(&mut ModelStats)) {
+        let mut m = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        f(m.entry(model.to_string()).or_default());
+    }
+
+    /// One inference request for `model`.
+    pub fn model_request(&self, model: &str) {
+        self.with_model(model, |m| m.requests += 1);
+    }
+
+    /// One forward pass of `model`: its texts and padded tokens.
+    pub fn observe_batch(&self, model: &str, texts: usize, tokens: usize) {
+        self.with_model(model, |m| {
+            m.batch_size.observe(&SIZE_BUCKETS, texts as f64);
+            m.batch_tokens.observe(&TOKEN_BUCKETS, tokens as f64);
+        });
     }
 
     /// The inference time of one packed batch (all its passes).
-    pub fn observe_seconds(&self, seconds: f64) {
-        self.inference_seconds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .observe(&LATENCY_BUCKETS, seconds);
+    pub fn observe_seconds(&self, model: &str, seconds: f64) {
+        self.with_model(model, |m| {
+            m.inference_seconds.observe(&LATENCY_BUCKETS, seconds)
+        });
     }
 
-    pub fn queue_add(&self, d: i64) {
-        self.queue.fetch_add(d, Ordering::Relaxed);
+    pub fn queue_add(&self, model: &str, d: i64) {
+        self.with_model(model, |m| m.queue += d);
     }
 
     pub fn in_flight_add(&self, d: i64) {
         self.in_flight.fetch_add(d, Ordering::Relaxed);
     }
 
-    pub fn reloaded(&self, name: &str, version: &str) {
+    /// `model` now serves `version` (the loaded folder's name is `served`).
+    pub fn reloaded(&self, model: &str, version: &str) {
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        let label = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        *self.model.lock().unwrap_or_else(|e| e.into_inner()) = Some((label(name), label(version)));
+        self.with_model(model, |m| m.version = Some(version.to_string()));
     }
 
     pub fn reload_failed(&self) {
@@ -147,45 +167,73 @@ impl Metrics {
                 &LATENCY_BUCKETS,
             );
         }
-        let hist = |out: &mut String, name: &str, help: &str, h: &Mutex<Histogram>, b: &[f64]| {
+        let models = self
+            .models
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        type Of = fn(&ModelStats) -> &Histogram;
+        let histograms: [(&str, &str, Of, &[f64]); 3] = [
+            (
+                "slimformer_batch_size",
+                "Texts per forward pass.",
+                |m| &m.batch_size,
+                &SIZE_BUCKETS,
+            ),
+            (
+                "slimformer_batch_tokens",
+                "Padded tokens per forward pass.",
+                |m| &m.batch_tokens,
+                &TOKEN_BUCKETS,
+            ),
+            (
+                "slimformer_inference_seconds",
+                "Time of one packed batch.",
+                |m| &m.inference_seconds,
+                &LATENCY_BUCKETS,
+            ),
+        ];
+        for (name, help, of, buckets) in histograms {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
-            h.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .render(out, name, "", b);
-        };
-        hist(
+            for (model, stats) in &models {
+                of(stats).render(
+                    &mut out,
+                    name,
+                    &format!("model=\"{}\"", label(model)),
+                    buckets,
+                );
+            }
+        }
+        let by_model =
+            |out: &mut String, name: &str, kind: &str, help: &str, v: fn(&ModelStats) -> String| {
+                out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+                for (model, stats) in &models {
+                    out.push_str(&format!(
+                        "{name}{{model=\"{}\"}} {}\n",
+                        label(model),
+                        v(stats)
+                    ));
+                }
+            };
+        by_model(
             &mut out,
-            "slimformer_batch_size",
-            "Texts per forward pass.",
-            &self.batch_size,
-            &SIZE_BUCKETS,
+            "slimformer_model_requests_total",
+            "counter",
+            "Inference requests by model.",
+            |m| m.requests.to_string(),
         );
-        hist(
+        by_model(
             &mut out,
-            "slimformer_batch_tokens",
-            "Padded tokens per forward pass.",
-            &self.batch_tokens,
-            &TOKEN_BUCKETS,
-        );
-        hist(
-            &mut out,
-            "slimformer_inference_seconds",
-            "Time of one forward pass.",
-            &self.inference_seconds,
-            &LATENCY_BUCKETS,
+            "slimformer_queue_size",
+            "gauge",
+            "Requests waiting for the model's inference thread.",
+            |m| m.queue.to_string(),
         );
         let gauge = |out: &mut String, name: &str, kind: &str, help: &str, v: String| {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
             ));
         };
-        gauge(
-            &mut out,
-            "slimformer_queue_size",
-            "gauge",
-            "Requests waiting for the inference thread.",
-            self.queue.load(Ordering::Relaxed).to_string(),
-        );
         gauge(
             &mut out,
             "slimformer_requests_in_flight",
@@ -207,16 +255,15 @@ impl Metrics {
             "Model versions refused (failed to load or the smoke test).",
             self.reload_failures.load(Ordering::Relaxed).to_string(),
         );
-        if let Some((name, version)) = self
-            .model
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            out.push_str("# HELP slimformer_model_info The model being served.\n# TYPE slimformer_model_info gauge\n");
-            out.push_str(&format!(
-                "slimformer_model_info{{model=\"{name}\",version=\"{version}\"}} 1\n"
-            ));
+        out.push_str("# HELP slimformer_model_info The version each model serves.\n# TYPE slimformer_model_info gauge\n");
+        for (model, stats) in &models {
+            if let Some(version) = &stats.version {
+                out.push_str(&format!(
+                    "slimformer_model_info{{model=\"{}\",version=\"{}\"}} 1\n",
+                    label(model),
+                    label(version)
+                ));
+            }
         }
         out
     }

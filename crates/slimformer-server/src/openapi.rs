@@ -13,7 +13,7 @@ fn ok(description: &str, schema: Value) -> Value {
 
 fn errors() -> Value {
     let mut r = serde_json::Map::new();
-    for code in ["400", "401", "413", "415", "422", "429", "503", "504"] {
+    for code in ["400", "401", "404", "413", "415", "422", "429", "503", "504"] {
         r.insert(
             code.into(),
             json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
@@ -28,6 +28,14 @@ fn post(summary: &str, request: Value, response: Value) -> Value {
     json!({"post": {"summary": summary, "requestBody": body(request), "responses": responses}})
 }
 
+/// A route that also takes the `X-Model` header.
+fn with_header(mut route: Value, parameters: &Value) -> Value {
+    for op in route.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+        op["parameters"] = parameters.clone();
+    }
+    route
+}
+
 pub fn document() -> Value {
     let inputs = json!({"oneOf": [
         {"type": "string"},
@@ -37,48 +45,66 @@ pub fn document() -> Value {
         ]}}
     ]});
     let dimensions = json!({"type": "integer", "minimum": 1, "description": "keep the first D values (Matryoshka), then normalize if normalizing"});
-    let prompt_name = json!({"type": "string", "description": "one of the model's prompts (config_sentence_transformers.json), put before each text"});
+    let prompt_name = json!({"type": "string", "nullable": true, "description": "one of the model's prompts (config_sentence_transformers.json), put before each text"});
+    let model = json!({"type": "string", "nullable": true, "description": "which model (see /v1/models); the default model when absent"});
+    let truncate = json!({"type": "boolean", "nullable": true, "description": "cut inputs longer than the model's limit (false: 413 for them; absent: the server's setting)"});
+    let direction = json!({"type": "string", "enum": ["right", "left", "Right", "Left"], "default": "right", "description": "which end of a too-long input is cut"});
+    let texts = json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
+    let x_model = json!([{"name": "X-Model", "in": "header", "required": false, "schema": {"type": "string"}, "description": "which model (the default model when absent)"}]);
     let records =
         |extra: Value| json!({"type": "array", "items": {"type": "object", "properties": extra}});
     let error_types: Vec<&str> = ErrorType::ALL.iter().map(|t| t.name()).collect();
     json!({
         "openapi": "3.0.3",
         "info": {"title": "slimformer", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Transformer encoders served from Rust: classification, embeddings, fill-mask."},
+                 "description": "Transformer encoders served from Rust: classification, embeddings, reranking, fill-mask, tokenization; one model or several."},
         "paths": {
-            "/v1/classify": post("Sequence classification (as `slimformer classify`)",
-                json!({"type": "object", "properties": {"inputs": inputs}, "required": ["inputs"]}),
-                ok("one record per input", records(json!({"text": {"type": "string"}, "label": {"type": "string"}, "scores": {"type": "object"}})))),
-            "/v1/embed": post("Sentence embeddings (as `slimformer embed`)",
-                json!({"type": "object", "properties": {"inputs": inputs, "pooling": {"type": "string", "enum": ["mean", "cls", "max", "mean_sqrt_len"]}, "normalize": {"type": "boolean"}, "dimensions": dimensions.clone(), "prompt_name": prompt_name.clone(), "prompt": {"type": "string", "description": "a text put before each text; wins over prompt_name"}}, "required": ["inputs"]}),
-                ok("one record per input", records(json!({"text": {"type": "string"}, "embedding": {"type": "array", "items": {"type": "number"}}})))),
-            "/v1/fill-mask": post("Top-k predictions for each mask token (as `slimformer fill-mask`)",
-                json!({"type": "object", "properties": {"inputs": inputs, "top_k": {"type": "integer", "minimum": 1, "default": 5}}, "required": ["inputs"]}),
-                ok("one record per input", records(json!({"text": {"type": "string"}, "masks": {"type": "array"}})))),
-            "/v1/tokenize": post("Token ids, tokens and character offsets",
-                json!({"type": "object", "properties": {"inputs": inputs}, "required": ["inputs"]}),
-                ok("one record per input", records(json!({"ids": {"type": "array"}, "tokens": {"type": "array"}, "offsets": {"type": "array"}})))),
-            "/embed": post("text-embeddings-inference compatible embeddings",
-                json!({"type": "object", "properties": {"inputs": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}, "normalize": {"type": "boolean", "default": true}, "truncate": {"type": "boolean"}, "dimensions": dimensions.clone(), "prompt_name": prompt_name}, "required": ["inputs"]}),
-                ok("one embedding per input", json!({"type": "array", "items": {"type": "array", "items": {"type": "number"}}}))),
-            "/predict": post("text-embeddings-inference compatible classification",
-                json!({"type": "object", "properties": {"inputs": {"description": "a text, a pair [text, text_pair], or a batch of [text] / [text, text_pair]"}}, "required": ["inputs"]}),
-                ok("labels with scores, best first (an array of them for a batch)", json!({"type": "array"}))),
-            "/v1/embeddings": post("OpenAI compatible embeddings",
-                json!({"type": "object", "properties": {"input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}, "model": {"type": "string"}, "encoding_format": {"type": "string", "enum": ["float", "base64"], "description": "base64: the float32 values, little-endian"}, "dimensions": dimensions}, "required": ["input"]}),
-                ok("OpenAI's embedding list", json!({"type": "object"}))),
-            "/rerank": post("text-embeddings-inference compatible reranking: a cross-encoder's relevance, or an embedding model's cosine (see /v1/models)",
-                json!({"type": "object", "properties": {"query": {"type": "string"}, "texts": {"type": "array", "items": {"type": "string"}}, "raw_scores": {"type": "boolean", "default": false}, "return_text": {"type": "boolean", "default": false}}, "required": ["query", "texts"]}),
-                ok("documents best first", json!({"type": "array", "items": {"type": "object", "properties": {"index": {"type": "integer"}, "score": {"type": "number"}, "text": {"type": "string"}}}}))),
-            "/v1/rerank": post("Cohere/Jina compatible reranking",
-                json!({"type": "object", "properties": {"model": {"type": "string"}, "query": {"type": "string"}, "documents": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}]}}, "top_n": {"type": "integer", "minimum": 1}, "return_documents": {"type": "boolean", "default": false}}, "required": ["query", "documents"]}),
-                ok("results best first", json!({"type": "object", "properties": {"results": {"type": "array"}, "model": {"type": "string"}, "usage": {"type": "object"}}}))),
-            "/info": {"get": {"summary": "text-embeddings-inference's model and server information: model_id, model_dtype, model_type, max_input_length, max_batch_tokens, max_client_batch_size, version, ...", "responses": {"200": ok("info", json!({"type": "object"}))}}},
-            "/v1/models": {"get": {"summary": "The model served: name, version, family, parameters, quantization, tasks", "responses": {"200": ok("model list", json!({"type": "object"}))}}},
+            "/v1/classify": with_header(post("Sequence classification (as `slimformer classify`)",
+                json!({"type": "object", "properties": {"inputs": inputs, "model": model, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
+                ok("one record per input", records(json!({"text": {"type": "string"}, "label": {"type": "string"}, "scores": {"type": "object"}})))), &x_model),
+            "/v1/embed": with_header(post("Sentence embeddings (as `slimformer embed`)",
+                json!({"type": "object", "properties": {"inputs": inputs, "model": model, "pooling": {"type": "string", "enum": ["mean", "cls", "max", "mean_sqrt_len"]}, "normalize": {"type": "boolean"}, "dimensions": dimensions.clone(), "prompt_name": prompt_name.clone(), "prompt": {"type": "string", "description": "a text put before each text; wins over prompt_name"}, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
+                ok("one record per input", records(json!({"text": {"type": "string"}, "embedding": {"type": "array", "items": {"type": "number"}}})))), &x_model),
+            "/v1/fill-mask": with_header(post("Top-k predictions for each mask token (as `slimformer fill-mask`)",
+                json!({"type": "object", "properties": {"inputs": inputs, "model": model, "top_k": {"type": "integer", "minimum": 1, "default": 5}, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
+                ok("one record per input", records(json!({"text": {"type": "string"}, "masks": {"type": "array"}})))), &x_model),
+            "/v1/tokenize": with_header(post("Token ids, tokens and character offsets, truncated as a request would be",
+                json!({"type": "object", "properties": {"inputs": inputs, "model": model, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
+                ok("one record per input", records(json!({"ids": {"type": "array"}, "tokens": {"type": "array"}, "offsets": {"type": "array"}})))), &x_model),
+            "/embed": with_header(post("text-embeddings-inference compatible embeddings",
+                json!({"type": "object", "properties": {"inputs": texts, "normalize": {"type": "boolean", "default": true}, "truncate": truncate, "truncation_direction": direction, "dimensions": dimensions.clone(), "prompt_name": prompt_name}, "required": ["inputs"]}),
+                ok("one embedding per input", json!({"type": "array", "items": {"type": "array", "items": {"type": "number"}}}))), &x_model),
+            "/embed_all": with_header(post("text-embeddings-inference compatible per-token vectors (the last hidden state, special tokens included)",
+                json!({"type": "object", "properties": {"inputs": texts, "truncate": truncate, "truncation_direction": direction, "prompt_name": prompt_name}, "required": ["inputs"]}),
+                ok("per input, one vector per token", json!({"type": "array", "items": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}))), &x_model),
+            "/predict": with_header(post("text-embeddings-inference compatible classification",
+                json!({"type": "object", "properties": {"inputs": {"description": "a text, a pair [text, text_pair], or a batch of [text] / [text, text_pair]"}, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
+                ok("labels with scores, best first (an array of them for a batch)", json!({"type": "array"}))), &x_model),
+            "/tokenize": with_header(post("text-embeddings-inference compatible tokenization (never truncated)",
+                json!({"type": "object", "properties": {"inputs": texts, "add_special_tokens": {"type": "boolean", "default": true}, "prompt_name": prompt_name}, "required": ["inputs"]}),
+                ok("per input, its tokens: id, text, special, and byte offsets (null for special tokens)", json!({"type": "array", "items": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "integer"}, "text": {"type": "string"}, "special": {"type": "boolean"}, "start": {"type": "integer", "nullable": true}, "stop": {"type": "integer", "nullable": true}}}}}))), &x_model),
+            "/decode": with_header(post("text-embeddings-inference compatible decoding of token ids",
+                json!({"type": "object", "properties": {"ids": {"oneOf": [{"type": "array", "items": {"type": "integer", "minimum": 0}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer", "minimum": 0}}}]}, "skip_special_tokens": {"type": "boolean", "default": true}}, "required": ["ids"]}),
+                ok("one text per list of ids", json!({"type": "array", "items": {"type": "string"}}))), &x_model),
+            "/v1/embeddings": with_header(post("OpenAI compatible embeddings (unit length)",
+                json!({"type": "object", "properties": {"input": texts, "model": model, "user": {"type": "string", "nullable": true}, "encoding_format": {"type": "string", "enum": ["float", "base64"], "description": "base64: the float32 values, little-endian"}, "dimensions": dimensions}, "required": ["input"]}),
+                ok("OpenAI's embedding list", json!({"type": "object"}))), &x_model),
+            "/rerank": with_header(post("text-embeddings-inference compatible reranking: a cross-encoder's relevance, or an embedding model's cosine (see /v1/models)",
+                json!({"type": "object", "properties": {"query": {"type": "string"}, "texts": {"type": "array", "items": {"type": "string"}}, "raw_scores": {"type": "boolean", "default": false}, "return_text": {"type": "boolean", "default": false}, "truncate": truncate, "truncation_direction": direction}, "required": ["query", "texts"]}),
+                ok("documents best first", json!({"type": "array", "items": {"type": "object", "properties": {"index": {"type": "integer"}, "score": {"type": "number"}, "text": {"type": "string"}}}}))), &x_model),
+            "/v1/rerank": with_header(post("Cohere/Jina compatible reranking",
+                json!({"type": "object", "properties": {"model": model, "query": {"type": "string"}, "documents": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}]}}, "top_n": {"type": "integer", "minimum": 1}, "return_documents": {"type": "boolean", "default": false}}, "required": ["query", "documents"]}),
+                ok("results best first", json!({"type": "object", "properties": {"results": {"type": "array"}, "model": {"type": "string"}, "usage": {"type": "object"}}}))), &x_model),
+            "/info": {"get": {"summary": "text-embeddings-inference's model and server information of the default model or of ?model=: model_id, model_dtype, model_type, max_input_length, max_batch_tokens, max_client_batch_size, version, models, ...",
+                "parameters": [{"name": "model", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "responses": {"200": ok("info", json!({"type": "object"})), "404": {"description": "no such model"}}}},
+            "/v1/models": {"get": {"summary": "The models served: name, version, family, parameters, quantization, tasks", "responses": {"200": ok("model list", json!({"type": "object"}))}}},
             "/health": {"get": {"summary": "Alive (no auth)", "responses": {"200": ok("ok", json!({"type": "object"}))}}},
-            "/ready": {"get": {"summary": "A model is loaded (no auth)", "responses": {"200": ok("ready", json!({"type": "object"})), "503": {"description": "not ready"}}}},
+            "/ready": {"get": {"summary": "Every model is loaded (no auth)", "responses": {"200": ok("ready", json!({"type": "object"})), "503": {"description": "not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (no auth)", "responses": {"200": {"description": "text exposition format"}}}},
-            "/admin/reload": {"post": {"summary": "Load the production version (or the model folder) again; only when an API key is set", "responses": {"200": ok("reloaded", json!({"type": "object"})), "422": {"description": "the new version was refused; the old one keeps serving"}}}},
+            "/admin/reload": {"post": {"summary": "Load the production version (or the model folder) again, of ?model= or of every model; only when an API key is set",
+                "parameters": [{"name": "model", "in": "query", "required": false, "schema": {"type": "string"}}],
+                "responses": {"200": ok("reloaded", json!({"type": "object"})), "404": {"description": "no such model"}, "422": {"description": "the new version was refused; the old one keeps serving"}}}},
         },
         "components": {
             "schemas": {"Error": {"type": "object", "required": ["error", "type"], "properties": {

@@ -7,21 +7,23 @@
 use crate::config::ModelSource;
 use crate::config::ServerConfig;
 use crate::engine::Engine;
-use crate::state::AppState;
+use crate::state::{AppState, ServedModel};
 use slimformer::pipeline::LengthLimit;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Starts the server's state and loads the model. A model folder that cannot be
+/// Starts the server's state and loads every model. A model folder that cannot be
 /// loaded stops the start; a registry without a loadable production version
 /// starts not ready (503) and is polled until it has one.
 pub async fn start(config: ServerConfig) -> Result<Arc<AppState>, ReloadError> {
     let state = Arc::new(AppState::new(config));
-    if let Err(e) = reload(&state, true).await {
-        match state.config.source {
-            ModelSource::Dir(_) => return Err(e),
-            ModelSource::Registry(_) => {
-                tracing::error!(error = %e, "not ready: waiting for a loadable production version")
+    for model in &state.models {
+        if let Err(e) = reload(&state, model, true).await {
+            match model.source {
+                ModelSource::Dir(_) => return Err(e),
+                ModelSource::Registry(_) => {
+                    tracing::error!(model = %model.name, error = %e, "not ready: waiting for a loadable production version")
+                }
             }
         }
     }
@@ -60,13 +62,17 @@ pub struct ReloadOutcome {
     pub changed: bool,
 }
 
-/// Loads what the source points at, unless it is the version already serving and
-/// `force` is off; switches to it if it loads and passes the smoke test.
-pub async fn reload(state: &Arc<AppState>, force: bool) -> Result<ReloadOutcome, ReloadError> {
-    let _one_at_a_time = state.engine.reloading.lock().await;
-    let (version, dir) = resolve(&state.config.source).map_err(ReloadError::Resolve)?;
+/// Loads what the model's source points at, unless it is the version already
+/// serving and `force` is off; switches to it if it loads and passes the smoke test.
+pub async fn reload(
+    state: &AppState,
+    model: &ServedModel,
+    force: bool,
+) -> Result<ReloadOutcome, ReloadError> {
+    let _one_at_a_time = model.engine.reloading.lock().await;
+    let (version, dir) = resolve(&model.source).map_err(ReloadError::Resolve)?;
     if !force {
-        if let Some(cur) = state.engine.current() {
+        if let Some(cur) = model.engine.current() {
             if cur.version == version && cur.dir == dir {
                 return Ok(ReloadOutcome {
                     version,
@@ -75,12 +81,15 @@ pub async fn reload(state: &Arc<AppState>, force: bool) -> Result<ReloadOutcome,
             }
         }
     }
+    let config: &ServerConfig = &state.config;
     let limit = LengthLimit {
-        max_len: state.config.max_input_length,
-        no_truncate: state.config.no_truncate,
+        max_len: config.max_input_length,
+        no_truncate: config.no_truncate,
     };
     let v = version.clone();
-    let default_prompt = state.config.default_prompt_name.clone();
+    // The server's default prompt name is asked of the default model only.
+    let is_default = std::ptr::eq(model, &*state.models[0]);
+    let default_prompt = config.default_prompt_name.clone().filter(|_| is_default);
     let loaded = tokio::task::spawn_blocking(move || -> slimformer::Result<Engine> {
         let engine = Engine::load(&dir, &v, limit)?;
         // A default prompt the version does not have would fail every request.
@@ -95,9 +104,9 @@ pub async fn reload(state: &Arc<AppState>, force: bool) -> Result<ReloadOutcome,
     .map_err(|e| ReloadError::LoaderStopped(e.to_string()))?;
     match loaded {
         Ok(engine) => {
-            state.metrics.reloaded(&engine.name, &engine.version);
-            tracing::info!(model = %engine.name, version = %engine.version, "serving a new version");
-            state.engine.set(Arc::new(engine));
+            state.metrics.reloaded(&model.name, &engine.version);
+            tracing::info!(model = %model.name, version = %engine.version, "serving a new version");
+            model.engine.set(Arc::new(engine));
             Ok(ReloadOutcome {
                 version,
                 changed: true,
@@ -105,36 +114,50 @@ pub async fn reload(state: &Arc<AppState>, force: bool) -> Result<ReloadOutcome,
         }
         Err(e) => {
             state.metrics.reload_failed();
-            if state.engine.current().is_some() {
-                tracing::error!(%version, error = %e, "refused a new version; the old one keeps serving");
+            if model.engine.current().is_some() {
+                tracing::error!(model = %model.name, %version, error = %e, "refused a new version; the old one keeps serving");
             } else {
-                tracing::error!(%version, error = %e, "cannot load the model");
+                tracing::error!(model = %model.name, %version, error = %e, "cannot load the model");
             }
             Err(ReloadError::Refused { version, source: e })
         }
     }
 }
 
-/// The pointer poller (registries) and the SIGHUP handler.
+/// Reloads every model (SIGHUP, `POST /admin/reload` without a model): folders
+/// always, registries when their pointer moved.
+pub async fn reload_all(state: &AppState) -> Vec<(String, Result<ReloadOutcome, ReloadError>)> {
+    let mut outcomes = Vec::with_capacity(state.models.len());
+    for model in &state.models {
+        let force = matches!(model.source, ModelSource::Dir(_));
+        outcomes.push((model.name.clone(), reload(state, model, force).await));
+    }
+    outcomes
+}
+
+/// The pointer poller of each registry model, and the SIGHUP handler.
 pub fn spawn_watchers(state: Arc<AppState>) {
-    if let ModelSource::Registry(_) = state.config.source {
-        let s = state.clone();
-        tokio::spawn(async move {
-            let mut last_failed: Option<String> = None;
-            loop {
-                tokio::time::sleep(s.config.poll_interval).await;
-                let Ok((version, _)) = resolve(&s.config.source) else {
-                    continue;
-                };
-                let last_failed_ref = last_failed.as_deref();
-                let serving = s.engine.current().map(|e| e.version.clone());
-                // A refused version is not retried until the pointer moves again.
-                if serving.as_deref() == Some(&version) || last_failed_ref == Some(&version) {
-                    continue;
+    for model in state.models.iter().cloned() {
+        if let ModelSource::Registry(_) = model.source {
+            let s = state.clone();
+            tokio::spawn(async move {
+                let mut last_failed: Option<String> = None;
+                loop {
+                    tokio::time::sleep(s.config.poll_interval).await;
+                    let Ok((version, _)) = resolve(&model.source) else {
+                        continue;
+                    };
+                    let serving = model.engine.current().map(|e| e.version.clone());
+                    // A refused version is not retried until the pointer moves again.
+                    if serving.as_deref() == Some(&version)
+                        || last_failed.as_deref() == Some(&version)
+                    {
+                        continue;
+                    }
+                    last_failed = reload(&s, &model, false).await.err().map(|_| version);
                 }
-                last_failed = reload(&s, false).await.err().map(|_| version);
-            }
-        });
+            });
+        }
     }
     // Registered before this returns (and before the address is announced), so an
     // early SIGHUP reloads instead of killing the process.
@@ -146,8 +169,7 @@ pub fn spawn_watchers(state: Arc<AppState>) {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading");
-            let force = matches!(state.config.source, ModelSource::Dir(_));
-            let _ = reload(&state, force).await;
+            reload_all(&state).await;
         }
     });
 }

@@ -5,7 +5,10 @@ use crate::models::Batch;
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;
-use tokenizers::{EncodeInput, Tokenizer, TruncationParams, TruncationStrategy};
+use std::sync::OnceLock;
+use tokenizers::{
+    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
@@ -48,6 +51,20 @@ pub struct Encoded {
     pub truncated_from: Option<usize>,
 }
 
+impl Encoded {
+    fn from_encoding(encoding: &tokenizers::Encoding, truncated_from: Option<usize>) -> Encoded {
+        Encoded {
+            ids: encoding.get_ids().to_vec(),
+            type_ids: encoding.get_type_ids().to_vec(),
+            tokens: encoding.get_tokens().to_vec(),
+            offsets: encoding.get_offsets().to_vec(),
+            special_tokens_mask: encoding.get_special_tokens_mask().to_vec(),
+            sequence_ids: encoding.get_sequence_ids(),
+            truncated_from,
+        }
+    }
+}
+
 /// How a family pads a batch: the pad token's id and type id, and on which side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Padding {
@@ -57,12 +74,32 @@ pub struct Padding {
     pub left: bool,
 }
 
+/// Which end of a too-long text loses its tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TruncationSide {
+    #[default]
+    Right,
+    Left,
+}
+
+/// How one request wants a too-long input handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Truncation {
+    /// Cut it (`Some(false)`: reject it; `None`: the tokenizer's own setting).
+    pub enabled: Option<bool>,
+    pub side: TruncationSide,
+    /// Cut a pair's second text only (a reranked document, never its query); when
+    /// the first text alone is too long, both.
+    pub keep_first: bool,
+}
+
+/// The truncating copies of the tokenizer, made on first use: longest-first or
+/// second-only, from the right or the left.
+const TRUNCATING_KINDS: usize = 4;
+
 pub struct TextTokenizer {
     plain: Tokenizer,
-    /// The same tokenizer, truncating to `max_len`.
-    truncating: Option<Tokenizer>,
-    /// Truncating only a pair's second text (a reranked document, never its query).
-    truncating_second: Option<Tokenizer>,
+    truncating: [OnceLock<std::result::Result<Tokenizer, String>>; TRUNCATING_KINDS],
     max_len: Option<usize>,
     truncate: bool,
     pad_id: u32,
@@ -88,25 +125,9 @@ impl TextTokenizer {
         plain
             .with_truncation(None)
             .map_err(|e| Error::file(&path, e))?;
-        let truncating_with = |strategy: TruncationStrategy| -> Result<Option<Tokenizer>> {
-            let Some(max_length) = max_len else {
-                return Ok(None);
-            };
-            let mut t = plain.clone();
-            t.with_truncation(Some(TruncationParams {
-                max_length,
-                strategy,
-                ..Default::default()
-            }))
-            .map_err(|e| Error::file(&path, e))?;
-            Ok(Some(t))
-        };
-        let truncating = truncating_with(TruncationStrategy::LongestFirst)?;
-        let truncating_second = truncating_with(TruncationStrategy::OnlySecond)?;
         Ok(Self {
             plain,
-            truncating,
-            truncating_second,
+            truncating: Default::default(),
             max_len,
             truncate,
             pad_id: padding.id,
@@ -124,48 +145,102 @@ impl TextTokenizer {
     }
 
     pub fn encode(&self, input: &TextInput) -> Result<Encoded> {
-        self.encode_with(input, self.truncating.as_ref())
+        self.encode_truncating(input, Truncation::default())
     }
 
     /// As [`TextTokenizer::encode`], but a pair too long loses tokens from its
     /// second text only (a query stays whole against its document); when the
     /// first text alone is too long, from both.
     pub fn encode_keeping_first(&self, input: &TextInput) -> Result<Encoded> {
-        match self.encode_with(input, self.truncating_second.as_ref()) {
-            Err(Error::Tokenizer(_)) if matches!(input, TextInput::Pair(..)) => self.encode(input),
-            other => other,
-        }
+        self.encode_truncating(
+            input,
+            Truncation {
+                keep_first: true,
+                ..Truncation::default()
+            },
+        )
     }
 
-    fn encode_with(&self, input: &TextInput, truncating: Option<&Tokenizer>) -> Result<Encoded> {
-        let full = self
-            .plain
-            .encode_char_offsets(input.to_encode_input(), true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let (encoding, truncated_from) = match (self.max_len, truncating) {
-            (Some(max), Some(truncating)) if full.len() > max => {
-                if !self.truncate {
-                    return Err(Error::TooLong {
-                        tokens: full.len(),
-                        limit: max,
-                    });
-                }
-                let cut = truncating
-                    .encode_char_offsets(input.to_encode_input(), true)
-                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
-                (cut, Some(full.len()))
+    /// Encodes with special tokens, a too-long input handled as `truncation` asks.
+    pub fn encode_truncating(&self, input: &TextInput, truncation: Truncation) -> Result<Encoded> {
+        let full = self.encode_plain(input, true)?;
+        let Some(max) = self.max_len.filter(|&max| full.ids.len() > max) else {
+            return Ok(full);
+        };
+        if !truncation.enabled.unwrap_or(self.truncate) {
+            return Err(Error::TooLong {
+                tokens: full.ids.len(),
+                limit: max,
+            });
+        }
+        let second_only = truncation.keep_first && matches!(input, TextInput::Pair(..));
+        let cut = match self.cut(input, max, second_only, truncation.side) {
+            // The first text alone does not fit: both lose tokens.
+            Err(Error::Tokenizer(_)) if second_only => {
+                self.cut(input, max, false, truncation.side)?
             }
-            _ => (full, None),
+            other => other?,
         };
         Ok(Encoded {
-            ids: encoding.get_ids().to_vec(),
-            type_ids: encoding.get_type_ids().to_vec(),
-            tokens: encoding.get_tokens().to_vec(),
-            offsets: encoding.get_offsets().to_vec(),
-            special_tokens_mask: encoding.get_special_tokens_mask().to_vec(),
-            sequence_ids: encoding.get_sequence_ids(),
-            truncated_from,
+            truncated_from: Some(full.ids.len()),
+            ..cut
         })
+    }
+
+    fn cut(
+        &self,
+        input: &TextInput,
+        max_length: usize,
+        second_only: bool,
+        side: TruncationSide,
+    ) -> Result<Encoded> {
+        let kind = usize::from(second_only) * 2 + usize::from(side == TruncationSide::Left);
+        let tokenizer = self.truncating[kind].get_or_init(|| {
+            let mut t = self.plain.clone();
+            t.with_truncation(Some(TruncationParams {
+                max_length,
+                strategy: if second_only {
+                    TruncationStrategy::OnlySecond
+                } else {
+                    TruncationStrategy::LongestFirst
+                },
+                direction: match side {
+                    TruncationSide::Right => TruncationDirection::Right,
+                    TruncationSide::Left => TruncationDirection::Left,
+                },
+                ..Default::default()
+            }))
+            .map_err(|e| e.to_string())?;
+            Ok(t)
+        });
+        let tokenizer = tokenizer
+            .as_ref()
+            .map_err(|e| Error::Tokenizer(e.clone()))?;
+        let encoding = tokenizer
+            .encode_char_offsets(input.to_encode_input(), true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Encoded::from_encoding(&encoding, None))
+    }
+
+    /// The whole input, never truncated; special tokens only when asked.
+    pub fn encode_plain(&self, input: &TextInput, add_special_tokens: bool) -> Result<Encoded> {
+        let encoding = self
+            .plain
+            .encode_char_offsets(input.to_encode_input(), add_special_tokens)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Encoded::from_encoding(&encoding, None))
+    }
+
+    /// The text of token ids, special tokens left out when asked.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.plain
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// The number of ids the vocabulary has (added tokens included).
+    pub fn vocab_size(&self) -> usize {
+        self.plain.get_vocab_size(true)
     }
 
     /// Pads the texts to one length, on the family's padding side.

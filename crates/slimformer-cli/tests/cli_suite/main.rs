@@ -11,6 +11,8 @@ mod pretrain_cli;
 mod rerank_cli;
 mod retrain_cli;
 mod serve;
+mod serve_models;
+mod serve_tei;
 mod shrink_cli;
 mod study_cli;
 mod vendored;

@@ -7,19 +7,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures")
         .join(name)
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
     base: String,
 }
 
 impl Server {
-    fn start(args: &[&str]) -> Server {
+    pub(crate) fn start(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_slimformer"))
             .arg("serve")
             .args(["--port", "0"])
@@ -41,12 +41,12 @@ impl Server {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// Status, body and the Retry-After header of a request.
-    fn call(
+    pub(crate) fn call(
         &self,
         method: &str,
         path: &str,
@@ -71,7 +71,30 @@ impl Server {
         }
     }
 
-    fn post(&self, path: &str, json: serde_json::Value) -> Reply {
+    /// A JSON POST with extra headers.
+    pub(crate) fn post_with(
+        &self,
+        path: &str,
+        json: serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = ureq::post(&self.url(path))
+            .timeout(Duration::from_secs(30))
+            .set("Content-Type", "application/json");
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        match req.send_string(&json.to_string()) {
+            Ok(r) | Err(ureq::Error::Status(_, r)) => Reply {
+                status: r.status(),
+                retry_after: r.header("retry-after").map(str::to_string),
+                body: r.into_string().unwrap(),
+            },
+            Err(e) => panic!("POST {path}: {e}"),
+        }
+    }
+
+    pub(crate) fn post(&self, path: &str, json: serde_json::Value) -> Reply {
         self.call(
             "POST",
             path,
@@ -80,7 +103,7 @@ impl Server {
         )
     }
 
-    fn stop(mut self) -> std::process::ExitStatus {
+    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -98,24 +121,29 @@ impl Drop for Server {
 }
 
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
     retry_after: Option<String>,
 }
 
 impl Reply {
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
     }
 
-    fn error_type(&self) -> String {
+    pub(crate) fn error_type(&self) -> String {
         self.json()["type"].as_str().unwrap_or_default().to_string()
     }
 }
 
 /// The CLI's JSON line for each text.
-fn cli(command: &str, model: &Path, texts: &[&str], extra: &[&str]) -> Vec<serde_json::Value> {
+pub(crate) fn cli(
+    command: &str,
+    model: &Path,
+    texts: &[&str],
+    extra: &[&str],
+) -> Vec<serde_json::Value> {
     let mut args = vec![command.to_string(), model.to_string_lossy().into_owned()];
     for t in texts {
         args.push("--text".into());
@@ -138,7 +166,7 @@ fn cli(command: &str, model: &Path, texts: &[&str], extra: &[&str]) -> Vec<serde
 }
 
 /// Largest difference between two JSON documents' numbers (structure must match).
-fn max_diff(a: &serde_json::Value, b: &serde_json::Value) -> f64 {
+pub(crate) fn max_diff(a: &serde_json::Value, b: &serde_json::Value) -> f64 {
     use serde_json::Value::*;
     match (a, b) {
         (Number(x), Number(y)) => (x.as_f64().unwrap() - y.as_f64().unwrap()).abs(),
@@ -565,7 +593,7 @@ fn overload_gets_429_with_retry_after() {
     );
 }
 
-fn registry_with(dir: &Path, versions: &[(&str, &Path)]) {
+pub(crate) fn registry_with(dir: &Path, versions: &[(&str, &Path)]) {
     for (name, src) in versions {
         let dest = dir.join("versions").join(name);
         std::fs::create_dir_all(&dest).unwrap();
@@ -578,7 +606,7 @@ fn registry_with(dir: &Path, versions: &[(&str, &Path)]) {
     }
 }
 
-fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_for(mut f: impl FnMut() -> bool) -> bool {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
         if f() {
