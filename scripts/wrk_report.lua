@@ -1,7 +1,9 @@
--- wrk script: POST a JSON body and print the results as one JSON line.
+-- wrk script: POST a JSON body (BODY) and print the results as one JSON line.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = os.getenv("BODY") or '{"inputs": "A man is playing a guitar on the stage tonight."}'
+-- X_MODEL: the model of a several-model server the requests are for.
+if os.getenv("X_MODEL") then wrk.headers["X-Model"] = os.getenv("X_MODEL") end
 
 done = function(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write

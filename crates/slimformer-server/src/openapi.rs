@@ -13,7 +13,9 @@ fn ok(description: &str, schema: Value) -> Value {
 
 fn errors() -> Value {
     let mut r = serde_json::Map::new();
-    for code in ["400", "401", "404", "413", "415", "422", "429", "503", "504"] {
+    for code in [
+        "400", "401", "404", "413", "415", "422", "429", "503", "504",
+    ] {
         r.insert(
             code.into(),
             json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
@@ -30,7 +32,11 @@ fn post(summary: &str, request: Value, response: Value) -> Value {
 
 /// A route that also takes the `X-Model` header.
 fn with_header(mut route: Value, parameters: &Value) -> Value {
-    for op in route.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+    for op in route
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|o| o.values_mut())
+    {
         op["parameters"] = parameters.clone();
     }
     route
@@ -49,7 +55,8 @@ pub fn document() -> Value {
     let model = json!({"type": "string", "nullable": true, "description": "which model (see /v1/models); the default model when absent"});
     let truncate = json!({"type": "boolean", "nullable": true, "description": "cut inputs longer than the model's limit (false: 413 for them; absent: the server's setting)"});
     let direction = json!({"type": "string", "enum": ["right", "left", "Right", "Left"], "default": "right", "description": "which end of a too-long input is cut"});
-    let texts = json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
+    let texts =
+        json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
     let x_model = json!([{"name": "X-Model", "in": "header", "required": false, "schema": {"type": "string"}, "description": "which model (the default model when absent)"}]);
     let records =
         |extra: Value| json!({"type": "array", "items": {"type": "object", "properties": extra}});
