@@ -25,5 +25,6 @@ fi
   polars \
   duckdb \
   fastapi==0.121.0 \
-  uvicorn==0.38.0
+  uvicorn==0.38.0 \
+  seqeval==1.2.2
 "$VENV/bin/python" -c "import torch, transformers; print('reference venv ready: torch', torch.__version__, 'transformers', transformers.__version__)"

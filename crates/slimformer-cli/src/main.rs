@@ -65,7 +65,7 @@ enum Command {
     /// Sequence classification with the checkpoint's labels.
     Classify(tasks::TaskArgs),
     /// Token classification, with character offsets.
-    Tag(tasks::TaskArgs),
+    Tag(tasks::TagArgs),
     /// Documents ranked against a query, best first: a cross-encoder's relevance,
     /// or an embedding model's cosine similarity.
     Rerank(Box<rerank_cmd::RerankArgs>),

@@ -9,6 +9,7 @@ use slimformer::batching::BatchLimits;
 use slimformer::heads::{MaskedLmHead, ProblemType, SequenceClassifier, TokenClassifier};
 use slimformer::pipeline::{self, LengthLimit, StreamItem};
 use slimformer::pooling::{EmbeddingSettings, Pooling};
+use slimformer::tagging::{EntitiesOutput, Tagger};
 use slimformer::tokenize::Encoded;
 use slimformer::{hub, params, Model, Pipeline};
 use slimformer_corpus::{ColumnNames, Columnar, Shape, Writer};
@@ -52,6 +53,17 @@ pub struct EmbedArgs {
     /// Put this text before each text.
     #[arg(long, value_name = "TEXT")]
     pub prompt: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct TagArgs {
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Group tokens into entities as transformers' pipeline does (none, simple, first,
+    /// average, max), giving {"entities": [...]} per text with character spans;
+    /// without it every token is listed with its tag.
+    #[arg(long)]
+    pub aggregation: Option<slimformer::tagging::Aggregation>,
 }
 
 #[derive(clap::Args)]
@@ -275,16 +287,34 @@ pub fn classify(args: TaskArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-pub fn tag(args: TaskArgs) -> anyhow::Result<ExitCode> {
-    let pipeline = Pipeline::load(&model_dir(&args.model)?, limit(&args), None)?;
+pub fn tag(args: TagArgs) -> anyhow::Result<ExitCode> {
+    let task = &args.task;
+    let pipeline = Pipeline::load(&model_dir(&task.model)?, limit(task), None)?;
     let head = TokenClassifier::load(&pipeline.model)?;
+    let Some(aggregation) = args.aggregation else {
+        return stream(
+            &pipeline,
+            task,
+            Shape::Records,
+            WINDOW,
+            no_check,
+            |texts, hidden| pipeline::tag(&head, texts, hidden),
+        );
+    };
+    let tagger = Tagger::new(&head, &pipeline.tokenizer);
     stream(
         &pipeline,
-        &args,
+        task,
         Shape::Records,
         WINDOW,
         no_check,
-        |texts, hidden| pipeline::tag(&head, texts, hidden),
+        |texts, hidden| {
+            let entities = tagger.entities(aggregation, texts, hidden)?;
+            Ok(entities
+                .into_iter()
+                .map(|entities| EntitiesOutput { entities })
+                .collect())
+        },
     )
 }
 

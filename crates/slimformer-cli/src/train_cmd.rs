@@ -1,8 +1,10 @@
-//! `slimformer finetune`: sequence classification on labelled CSV/TSV/JSONL files.
+//! `slimformer finetune`: sequence classification on labelled CSV/TSV/JSONL files,
+//! token classification on tagged CoNLL/CoNLL-U/JSONL files; `slimformer evaluate`.
 
 use crate::train_flags::{ScheduleFlags, TrainingFlags};
 use slimformer_train::data::Columns;
 use slimformer_train::finetune::{self, FinetuneOptions};
+use slimformer_train::token_classification;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,11 +30,25 @@ impl ColumnFlags {
     }
 }
 
+/// What a fine-tune trains.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FinetuneTask {
+    /// A label per text (or text pair): `*ForSequenceClassification`.
+    SequenceClassification,
+    /// A tag per word (entities, part of speech): `*ForTokenClassification`.
+    TokenClassification,
+}
+
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
     /// The model folder to start from (or a hub id in the local cache).
     pub model: String,
-    /// Training data: .csv, .tsv, or .jsonl with a header / keys.
+    #[arg(long, value_enum, default_value = "sequence-classification")]
+    pub task: FinetuneTask,
+    /// Training data. Sequence classification: .csv, .tsv, or .jsonl with a header /
+    /// keys. Token classification: .conll/.iob/.bio/.txt/.tsv (word and tag per line,
+    /// blank line between sentences), .conllu (FORM and UPOS), or .jsonl
+    /// ({"tokens": [...], "tags": [...]}).
     #[arg(long)]
     pub train: PathBuf,
     /// Dev data, same format (default: --dev-split of the training data).
@@ -54,9 +70,10 @@ pub struct FinetuneArgs {
 
 #[derive(clap::Args)]
 pub struct EvaluateArgs {
-    /// A sequence-classification model folder (or a hub id in the local cache).
+    /// A sequence- or token-classification model folder (or a hub id in the local cache).
     pub model: String,
-    /// Labelled data: .csv, .tsv or .jsonl, labels named as in the model's id2label.
+    /// Labelled data, labels named as in the model's id2label: .csv, .tsv or .jsonl
+    /// for a sequence classifier; tagged .conll/.conllu/.jsonl for a token classifier.
     #[arg(long)]
     pub data: PathBuf,
     #[command(flatten)]
@@ -67,17 +84,27 @@ pub struct EvaluateArgs {
     pub batch: usize,
 }
 
-/// `slimformer evaluate`: accuracy, macro-F1, MCC and loss as one JSON object.
+/// `slimformer evaluate`, as one JSON object: accuracy, macro-F1, MCC and loss for a
+/// sequence classifier; token accuracy, loss and (for entity tags) seqeval's
+/// precision, recall and F1 for a token classifier.
 pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     let model_dir = slimformer::hub::resolve_model(&args.model)?;
-    let columns = args.columns.into_columns();
-    let metrics = finetune::evaluate_checkpoint(
-        &model_dir,
-        &args.data,
-        &columns,
-        args.max_len,
-        args.batch.max(1),
-    )?;
+    let metrics = if slimformer::heads::is_token_classifier(&model_dir)? {
+        token_classification::evaluate_checkpoint(
+            &model_dir,
+            &args.data,
+            args.max_len,
+            args.batch.max(1),
+        )?
+    } else {
+        finetune::evaluate_checkpoint(
+            &model_dir,
+            &args.data,
+            &args.columns.into_columns(),
+            args.max_len,
+            args.batch.max(1),
+        )?
+    };
     println!("{}", serde_json::to_string(&metrics.values)?);
     Ok(ExitCode::SUCCESS)
 }
@@ -101,7 +128,10 @@ pub fn finetune(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         progress: true,
         test: args.test,
     };
-    let report = finetune::finetune(&opts)?;
+    let report = match args.task {
+        FinetuneTask::SequenceClassification => finetune::finetune(&opts)?,
+        FinetuneTask::TokenClassification => token_classification::finetune(&opts)?,
+    };
     let o = &report.outcome;
     let line = serde_json::json!({
         "out": report.out,

@@ -69,6 +69,7 @@ impl Columnar for ClassifyOutput {
 
 impl Columnar for slimformer::pipeline::EncodeOutput {}
 impl Columnar for slimformer::pipeline::TagOutput {}
+impl Columnar for slimformer::tagging::EntitiesOutput {}
 impl Columnar for slimformer::pipeline::FillMaskOutput {}
 
 /// Rows of a Parquet file kept before they are written as a row group: bounds

@@ -1,11 +1,12 @@
 //! The compute backend: one loaded model version with its tokenizers and heads,
 //! and the task outputs (the same objects the command line prints).
 
-use slimformer::heads::{MaskedLmHead, SequenceClassifier};
+use slimformer::heads::{MaskedLmHead, SequenceClassifier, TokenClassifier};
 use slimformer::params::{count_parameters, ParamCounts};
 use slimformer::pipeline::{self, LengthLimit, Pipeline};
 use slimformer::pooling::{EmbeddingSettings, Pooling};
 use slimformer::rerank::{self, Scorer};
+use slimformer::tagging::{Aggregation, EntitiesOutput, Tagger};
 use slimformer::tokenize::{Encoded, TextInput, TextTokenizer, Truncation};
 use slimformer::Result;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,10 @@ pub enum Task {
     Rerank {
         raw: bool,
     },
+    /// A token classifier's entities.
+    Tag {
+        aggregation: Aggregation,
+    },
 }
 
 /// One input's result.
@@ -42,6 +47,7 @@ pub enum TaskOutput {
     Score(f32),
     /// One vector per token.
     Tokens(Vec<Vec<f32>>),
+    Entities(EntitiesOutput),
 }
 
 pub struct Engine {
@@ -56,6 +62,7 @@ pub struct Engine {
     pub embed_settings: EmbeddingSettings,
     pub classifier: Option<SequenceClassifier>,
     pub mlm: Option<MaskedLmHead>,
+    pub tagger: Option<TokenClassifier>,
     /// How `/rerank` scores pairs, or why this model cannot.
     pub reranker: std::result::Result<Scorer, String>,
     pub params: ParamCounts,
@@ -79,6 +86,7 @@ impl Engine {
         )?;
         let classifier = SequenceClassifier::load(&pipeline.model).ok();
         let mlm = MaskedLmHead::load(&pipeline.model).ok();
+        let tagger = TokenClassifier::load(&pipeline.model).ok();
         let reranker =
             Scorer::new(classifier.clone(), embed_settings.clone()).map_err(|e| e.to_string());
         let params = count_parameters(&pipeline.model.checkpoint);
@@ -98,6 +106,7 @@ impl Engine {
             embed_settings,
             classifier,
             mlm,
+            tagger,
             reranker,
             params,
             quantization,
@@ -112,6 +121,9 @@ impl Engine {
         }
         if self.mlm.is_some() {
             tasks.push("fill-mask");
+        }
+        if self.tagger.is_some() {
+            tasks.push("tag");
         }
         if self.reranker.is_ok() {
             tasks.push("rerank");
@@ -201,6 +213,16 @@ impl Engine {
                     .map(TaskOutput::Score)
                     .collect()
             }
+            Task::Tag { aggregation } => {
+                let head = self.tagger.as_ref().ok_or_else(|| {
+                    slimformer::Error::Input("the model has no token-classification head".into())
+                })?;
+                Tagger::new(head, &self.pipeline.tokenizer)
+                    .entities(*aggregation, texts, hidden)?
+                    .into_iter()
+                    .map(|entities| TaskOutput::Entities(EntitiesOutput { entities }))
+                    .collect()
+            }
             Task::FillMask { top_k } => {
                 let head = self.mlm.as_ref().ok_or_else(|| {
                     slimformer::Error::Input("the model has no masked-LM head".into())
@@ -224,6 +246,11 @@ impl Engine {
         }];
         if self.classifier.is_some() {
             tasks.push(Task::Classify);
+        }
+        if self.tagger.is_some() {
+            tasks.push(Task::Tag {
+                aggregation: Aggregation::Simple,
+            });
         }
         for task in tasks {
             let encoded = self.encode(&task, &input, Truncation::default())?;

@@ -64,7 +64,7 @@ pub fn document() -> Value {
     json!({
         "openapi": "3.0.3",
         "info": {"title": "slimformer", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Transformer encoders served from Rust: classification, embeddings, reranking, fill-mask, tokenization; one model or several."},
+                 "description": "Transformer encoders served from Rust: classification, embeddings, reranking, entity tagging, fill-mask, tokenization; one model or several."},
         "paths": {
             "/v1/classify": with_header(post("Sequence classification (as `slimformer classify`)",
                 json!({"type": "object", "properties": {"inputs": inputs, "model": model, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
@@ -75,6 +75,9 @@ pub fn document() -> Value {
             "/v1/fill-mask": with_header(post("Top-k predictions for each mask token (as `slimformer fill-mask`)",
                 json!({"type": "object", "properties": {"inputs": inputs, "model": model, "top_k": {"type": "integer", "minimum": 1, "default": 5}, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
                 ok("one record per input", records(json!({"text": {"type": "string"}, "masks": {"type": "array"}})))), &x_model),
+            "/v1/tag": with_header(post("Token classification: entities with character spans, grouped as transformers' pipeline groups them (as `slimformer tag --aggregation`)",
+                json!({"type": "object", "properties": {"inputs": inputs, "model": model, "aggregation": {"type": "string", "enum": ["none", "simple", "first", "average", "max"], "default": "none", "description": "transformers' aggregation_strategy (also accepted under that name)"}, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
+                ok("one record per input", records(json!({"text": {"type": "string"}, "entities": {"type": "array", "items": {"type": "object", "properties": {"entity": {"type": "string", "description": "the token's tag (aggregation none)"}, "entity_group": {"type": "string", "description": "the entity type (other aggregations)"}, "score": {"type": "number"}, "index": {"type": "integer"}, "word": {"type": "string"}, "start": {"type": "integer"}, "end": {"type": "integer"}}}}})))), &x_model),
             "/v1/tokenize": with_header(post("Token ids, tokens and character offsets, truncated as a request would be",
                 json!({"type": "object", "properties": {"inputs": inputs, "model": model, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
                 ok("one record per input", records(json!({"ids": {"type": "array"}, "tokens": {"type": "array"}, "offsets": {"type": "array"}})))), &x_model),

@@ -167,7 +167,7 @@ pub fn classification_metrics(preds: &[u32], gold: &[u32], k: usize) -> BTreeMap
 }
 
 /// The model's own label names (from `id2label`, by id), if its config has them.
-fn model_labels(model: &Model) -> Option<Vec<String>> {
+pub(crate) fn model_labels(model: &Model) -> Option<Vec<String>> {
     let map = model.checkpoint.config.get("id2label")?.as_object()?;
     let by_id: BTreeMap<usize, String> = map
         .iter()
@@ -222,7 +222,7 @@ fn encode_rows(
 
 /// A stored classifier with another number of labels is replaced by a new head
 /// (like transformers' `ignore_mismatched_sizes`), with a warning.
-fn drop_mismatched_head(model: &mut Model, varmap: &VarMap, num_labels: usize) {
+pub(crate) fn drop_mismatched_head(model: &mut Model, varmap: &VarMap, num_labels: usize) {
     let classifier = [
         "classifier.weight",
         "classifier.out_proj.weight",
@@ -249,30 +249,62 @@ fn drop_mismatched_head(model: &mut Model, varmap: &VarMap, num_labels: usize) {
         .retain(|n, _| !is_head(n));
 }
 
-/// Loads the model and data and builds the task; returns it with the training examples.
-pub fn prepare(opts: &FinetuneOptions) -> Result<(ClassificationTask, Vec<Example>)> {
-    let train_rows = data::read_rows(&opts.train, &opts.columns)?;
-    let (train_rows, dev_rows, dev_path) = match (&opts.dev, opts.dev_split) {
-        (Some(dev), _) => {
-            let rows = data::read_rows(dev, &opts.columns)?;
-            (train_rows, rows, dev.clone())
-        }
+/// The training data and the dev data (a file, or a seeded share of the training
+/// data), each read by `read`; with the file the dev data came from.
+pub(crate) fn train_and_dev<T>(
+    opts: &FinetuneOptions,
+    read: impl Fn(&Path) -> Result<Vec<T>>,
+) -> Result<(Vec<T>, Vec<T>, PathBuf)> {
+    let train = read(&opts.train)?;
+    match (&opts.dev, opts.dev_split) {
+        (Some(dev), _) => Ok((train, read(dev)?, dev.clone())),
         (None, Some(fraction)) => {
             let (t, d) = data::split_dev(
-                train_rows,
+                train,
                 fraction,
                 data::HoldOut::Seeded(opts.train_config.seed),
                 "dev_split",
             )?;
-            (t, d, opts.train.clone())
+            Ok((t, d, opts.train.clone()))
         }
-        (None, None) => {
-            return Err(Error::setting(
-                "dev",
-                "no dev data: give a dev file or a fraction of the training data to split off",
-            ))
+        (None, None) => Err(Error::setting(
+            "dev",
+            "no dev data: give a dev file or a fraction of the training data to split off",
+        )),
+    }
+}
+
+/// The names of a VarMap's variables (to tell a new head's from the checkpoint's).
+pub(crate) fn var_names(varmap: &VarMap) -> BTreeSet<String> {
+    varmap
+        .data()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// The token limit of training: the one asked for (at most the model's position
+/// limit), else 128 or the position limit when that is lower.
+pub(crate) fn resolve_max_len(asked: Option<usize>, model: &Model) -> Result<usize> {
+    let limit = model.config.max_input_len();
+    if let (Some(asked), Some(most)) = (asked, limit) {
+        if asked > most {
+            return Err(Error::bad_value(
+                "max_len",
+                asked,
+                format!("more than the model's position limit of {most}"),
+            ));
         }
-    };
+    }
+    Ok(asked.unwrap_or_else(|| limit.map_or(DEFAULT_MAX_LEN, |m| m.min(DEFAULT_MAX_LEN))))
+}
+
+/// Loads the model and data and builds the task; returns it with the training examples.
+pub fn prepare(opts: &FinetuneOptions) -> Result<(ClassificationTask, Vec<Example>)> {
+    let (train_rows, dev_rows, dev_path) =
+        train_and_dev(opts, |path| data::read_rows(path, &opts.columns))?;
 
     let (mut model, varmap) = Model::load_trainable(&opts.model_dir)?;
     let labels = data::label_names(&train_rows, model_labels(&model).as_deref());
@@ -289,13 +321,7 @@ pub fn prepare(opts: &FinetuneOptions) -> Result<(ClassificationTask, Vec<Exampl
     let dev_ids = data::label_ids(&dev_path, &dev_rows, &labels)?;
 
     drop_mismatched_head(&mut model, &varmap, labels.len());
-    let before: BTreeSet<String> = varmap
-        .data()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .cloned()
-        .collect();
+    let before = var_names(&varmap);
     let head = SequenceClassifier::for_labels(
         &model,
         Labels {
@@ -305,19 +331,7 @@ pub fn prepare(opts: &FinetuneOptions) -> Result<(ClassificationTask, Vec<Exampl
     )?;
     init_new_vars(&varmap, &before, opts.train_config.seed)?;
 
-    let limit = model.config.max_input_len();
-    if let (Some(asked), Some(most)) = (opts.max_len, limit) {
-        if asked > most {
-            return Err(Error::bad_value(
-                "max_len",
-                asked,
-                format!("more than the model's position limit of {most}"),
-            ));
-        }
-    }
-    let max_len = opts
-        .max_len
-        .unwrap_or_else(|| limit.map_or(DEFAULT_MAX_LEN, |m| m.min(DEFAULT_MAX_LEN)));
+    let max_len = resolve_max_len(opts.max_len, &model)?;
     let tokenizer =
         TextTokenizer::load(&opts.model_dir, model.config.padding(), Some(max_len), true)?;
     let train = encode_rows(&tokenizer, &opts.train, &train_rows, &train_ids)?;
@@ -378,12 +392,15 @@ pub fn evaluate_checkpoint(
     task.evaluate_on(&examples)
 }
 
-/// Fine-tunes `opts.model_dir` and writes the run folder `opts.out`.
-pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneReport> {
-    let (task, train) = prepare(opts)?;
+/// What a fine-tune is (recorded in `train_config.json`; a resume must match it).
+pub(crate) fn task_info(
+    opts: &FinetuneOptions,
+    kind: &str,
+    labels: &[String],
+) -> serde_json::Value {
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let task_info = serde_json::json!({
-        "kind": "sequence-classification",
+    serde_json::json!({
+        "kind": kind,
         "model": abs(&opts.model_dir),
         "train": abs(&opts.train),
         "dev": opts.dev.as_deref().map(abs),
@@ -392,12 +409,17 @@ pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneReport> {
         "text_pair_col": opts.columns.text_pair,
         "label_col": opts.columns.label,
         "max_len": opts.max_len,
-        "labels": task.labels,
-    });
+        "labels": labels,
+    })
+}
+
+/// Fine-tunes `opts.model_dir` and writes the run folder `opts.out`.
+pub fn finetune(opts: &FinetuneOptions) -> Result<FinetuneReport> {
+    let (task, train) = prepare(opts)?;
     let run = RunOptions {
         out: opts.out.clone(),
         overwrite: opts.overwrite,
-        task_info,
+        task_info: task_info(opts, "sequence-classification", &task.labels),
         progress: opts.progress,
         keep: Vec::new(),
     };

@@ -12,5 +12,7 @@ pub mod optim;
 pub mod pretrain;
 pub mod pretrain_heads;
 pub mod shrink;
+pub mod tagged;
+pub mod token_classification;
 pub mod tokenizer;
 pub mod trainer;

@@ -20,7 +20,8 @@ pub enum HeadKind {
 }
 
 impl HeadKind {
-    fn class_suffix(&self) -> &'static str {
+    /// The end of transformers' class name for the head (`...ForTokenClassification`).
+    pub fn class_suffix(&self) -> &'static str {
         match self {
             HeadKind::SequenceClassification => "ForSequenceClassification",
             HeadKind::TokenClassification => "ForTokenClassification",
@@ -113,6 +114,21 @@ fn required_rows(model: &Model, name: &str) -> Result<usize> {
 }
 
 /// Checks that `architectures` (when present) agrees with the head asked for.
+/// Whether the model folder's `config.json` names a `*ForTokenClassification`
+/// architecture (the commands that take either classifier choose by it).
+pub fn is_token_classifier(dir: &std::path::Path) -> Result<bool> {
+    let config = crate::checkpoint::read_json(&dir.join(crate::checkpoint::CONFIG_FILE))?;
+    Ok(config
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .is_some_and(|archs| {
+            archs
+                .iter()
+                .filter_map(|a| a.as_str())
+                .any(|a| a.ends_with(HeadKind::TokenClassification.class_suffix()))
+        }))
+}
+
 fn check_architecture(ckpt: &Checkpoint, kind: HeadKind) -> Result<()> {
     let Some(archs) = ckpt.config.get("architectures").and_then(|a| a.as_array()) else {
         return Ok(());
@@ -274,6 +290,21 @@ impl TokenClassifier {
         let mut labels = Labels::from_config(&model.checkpoint.config, num_labels);
         // Token labels are always one of several classes.
         labels.problem_type = ProblemType::SingleLabel;
+        Self::build(model, labels)
+    }
+
+    /// A head for the tag set `names`: the checkpoint's when it has one (of that
+    /// size: the caller drops one of another), else a new one in the model's VarMap.
+    pub fn for_labels(model: &Model, names: Vec<String>) -> Result<Self> {
+        let labels = Labels {
+            names,
+            problem_type: ProblemType::SingleLabel,
+        };
+        Self::build(model, labels)
+    }
+
+    fn build(model: &Model, labels: Labels) -> Result<Self> {
+        let num_labels = labels.names.len();
         let classifier = linear(&model.vb, "classifier", model.hidden_size(), num_labels)
             .map_err(|e| model.weights_error(e))?;
         Ok(Self {

@@ -30,6 +30,7 @@ pub mod quantized;
 pub mod rerank;
 pub mod rng;
 pub mod save;
+pub mod tagging;
 pub mod tokenize;
 
 pub use error::{Error, Result};

@@ -3,6 +3,7 @@
 //! tokenizer files. Every file is written atomically (a temporary file in the same
 //! folder, then a rename), so a killed run never leaves a half-written file.
 
+use crate::heads::HeadKind;
 use crate::model::Model;
 use crate::models::Family;
 use crate::{Error, Result};
@@ -77,6 +78,18 @@ pub fn save_sequence_classifier(
     varmap: &VarMap,
     labels: &[String],
 ) -> Result<()> {
+    save_classifier(dir, model, varmap, labels, HeadKind::SequenceClassification)
+}
+
+/// Writes a fine-tuned classifier (`kind`: a sequence or a token classifier) as
+/// transformers' `*For{Sequence,Token}Classification` folder, labels in `id2label`.
+pub fn save_classifier(
+    dir: &Path,
+    model: &Model,
+    varmap: &VarMap,
+    labels: &[String],
+    kind: HeadKind,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     let family = model.family();
     let tensors: HashMap<String, Tensor> = varmap_tensors(varmap)
@@ -88,7 +101,7 @@ pub fn save_sequence_classifier(
 
     let mut config = model.checkpoint.config.clone();
     if let Some(obj) = config.as_object_mut() {
-        let arch = format!("{}ForSequenceClassification", class_prefix(family));
+        let arch = format!("{}{}", class_prefix(family), kind.class_suffix());
         obj.insert("architectures".into(), serde_json::json!([arch]));
         let id2label: serde_json::Map<String, serde_json::Value> = labels
             .iter()
@@ -103,7 +116,11 @@ pub fn save_sequence_classifier(
         obj.insert("id2label".into(), id2label.into());
         obj.insert("label2id".into(), label2id.into());
         obj.insert("num_labels".into(), labels.len().into());
-        obj.insert("problem_type".into(), "single_label_classification".into());
+        if kind == HeadKind::SequenceClassification {
+            obj.insert("problem_type".into(), "single_label_classification".into());
+        } else {
+            obj.remove("problem_type");
+        }
     }
     let text = serde_json::to_string_pretty(&config).expect("json") + "\n";
     write_atomic(&dir.join(crate::checkpoint::CONFIG_FILE), text.as_bytes())?;

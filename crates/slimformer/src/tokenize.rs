@@ -7,7 +7,8 @@ use candle_core::{Device, Tensor};
 use std::path::Path;
 use std::sync::OnceLock;
 use tokenizers::{
-    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    EncodeInput, InputSequence, Tokenizer, TruncationDirection, TruncationParams,
+    TruncationStrategy,
 };
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -47,6 +48,9 @@ pub struct Encoded {
     pub special_tokens_mask: Vec<u32>,
     /// Which text of a pair each token came from (`None` for special tokens).
     pub sequence_ids: Vec<Option<usize>>,
+    /// Which word of its text each token belongs to (`None` for special tokens): the
+    /// pre-tokenizer's words for a text, the given words for [`TextTokenizer::encode_words`].
+    pub word_ids: Vec<Option<u32>>,
     /// The length before truncation, when the text was truncated.
     pub truncated_from: Option<usize>,
 }
@@ -60,6 +64,7 @@ impl Encoded {
             offsets: encoding.get_offsets().to_vec(),
             special_tokens_mask: encoding.get_special_tokens_mask().to_vec(),
             sequence_ids: encoding.get_sequence_ids(),
+            word_ids: encoding.get_word_ids().to_vec(),
             truncated_from,
         }
     }
@@ -194,6 +199,20 @@ impl TextTokenizer {
         second_only: bool,
         side: TruncationSide,
     ) -> Result<Encoded> {
+        let encoding = self
+            .truncating_tokenizer(max_length, second_only, side)?
+            .encode_char_offsets(input.to_encode_input(), true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Encoded::from_encoding(&encoding, None))
+    }
+
+    /// The copy of the tokenizer that truncates to `max_length` as asked.
+    fn truncating_tokenizer(
+        &self,
+        max_length: usize,
+        second_only: bool,
+        side: TruncationSide,
+    ) -> Result<&Tokenizer> {
         let kind = usize::from(second_only) * 2 + usize::from(side == TruncationSide::Left);
         let tokenizer = self.truncating[kind].get_or_init(|| {
             let mut t = self.plain.clone();
@@ -213,13 +232,30 @@ impl TextTokenizer {
             .map_err(|e| e.to_string())?;
             Ok(t)
         });
-        let tokenizer = tokenizer
-            .as_ref()
-            .map_err(|e| Error::Tokenizer(e.clone()))?;
-        let encoding = tokenizer
-            .encode_char_offsets(input.to_encode_input(), true)
+        tokenizer.as_ref().map_err(|e| Error::Tokenizer(e.clone()))
+    }
+
+    /// Encodes text already split into words (as transformers' `is_split_into_words`),
+    /// with special tokens; `word_ids` says which word each token came from. Past
+    /// `max_len` tokens the last words are cut (always: a tagged sentence is trained
+    /// and scored on what fits, as transformers does).
+    pub fn encode_words(&self, words: &[String]) -> Result<Encoded> {
+        let input = || {
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            EncodeInput::Single(InputSequence::from(words))
+        };
+        let full = self
+            .plain
+            .encode_char_offsets(input(), true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(Encoded::from_encoding(&encoding, None))
+        let Some(max) = self.max_len.filter(|&max| full.len() > max) else {
+            return Ok(Encoded::from_encoding(&full, None));
+        };
+        let cut = self
+            .truncating_tokenizer(max, false, TruncationSide::Right)?
+            .encode_char_offsets(input(), true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Encoded::from_encoding(&cut, Some(full.len())))
     }
 
     /// The whole input, never truncated; special tokens only when asked.

@@ -15,4 +15,5 @@ mod serve_models;
 mod serve_tei;
 mod shrink_cli;
 mod study_cli;
+mod tagging;
 mod vendored;

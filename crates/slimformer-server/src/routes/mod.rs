@@ -33,6 +33,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/classify", post(native::classify))
         .route("/v1/embed", post(native::embed))
         .route("/v1/fill-mask", post(native::fill_mask))
+        .route("/v1/tag", post(native::tag))
         .route("/v1/tokenize", post(native::tokenize))
         .route("/v1/models", get(native::models))
         .route("/info", get(native::info))
@@ -296,6 +297,7 @@ fn engine_for(model: &ServedModel, task: &Task) -> ApiResult<Arc<Engine>> {
     let missing = match task {
         Task::Classify if engine.classifier.is_none() => Some("classification"),
         Task::FillMask { .. } if engine.mlm.is_none() => Some("masked-LM"),
+        Task::Tag { .. } if engine.tagger.is_none() => Some("token-classification"),
         _ => None,
     };
     if let Some(head) = missing {

@@ -15,6 +15,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use slimformer::rerank::Scorer;
+use slimformer::tagging::Aggregation;
 use std::sync::Arc;
 
 #[derive(Deserialize)]
@@ -135,6 +136,51 @@ pub(super) async fn fill_mask(
         &state,
         model,
         task,
+        &inputs,
+        truncation(req.truncate, req.truncation_direction),
+    )
+    .await?;
+    Ok(records(&inputs, run.outputs))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TagRequest {
+    inputs: Inputs,
+    #[serde(default)]
+    model: Option<String>,
+    /// transformers' `aggregation_strategy`: none (default), simple, first, average, max.
+    #[serde(default, alias = "aggregation_strategy")]
+    aggregation: Option<String>,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    truncation_direction: Direction,
+}
+
+pub(super) async fn tag(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    let req: TagRequest = parse_json(&state, &headers, &body)?;
+    let model = pick_model(&state, &headers, req.model.as_deref())?;
+    let aggregation = match req.aggregation.as_deref() {
+        None => Aggregation::None,
+        Some(name) => name.parse::<Aggregation>().map_err(|_| {
+            ApiError::new(
+                ErrorType::InvalidInput,
+                format!(
+                    "aggregation {name:?} is unknown: expected none, simple, first, average or max"
+                ),
+            )
+        })?,
+    };
+    let inputs = req.inputs.into_vec();
+    let run = run_task(
+        &state,
+        model,
+        Task::Tag { aggregation },
         &inputs,
         truncation(req.truncate, req.truncation_direction),
     )

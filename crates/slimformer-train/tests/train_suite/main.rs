@@ -6,4 +6,5 @@ mod finetune;
 mod gradients;
 mod parity;
 mod shrink;
+mod token_metrics;
 mod training_parity;
