@@ -16,6 +16,7 @@ mod train_cmd;
 mod train_flags;
 
 use clap::{Parser, Subcommand};
+use slimformer_server::log_sink;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -121,7 +122,7 @@ fn main() -> ExitCode {
             | Command::Retrain(_)
     );
     alloc::keep_freed_memory(!trains);
-    init_logging(cli.log_format, matches!(cli.command, Command::Serve(_)));
+    let _log_flush = init_logging(cli.log_format, matches!(cli.command, Command::Serve(_)));
     let result = match cli.command {
         Command::Inspect(args) => tasks::inspect(args),
         Command::Encode(args) => tasks::encode(args),
@@ -162,27 +163,40 @@ fn main() -> ExitCode {
 /// Log lines: the server logs each request (ids, routes, statuses; texts only if
 /// asked) at info, the other commands only warnings. JSON lines from the server go
 /// to standard output, where container log drivers read; every other command keeps
-/// standard output for its results.
-fn init_logging(format: LogFormat, serving: bool) {
+/// standard output for its results. The server's lines go through a bounded queue
+/// that drops (and counts) lines rather than stall a request on a stalled log
+/// reader; the guard returned writes out what is queued at exit.
+fn init_logging(format: LogFormat, serving: bool) -> Option<log_sink::FlushGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLIMFORMER_LOG")
         .unwrap_or_else(|_| if serving { "info" } else { "warn" }.into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match (format, serving) {
-        (LogFormat::Json, true) => builder
-            .json()
-            .flatten_event(true)
-            .with_writer(std::io::stdout)
-            .init(),
-        (LogFormat::Json, false) => builder
-            .json()
-            .flatten_event(true)
-            .with_writer(std::io::stderr)
-            .init(),
-        (LogFormat::Text, _) => builder
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if !serving {
+        match format {
+            LogFormat::Json => builder
+                .json()
+                .flatten_event(true)
+                .with_writer(std::io::stderr)
+                .init(),
+            LogFormat::Text => builder.with_writer(std::io::stderr).with_ansi(ansi).init(),
+        }
+        return None;
     }
+    let output = match format {
+        LogFormat::Json => log_sink::Output::Stdout,
+        LogFormat::Text => log_sink::Output::Stderr,
+    };
+    let (writer, guard) = log_sink::non_blocking(output);
+    let make_writer = move || writer.clone();
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(make_writer)
+            .init(),
+        LogFormat::Text => builder.with_writer(make_writer).with_ansi(ansi).init(),
+    }
+    Some(guard)
 }
 
 /// The error as the user should read it: a library setting named by its flag

@@ -7,6 +7,7 @@ pub mod batcher;
 pub mod config;
 pub mod engine;
 pub mod errors;
+pub mod log_sink;
 pub mod metrics;
 pub mod openapi;
 pub mod reload;

@@ -255,6 +255,13 @@ impl Metrics {
             "Model versions refused (failed to load or the smoke test).",
             self.reload_failures.load(Ordering::Relaxed).to_string(),
         );
+        gauge(
+            &mut out,
+            "slimformer_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because the log output did not keep up (requests never wait for it).",
+            crate::log_sink::dropped_lines().to_string(),
+        );
         out.push_str("# HELP slimformer_model_info The version each model serves.\n# TYPE slimformer_model_info gauge\n");
         for (model, stats) in &models {
             if let Some(version) = &stats.version {

@@ -8,6 +8,7 @@ mod finetune_cli;
 mod jobs;
 mod layering;
 mod pretrain_cli;
+mod reliability;
 mod rerank_cli;
 mod retrain_cli;
 mod serve;
