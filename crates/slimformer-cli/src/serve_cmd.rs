@@ -1,5 +1,6 @@
 //! `slimformer serve`: the REST service (see the slimformer-server crate).
 
+use slimformer_server::http::ConnectionLimits;
 use slimformer_server::{ModelSource, ModelSpec, ServerConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,6 +96,19 @@ pub struct ServeArgs {
     /// Seconds between checks of the registry's production pointer.
     #[arg(long, env = "SLIMFORMER_POLL_SECONDS", default_value_t = 2.0)]
     pub poll_seconds: f64,
+    /// Seconds a client has to send a request's headers before its connection is closed.
+    #[arg(long, env = "SLIMFORMER_HEADER_READ_TIMEOUT", default_value_t = 30.0)]
+    pub header_read_timeout: f64,
+    /// Seconds a client has to send a request's body before it gets 408.
+    #[arg(long, env = "SLIMFORMER_BODY_READ_TIMEOUT", default_value_t = 30.0)]
+    pub body_read_timeout: f64,
+    /// Seconds a connection may sit without traffic and without a request in flight
+    /// (behind a load balancer, set it above the balancer's own idle timeout).
+    #[arg(long, env = "SLIMFORMER_IDLE_TIMEOUT", default_value_t = 60.0)]
+    pub idle_timeout: f64,
+    /// Connections open at once; beyond it new ones are closed on arrival.
+    #[arg(long, env = "SLIMFORMER_MAX_CONNECTIONS", default_value_t = 16384)]
+    pub max_connections: usize,
 }
 
 /// One `--model NAME=DIR|REGISTRY`.
@@ -157,6 +171,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     for (name, v) in [
         ("--request-timeout", args.request_timeout),
         ("--poll-seconds", args.poll_seconds),
+        ("--header-read-timeout", args.header_read_timeout),
+        ("--body-read-timeout", args.body_read_timeout),
+        ("--idle-timeout", args.idle_timeout),
     ] {
         if !(v > 0.0 && v.is_finite()) {
             anyhow::bail!("{name} must be a positive number of seconds");
@@ -177,6 +194,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         poll_interval: Duration::from_secs_f64(args.poll_seconds),
         default_prompt_name: args.default_prompt_name,
         default_prompt: args.default_prompt,
+        connections: ConnectionLimits {
+            header_read_timeout: Duration::from_secs_f64(args.header_read_timeout),
+            body_read_timeout: Duration::from_secs_f64(args.body_read_timeout),
+            idle_timeout: Duration::from_secs_f64(args.idle_timeout),
+            max_connections: args.max_connections.max(1),
+        },
         ..ServerConfig::with_models(models)
     };
     let retrainer = match &args.retrain_config {

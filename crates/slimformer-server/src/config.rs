@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub default_prompt_name: Option<String>,
     /// A prompt text embedding requests get when they name none.
     pub default_prompt: Option<String>,
+    /// Timeouts and the connection limit of the HTTP listener.
+    pub connections: crate::http::ConnectionLimits,
 }
 
 impl ServerConfig {
@@ -80,6 +82,7 @@ impl ServerConfig {
             http_threads: 2,
             default_prompt_name: None,
             default_prompt: None,
+            connections: crate::http::ConnectionLimits::default(),
         }
     }
 }

@@ -18,12 +18,14 @@ pub enum ErrorType {
     Overloaded,
     NotReady,
     Timeout,
+    /// The client did not send its request body in time.
+    RequestTimeout,
     ReloadFailed,
     Internal,
 }
 
 impl ErrorType {
-    pub const ALL: [ErrorType; 14] = [
+    pub const ALL: [ErrorType; 15] = [
         ErrorType::InvalidJson,
         ErrorType::InvalidInput,
         ErrorType::PayloadTooLarge,
@@ -36,6 +38,7 @@ impl ErrorType {
         ErrorType::Overloaded,
         ErrorType::NotReady,
         ErrorType::Timeout,
+        ErrorType::RequestTimeout,
         ErrorType::ReloadFailed,
         ErrorType::Internal,
     ];
@@ -54,6 +57,7 @@ impl ErrorType {
             ErrorType::Overloaded => "overloaded",
             ErrorType::NotReady => "not_ready",
             ErrorType::Timeout => "timeout",
+            ErrorType::RequestTimeout => "request_timeout",
             ErrorType::ReloadFailed => "reload_failed",
             ErrorType::Internal => "internal",
         }
@@ -72,6 +76,7 @@ impl ErrorType {
             ErrorType::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorType::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ErrorType::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorType::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorType::ReloadFailed => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorType::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -7,6 +7,7 @@ pub mod batcher;
 pub mod config;
 pub mod engine;
 pub mod errors;
+pub mod http;
 pub mod log_sink;
 pub mod metrics;
 pub mod openapi;
@@ -19,6 +20,7 @@ pub use config::{ModelSource, ModelSpec, ServerConfig};
 /// Loads the model, binds, prints one JSON line `{"listening": ADDR, ...}` on stdout,
 /// and serves until SIGTERM or Ctrl-C (then stops accepting, drains, returns).
 pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
+    http::raise_descriptor_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(config.http_threads.max(1))
@@ -52,9 +54,16 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
         );
         tracing::info!(%addr, "serving");
         let app = routes::router(state.clone());
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        http::serve(
+            listener,
+            app,
+            config.connections,
+            config.max_body_bytes,
+            state.metrics.clone(),
+            shutdown_signal(),
+            config.request_timeout + std::time::Duration::from_secs(5),
+        )
+        .await;
         state.close();
         tracing::info!("stopped: every request in flight was answered");
         Ok(())

@@ -75,6 +75,10 @@ pub struct Metrics {
     in_flight: AtomicI64,
     reloads: AtomicU64,
     reload_failures: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicI64,
+    /// Connections closed on arrival because the connection limit was reached.
+    pub connections_refused: AtomicU64,
 }
 
 /// A label value, escaped.
@@ -254,6 +258,20 @@ impl Metrics {
             "counter",
             "Model versions refused (failed to load or the smoke test).",
             self.reload_failures.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "slimformer_connections_open",
+            "gauge",
+            "HTTP connections open.",
+            self.connections_open.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "slimformer_connections_refused_total",
+            "counter",
+            "Connections closed on arrival because --max-connections were open.",
+            self.connections_refused.load(Ordering::Relaxed).to_string(),
         );
         gauge(
             &mut out,

@@ -14,7 +14,7 @@ fn ok(description: &str, schema: Value) -> Value {
 fn errors() -> Value {
     let mut r = serde_json::Map::new();
     for code in [
-        "400", "401", "404", "413", "415", "422", "429", "503", "504",
+        "400", "401", "404", "408", "413", "415", "422", "429", "503", "504",
     ] {
         r.insert(
             code.into(),

@@ -65,3 +65,140 @@ fn a_stalled_log_reader_never_stops_the_server() {
         drop(stdout);
     }
 }
+
+/// A server with short client timeouts, and its address.
+fn start_with(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slimformer"))
+        .args(["serve", "--port", "0"])
+        .arg(fixture("bert-base"))
+        .args(args)
+        .env("SLIMFORMER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    (child, v["listening"].as_str().unwrap().to_string())
+}
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let text = ureq::get(&format!("http://{addr}/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name}"))
+        .parse()
+        .unwrap()
+}
+
+/// Whether the server closed the connection: a read gives end of file (or a reset)
+/// instead of waiting.
+fn closed_by_server(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            // A response (408) before the close is fine; keep reading to the end.
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+fn tokenize_ok(addr: &str) -> bool {
+    ureq::post(&format!("http://{addr}/v1/tokenize"))
+        .timeout(Duration::from_secs(5))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"inputs": "a well-behaved client"}"#)
+        .is_ok_and(|r| r.status() == 200)
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
+    use std::io::Write;
+    let (mut child, addr) = start_with(&[
+        "--header-read-timeout",
+        "1",
+        "--body-read-timeout",
+        "1",
+        "--idle-timeout",
+        "2",
+    ]);
+    // Slowloris: request heads that never end; idle: connections that say nothing;
+    // a body that stops halfway.
+    let mut slow: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"POST /v1/tokenize HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut idle: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let mut body = std::net::TcpStream::connect(&addr).unwrap();
+    body.write_all(
+        b"POST /v1/tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"inputs\"",
+    )
+    .unwrap();
+    assert!(tokenize_ok(&addr), "a good client beside them");
+    assert!(metric(&addr, "slimformer_connections_open") >= 200.0);
+
+    // Within the timeouts (and a margin), every one of them is closed by the server.
+    std::thread::sleep(Duration::from_secs(4));
+    for (i, s) in slow.iter_mut().enumerate() {
+        assert!(closed_by_server(s), "slow header connection {i} still open");
+    }
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(closed_by_server(s), "idle connection {i} still open");
+    }
+    let mut answer = String::new();
+    {
+        use std::io::Read;
+        body.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = body.read_to_string(&mut answer);
+    }
+    assert!(answer.starts_with("HTTP/1.1 408"), "slow body: {answer:?}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(tokenize_ok(&addr));
+    let open = metric(&addr, "slimformer_connections_open");
+    assert!(open <= 2.0, "{open} connections still counted open");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn past_the_connection_limit_new_connections_are_closed_at_once() {
+    let (mut child, addr) = start_with(&["--max-connections", "20", "--idle-timeout", "2"]);
+    let held: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(closed_by_server(&mut extra), "the 21st connection was kept");
+    // Once the idle ones are closed, clients are served again, and the refusal counted.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(tokenize_ok(&addr));
+    assert!(metric(&addr, "slimformer_connections_refused_total") >= 1.0);
+    let _ = child.kill();
+    let _ = child.wait();
+}
