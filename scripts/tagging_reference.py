@@ -5,8 +5,8 @@
         --train DATA/train.conll --dev DATA/dev.conll --test DATA/test.conll --out runs/ref-tag \\
         [--epochs 2 --lr 5e-5 --batch 32 --max-len 128 --seed 42 --threads 2]
 
-Data: CoNLL files, a word and its tag per line (tab-separated; the tag is the last field), a
-blank line between sentences. Tags are the sorted distinct tags of the training file.
+Data: CoNLL files, a word and its tag per line (tab- or space-separated; the tag is the last
+field, so CoNLL-2003's four columns work), a blank line between sentences, -DOCSTART- skipped. Tags are the sorted distinct tags of the training file.
 
 As transformers' token-classification example (run_ner.py): words are tokenized with
 is_split_into_words=True, truncated to --max-len tokens; each word's tag goes on its first
@@ -48,7 +48,9 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
                 sentences.append((words, tags))
             words, tags = [], []
             continue
-        fields = line.split("\t")
+        fields = line.split("\t") if "\t" in line else line.split()
+        if fields[0] == "-DOCSTART-":
+            continue
         words.append(fields[0])
         tags.append(fields[-1])
     if words:

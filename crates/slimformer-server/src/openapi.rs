@@ -24,7 +24,9 @@ fn errors() -> Value {
     Value::Object(r)
 }
 
-fn post(summary: &str, request: Value, response: Value) -> Value {
+fn post(summary: &str, mut request: Value, response: Value) -> Value {
+    // Request bodies name only their own fields (an unknown one is 400).
+    request["additionalProperties"] = json!(false);
     let mut responses = errors();
     responses["200"] = response;
     json!({"post": {"summary": summary, "requestBody": body(request), "responses": responses}})
@@ -43,20 +45,21 @@ fn with_header(mut route: Value, parameters: &Value) -> Value {
 }
 
 pub fn document() -> Value {
+    // Texts are never empty (422), and a list holds at least one.
+    let text = json!({"type": "string", "minLength": 1, "pattern": "\\S"});
     let inputs = json!({"oneOf": [
-        {"type": "string"},
-        {"type": "array", "items": {"oneOf": [
-            {"type": "string"},
-            {"type": "object", "properties": {"text": {"type": "string"}, "text_pair": {"type": "string"}}, "required": ["text", "text_pair"]}
+        text.clone(),
+        {"type": "array", "minItems": 1, "items": {"oneOf": [
+            text.clone(),
+            {"type": "object", "properties": {"text": text.clone(), "text_pair": text.clone()}, "required": ["text", "text_pair"]}
         ]}}
     ]});
     let dimensions = json!({"type": "integer", "minimum": 1, "description": "keep the first D values (Matryoshka), then normalize if normalizing"});
-    let prompt_name = json!({"type": "string", "nullable": true, "description": "one of the model's prompts (config_sentence_transformers.json), put before each text"});
+    let prompt_name = json!({"type": "string", "minLength": 1, "nullable": true, "description": "one of the model's prompts (config_sentence_transformers.json), put before each text"});
     let model = json!({"type": "string", "nullable": true, "description": "which model (see /v1/models); the default model when absent"});
     let truncate = json!({"type": "boolean", "nullable": true, "description": "cut inputs longer than the model's limit (false: 413 for them; absent: the server's setting)"});
     let direction = json!({"type": "string", "enum": ["right", "left", "Right", "Left"], "default": "right", "description": "which end of a too-long input is cut"});
-    let texts =
-        json!({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]});
+    let texts = json!({"oneOf": [text.clone(), {"type": "array", "minItems": 1, "items": text.clone()}]});
     let x_model = json!([{"name": "X-Model", "in": "header", "required": false, "schema": {"type": "string"}, "description": "which model (the default model when absent)"}]);
     let records =
         |extra: Value| json!({"type": "array", "items": {"type": "object", "properties": extra}});
@@ -88,33 +91,37 @@ pub fn document() -> Value {
                 json!({"type": "object", "properties": {"inputs": texts, "truncate": truncate, "truncation_direction": direction, "prompt_name": prompt_name}, "required": ["inputs"]}),
                 ok("per input, one vector per token", json!({"type": "array", "items": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}))), &x_model),
             "/predict": with_header(post("text-embeddings-inference compatible classification",
-                json!({"type": "object", "properties": {"inputs": {"description": "a text, a pair [text, text_pair], or a batch of [text] / [text, text_pair]"}, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
+                json!({"type": "object", "properties": {"inputs": {"description": "a text, a pair [text, text_pair], or a batch of [text] / [text, text_pair]", "oneOf": [
+                    text.clone(),
+                    {"type": "array", "minItems": 1, "maxItems": 2, "items": text.clone()},
+                    {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "maxItems": 2, "items": text.clone()}}
+                ]}, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
                 ok("labels with scores, best first (an array of them for a batch)", json!({"type": "array"}))), &x_model),
             "/tokenize": with_header(post("text-embeddings-inference compatible tokenization (never truncated)",
                 json!({"type": "object", "properties": {"inputs": texts, "add_special_tokens": {"type": "boolean", "default": true}, "prompt_name": prompt_name}, "required": ["inputs"]}),
                 ok("per input, its tokens: id, text, special, and byte offsets (null for special tokens)", json!({"type": "array", "items": {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "integer"}, "text": {"type": "string"}, "special": {"type": "boolean"}, "start": {"type": "integer", "nullable": true}, "stop": {"type": "integer", "nullable": true}}}}}))), &x_model),
             "/decode": with_header(post("text-embeddings-inference compatible decoding of token ids",
-                json!({"type": "object", "properties": {"ids": {"oneOf": [{"type": "array", "items": {"type": "integer", "minimum": 0}}, {"type": "array", "items": {"type": "array", "items": {"type": "integer", "minimum": 0}}}]}, "skip_special_tokens": {"type": "boolean", "default": true}}, "required": ["ids"]}),
+                json!({"type": "object", "properties": {"ids": {"oneOf": [{"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": 4294967295u64}}, {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": 4294967295u64}}}]}, "skip_special_tokens": {"type": "boolean", "default": true}}, "required": ["ids"]}),
                 ok("one text per list of ids", json!({"type": "array", "items": {"type": "string"}}))), &x_model),
             "/v1/embeddings": with_header(post("OpenAI compatible embeddings (unit length)",
                 json!({"type": "object", "properties": {"input": texts, "model": model, "user": {"type": "string", "nullable": true}, "encoding_format": {"type": "string", "enum": ["float", "base64"], "description": "base64: the float32 values, little-endian"}, "dimensions": dimensions}, "required": ["input"]}),
                 ok("OpenAI's embedding list", json!({"type": "object"}))), &x_model),
             "/rerank": with_header(post("text-embeddings-inference compatible reranking: a cross-encoder's relevance, or an embedding model's cosine (see /v1/models)",
-                json!({"type": "object", "properties": {"query": {"type": "string"}, "texts": {"type": "array", "items": {"type": "string"}}, "raw_scores": {"type": "boolean", "default": false}, "return_text": {"type": "boolean", "default": false}, "truncate": truncate, "truncation_direction": direction}, "required": ["query", "texts"]}),
+                json!({"type": "object", "properties": {"query": text.clone(), "texts": {"type": "array", "minItems": 1, "items": text.clone()}, "raw_scores": {"type": "boolean", "default": false}, "return_text": {"type": "boolean", "default": false}, "truncate": truncate, "truncation_direction": direction}, "required": ["query", "texts"]}),
                 ok("documents best first", json!({"type": "array", "items": {"type": "object", "properties": {"index": {"type": "integer"}, "score": {"type": "number"}, "text": {"type": "string"}}}}))), &x_model),
             "/v1/rerank": with_header(post("Cohere/Jina compatible reranking",
-                json!({"type": "object", "properties": {"model": model, "query": {"type": "string"}, "documents": {"type": "array", "items": {"oneOf": [{"type": "string"}, {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}]}}, "top_n": {"type": "integer", "minimum": 1}, "return_documents": {"type": "boolean", "default": false}}, "required": ["query", "documents"]}),
+                json!({"type": "object", "properties": {"model": model, "query": text.clone(), "documents": {"type": "array", "minItems": 1, "items": {"oneOf": [text.clone(), {"type": "object", "properties": {"text": text.clone()}, "required": ["text"]}]}}, "top_n": {"type": "integer", "minimum": 1, "description": "at most the number of documents (more is 422)"}, "return_documents": {"type": "boolean", "default": false}}, "required": ["query", "documents"]}),
                 ok("results best first", json!({"type": "object", "properties": {"results": {"type": "array"}, "model": {"type": "string"}, "usage": {"type": "object"}}}))), &x_model),
             "/info": {"get": {"summary": "text-embeddings-inference's model and server information of the default model or of ?model=: model_id, model_dtype, model_type, max_input_length, max_batch_tokens, max_client_batch_size, version, models, ...",
                 "parameters": [{"name": "model", "in": "query", "required": false, "schema": {"type": "string"}}],
-                "responses": {"200": ok("info", json!({"type": "object"})), "404": {"description": "no such model"}}}},
-            "/v1/models": {"get": {"summary": "The models served: name, version, family, parameters, quantization, tasks", "responses": {"200": ok("model list", json!({"type": "object"}))}}},
-            "/health": {"get": {"summary": "Alive (no auth)", "responses": {"200": ok("ok", json!({"type": "object"}))}}},
-            "/ready": {"get": {"summary": "Every model is loaded (no auth)", "responses": {"200": ok("ready", json!({"type": "object"})), "503": {"description": "not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics (no auth)", "responses": {"200": {"description": "text exposition format"}}}},
+                "responses": {"200": ok("info", json!({"type": "object"})), "401": {"description": "missing or wrong API key"}, "404": {"description": "no such model"}}}},
+            "/v1/models": {"get": {"summary": "The models served: name, version, family, parameters, quantization, tasks", "responses": {"200": ok("model list", json!({"type": "object"})), "401": {"description": "missing or wrong API key"}}}},
+            "/health": {"get": {"summary": "Alive (no auth)", "security": [], "responses": {"200": ok("ok", json!({"type": "object"}))}}},
+            "/ready": {"get": {"summary": "Every model is loaded (no auth)", "security": [], "responses": {"200": ok("ready", json!({"type": "object"})), "503": {"description": "not ready"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (no auth)", "security": [], "responses": {"200": {"description": "text exposition format"}}}},
             "/admin/reload": {"post": {"summary": "Load the production version (or the model folder) again, of ?model= or of every model; only when an API key is set",
                 "parameters": [{"name": "model", "in": "query", "required": false, "schema": {"type": "string"}}],
-                "responses": {"200": ok("reloaded", json!({"type": "object"})), "404": {"description": "no such model"}, "422": {"description": "the new version was refused; the old one keeps serving"}}}},
+                "responses": {"200": ok("reloaded", json!({"type": "object"})), "401": {"description": "missing or wrong API key"}, "404": {"description": "no such model"}, "422": {"description": "the new version was refused; the old one keeps serving"}}}},
         },
         "components": {
             "schemas": {"Error": {"type": "object", "required": ["error", "type"], "properties": {
