@@ -59,7 +59,8 @@ pub fn document() -> Value {
     let model = json!({"type": "string", "nullable": true, "description": "which model (see /v1/models); the default model when absent"});
     let truncate = json!({"type": "boolean", "nullable": true, "description": "cut inputs longer than the model's limit (false: 413 for them; absent: the server's setting)"});
     let direction = json!({"type": "string", "enum": ["right", "left", "Right", "Left"], "default": "right", "description": "which end of a too-long input is cut"});
-    let texts = json!({"oneOf": [text.clone(), {"type": "array", "minItems": 1, "items": text.clone()}]});
+    let texts =
+        json!({"oneOf": [text.clone(), {"type": "array", "minItems": 1, "items": text.clone()}]});
     let x_model = json!([{"name": "X-Model", "in": "header", "required": false, "schema": {"type": "string"}, "description": "which model (the default model when absent)"}]);
     let records =
         |extra: Value| json!({"type": "array", "items": {"type": "object", "properties": extra}});
