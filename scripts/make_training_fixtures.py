@@ -14,7 +14,8 @@ weighting each micro-batch by its share of the step's examples, global-norm clip
 biases and LayerNorm weights, and transformers' linear warm-up and decay. It writes
 
   * init/: the starting checkpoint (config.json with dropout 0, model.safetensors, tokenizer.json);
-  * train.csv: the examples (text,label);
+  * train.csv: the examples (text,label), or train.conll (word<TAB>tag lines) for token
+    classification, whose tags go on each word's first sub-token as transformers' recipe puts them;
   * expected.json: the settings, and per optimizer step the mean loss over its examples, the
     learning rate and the gradient norm before clipping;
   * final.safetensors: every weight after the last step, under transformers' names.
@@ -39,7 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
-from transformers import AutoModelForSequenceClassification  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -101,6 +102,19 @@ def sentences(n: int, labels: list[str], seed: int) -> list[tuple[str, str]]:
     return rows
 
 
+def tagged_sentences(n: int, labels: list[str], seed: int) -> list[tuple[list[str], list[str]]]:
+    """Sentences of words with a tag each (any tag of the model's, in BIO order where it matters
+    little: the loss sees tag ids)."""
+    words = ("the a good bad film plot actor slow quick dull bright story scene long short "
+             "funny sad music end quite very not really cast moment unbelievably").split()
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        k = rng.randint(2, 12)
+        rows.append(([rng.choice(words) for _ in range(k)], [rng.choice(labels) for _ in range(k)]))
+    return rows
+
+
 def decays(name: str) -> bool:
     """slimformer's rule: no decay on biases and normalization weights."""
     lower = name.lower()
@@ -124,14 +138,21 @@ def make_case(name: str, source: str, settings: dict) -> None:
     shutil.copy(src / "tokenizer.json", init / "tokenizer.json")
 
     labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-    rows = sentences(settings["examples"], labels, settings["seed"])
-    with open(out / "train.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(rows)
+    tagging = settings.get("task") == "token-classification"
+    if tagging:
+        rows = tagged_sentences(settings["examples"], labels, settings["seed"])
+        (out / "train.conll").write_text(
+            "".join("".join(f"{w}\t{t}\n" for w, t in zip(*r)) + "\n" for r in rows))
+    else:
+        rows = sentences(settings["examples"], labels, settings["seed"])
+        with open(out / "train.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows(rows)
 
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(init).float()
+    model_class = AutoModelForTokenClassification if tagging else AutoModelForSequenceClassification
+    model = model_class.from_pretrained(init).float()
     model.train()
     tok = Tokenizer.from_file(str(init / "tokenizer.json"))
     tok.no_padding()
@@ -165,14 +186,30 @@ def make_case(name: str, source: str, settings: dict) -> None:
         step_loss = 0.0
         for r in ranges:
             idx = [perm[i] for i in r]
-            enc = [tok.encode(rows[i][0]) for i in idx]
+            if tagging:
+                enc = [tok.encode(rows[i][0], is_pretokenized=True) for i in idx]
+            else:
+                enc = [tok.encode(rows[i][0]) for i in idx]
             longest = max(len(e.ids) for e in enc)
             ids = torch.tensor([e.ids + [pad_id] * (longest - len(e.ids)) for e in enc])
             types = torch.tensor([e.type_ids + [0] * (longest - len(e.ids)) for e in enc])
             mask = torch.tensor([[1] * len(e.ids) + [0] * (longest - len(e.ids)) for e in enc])
-            target = torch.tensor([label_id[rows[i][1]] for i in idx])
             logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-            loss = torch.nn.functional.cross_entropy(logits, target)
+            if tagging:
+                # transformers' recipe: a word's tag on its first sub-token, -100 elsewhere.
+                target = []
+                for i, e in zip(idx, enc):
+                    row, previous = [], None
+                    for word in e.word_ids:
+                        first = word is not None and word != previous
+                        row.append(label_id[rows[i][1][word]] if first else -100)
+                        previous = word
+                    target.append(row + [-100] * (longest - len(row)))
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), torch.tensor(target).reshape(-1), ignore_index=-100)
+            else:
+                target = torch.tensor([label_id[rows[i][1]] for i in idx])
+                loss = torch.nn.functional.cross_entropy(logits, target)
             step_loss += loss.item() * len(idx)
             (loss * (len(idx) / step_examples)).backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings["clip"]).item()
@@ -202,6 +239,7 @@ SETTINGS = {
 def main() -> None:
     make_case("train-bert-seqcls", "bert-seqcls", SETTINGS)
     make_case("train-distilbert-seqcls", "distilbert-seqcls", SETTINGS)
+    make_case("train-bert-tokcls", "bert-tokcls", {**SETTINGS, "task": "token-classification"})
 
 
 if __name__ == "__main__":

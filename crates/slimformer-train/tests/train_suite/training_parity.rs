@@ -2,12 +2,13 @@
 //! same examples in the same order, with dropout off, slimformer's trainer gives
 //! PyTorch's loss at every one of 30 optimizer steps (AdamW with decoupled decay,
 //! warm-up and linear decay, global-norm clipping, gradient accumulation over
-//! micro-batches of unequal size) and its weights after them. The fixtures come
-//! from `scripts/make_training_fixtures.py`.
+//! micro-batches of unequal size) and its weights after them, for sequence and
+//! token classification. The fixtures come from `scripts/make_training_fixtures.py`.
 
 use candle_core::{DType, Device, Tensor};
 use slimformer_train::data::Columns;
 use slimformer_train::finetune::{self, FinetuneOptions};
+use slimformer_train::token_classification;
 use slimformer_train::trainer::TrainConfig;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -82,8 +83,14 @@ fn finetune_case(
         ..Default::default()
     };
     change(&mut train_config);
-    let train = dir.join("train.csv");
-    finetune::finetune(&FinetuneOptions {
+    let tagging = s["task"] == "token-classification";
+    let train = dir.join(if tagging { "train.conll" } else { "train.csv" });
+    let run = if tagging {
+        token_classification::finetune
+    } else {
+        finetune::finetune
+    };
+    run(&FinetuneOptions {
         model_dir: dir.join("init"),
         train: train.clone(),
         dev: Some(train),
@@ -195,4 +202,11 @@ fn bert_finetune_steps_match_pytorch() {
 #[test]
 fn distilbert_finetune_steps_match_pytorch() {
     check_case("train-distilbert-seqcls");
+}
+
+/// Token classification: tags on each word's first sub-token, the loss a mean over
+/// the tagged tokens of a micro-batch.
+#[test]
+fn bert_token_classification_steps_match_pytorch() {
+    check_case("train-bert-tokcls");
 }
