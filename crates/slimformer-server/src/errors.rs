@@ -98,9 +98,17 @@ impl ApiError {
     }
 }
 
+tokio::task_local! {
+    /// The id of the request being answered (set by the router's `observe` layer).
+    pub static REQUEST_ID: String;
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.message, "type": self.kind.name()});
+        let mut body = serde_json::json!({"error": self.message, "type": self.kind.name()});
+        if let Ok(id) = REQUEST_ID.try_with(|id| id.clone()) {
+            body["request_id"] = id.into();
+        }
         let mut response = (self.kind.status(), axum::Json(body)).into_response();
         if self.kind == ErrorType::Overloaded {
             response

@@ -128,6 +128,7 @@ pub fn document() -> Value {
             "schemas": {"Error": {"type": "object", "required": ["error", "type"], "properties": {
                 "error": {"type": "string"},
                 "type": {"type": "string", "enum": error_types},
+                "request_id": {"type": "string", "description": "the request's id, as in the X-Request-Id header and the log lines"},
             }}},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },

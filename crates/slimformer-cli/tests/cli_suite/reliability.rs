@@ -202,3 +202,66 @@ fn past_the_connection_limit_new_connections_are_closed_at_once() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A request's id (the client's X-Request-Id, or the server's own) is in its error
+/// body, its response header and every log line it causes.
+#[test]
+fn request_ids_reach_error_bodies_and_every_log_line() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_slimformer"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--port",
+            "0",
+            "--log-texts",
+        ])
+        .arg(fixture("bert-base"))
+        .env("SLIMFORMER_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening") {
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+    }
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let base = format!("http://{}", v["listening"].as_str().unwrap());
+    let post = |id: &str, body: &str| match ureq::post(&format!("{base}/v1/embed"))
+        .set("Content-Type", "application/json")
+        .set("X-Request-Id", id)
+        .send_string(body)
+    {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{e}"),
+    };
+    let bad = post("bad-request-7", r#"{"inputs": ""}"#);
+    assert_eq!(bad.status(), 422);
+    assert_eq!(bad.header("x-request-id"), Some("bad-request-7"));
+    let body: serde_json::Value = serde_json::from_str(&bad.into_string().unwrap()).unwrap();
+    assert_eq!(body["request_id"], "bad-request-7", "{body}");
+    assert_eq!(
+        post("good-request-8", r#"{"inputs": "hello"}"#).status(),
+        200
+    );
+    // SIGTERM: the server stops and writes out its queued log lines.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut logs).unwrap();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("good-request-8"))
+        .collect();
+    // The request line and the texts line (logged inside the request's span).
+    assert!(
+        lines.iter().any(|l| l.contains("\"inputs\""))
+            && lines.iter().any(|l| l.contains("\"request\"")),
+        "log lines of the request: {lines:#?}\nall: {logs}"
+    );
+}

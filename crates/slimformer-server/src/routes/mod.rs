@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
@@ -79,7 +80,12 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
         .unwrap_or_else(|| format!("{:x}", state.next_id.fetch_add(1, Ordering::Relaxed)));
     let method = req.method().clone();
     state.metrics.in_flight_add(1);
-    let mut response = next.run(req).await;
+    // Every log line of the request carries its id (the span), and so does an error
+    // body (the task-local the error reads).
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = crate::errors::REQUEST_ID
+        .scope(id.clone(), next.run(req).instrument(span))
+        .await;
     state.metrics.in_flight_add(-1);
     let status = response.status().as_u16();
     let secs = started.elapsed().as_secs_f64();
