@@ -1,7 +1,7 @@
 //! `slimformer serve`: the REST service (see the slimformer-server crate).
 
 use slimformer_server::http::ConnectionLimits;
-use slimformer_server::{ModelSource, ModelSpec, ServerConfig};
+use slimformer_server::{ModelSource, ModelSpec, ServerConfig, TlsFiles};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -109,6 +109,12 @@ pub struct ServeArgs {
     /// Connections open at once; beyond it new ones are closed on arrival.
     #[arg(long, env = "SLIMFORMER_MAX_CONNECTIONS", default_value_t = 16384)]
     pub max_connections: usize,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "SLIMFORMER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "SLIMFORMER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// One `--model NAME=DIR|REGISTRY`.
@@ -199,6 +205,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             body_read_timeout: Duration::from_secs_f64(args.body_read_timeout),
             idle_timeout: Duration::from_secs_f64(args.idle_timeout),
             max_connections: args.max_connections.max(1),
+        },
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            _ => None,
         },
         ..ServerConfig::with_models(models)
     };

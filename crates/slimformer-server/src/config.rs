@@ -56,6 +56,15 @@ pub struct ServerConfig {
     pub default_prompt: Option<String>,
     /// Timeouts and the connection limit of the HTTP listener.
     pub connections: crate::http::ConnectionLimits,
+    /// Serve HTTPS with this PEM certificate chain and PEM private key.
+    pub tls: Option<TlsFiles>,
+}
+
+/// `--tls-cert` and `--tls-key`.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl ServerConfig {
@@ -83,6 +92,7 @@ impl ServerConfig {
             default_prompt_name: None,
             default_prompt: None,
             connections: crate::http::ConnectionLimits::default(),
+            tls: None,
         }
     }
 }

@@ -3,7 +3,8 @@
 //! timeout is closed (slowloris), one with no traffic and no request in flight for
 //! the idle timeout is closed, a request body must arrive within the body read
 //! timeout (else 408), and past the connection limit new connections are closed at
-//! once rather than queued, so descriptors and memory stay bounded.
+//! once rather than queued, so descriptors and memory stay bounded. With a certificate
+//! and key, connections are TLS (rustls).
 
 use crate::metrics::Metrics;
 use axum::body::Body;
@@ -12,17 +13,19 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::future::Future;
 use std::io;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 /// How long clients may take, and how many may be connected.
@@ -97,13 +100,13 @@ impl Drop for InFlight {
     }
 }
 
-/// A TCP stream that records when it last read or wrote.
-struct Tracked {
-    stream: TcpStream,
+/// A connection's stream (TCP, or TLS over TCP) that records when it last read or wrote.
+struct Tracked<S> {
+    stream: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Tracked {
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -118,7 +121,7 @@ impl AsyncRead for Tracked {
     }
 }
 
-impl AsyncWrite for Tracked {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -177,11 +180,14 @@ async fn with_body_deadline(
     }
 }
 
-/// Serves `app` on `listener` under `limits` until `shutdown` resolves; then stops
-/// accepting, lets the requests in flight finish (up to `drain`), and returns.
+/// Serves `app` on `listener` (over TLS when `tls` is given) under `limits` until
+/// `shutdown` resolves; then stops accepting, lets the requests in flight finish (up
+/// to `drain`), and returns.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    tls: Option<TlsAcceptor>,
     limits: ConnectionLimits,
     body_limit: usize,
     metrics: Arc<Metrics>,
@@ -210,12 +216,64 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            app: app.clone(),
+            limits,
+            body_limit,
+            watcher: graceful.watcher(),
+        };
+        let (tls, metrics) = (tls.clone(), metrics.clone());
+        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                // The handshake is part of the request head's time.
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => connection.run(stream).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+                None => connection.run(stream).await,
+            }
+            metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopped with connections still open after the drain time");
+    }
+}
+
+/// What one connection needs to be served.
+struct Connection {
+    app: Router,
+    limits: ConnectionLimits,
+    body_limit: usize,
+    watcher: Watcher,
+}
+
+impl Connection {
+    /// Serves HTTP/1 on `stream` until the client closes it, a timeout cuts it, or
+    /// the server shuts down.
+    async fn run<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
+        let Connection {
+            app,
+            limits,
+            body_limit,
+            watcher,
+        } = self;
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Tracked {
             stream,
             activity: activity.clone(),
         });
-        let (app, requests) = (app.clone(), activity.clone());
+        let requests = activity.clone();
         let service = hyper::service::service_fn(move |request: Request<Incoming>| {
             let in_flight = InFlight::new(&requests);
             let app = app.clone();
@@ -229,33 +287,44 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(io, service);
-        let connection = graceful.watch(connection);
-        let metrics = metrics.clone();
-        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let _slot = slot;
-            tokio::pin!(connection);
-            let check = (limits.idle_timeout / 4).max(Duration::from_millis(100));
-            loop {
-                tokio::select! {
-                    _ = &mut connection => break,
-                    _ = tokio::time::sleep(check) => {
-                        if !activity.busy() && activity.idle_for() >= limits.idle_timeout {
-                            break;
-                        }
+        let connection = watcher.watch(connection);
+        tokio::pin!(connection);
+        let check = (limits.idle_timeout / 4).max(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = &mut connection => break,
+                _ = tokio::time::sleep(check) => {
+                    if !activity.busy() && activity.idle_for() >= limits.idle_timeout {
+                        break;
                     }
                 }
             }
-            metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
-        });
+        }
     }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("stopped with connections still open after the drain time");
+}
+
+/// The TLS side of `--tls-cert` and `--tls-key`: a PEM certificate chain and its
+/// PEM private key (PKCS#8, PKCS#1 or SEC1), HTTP/1.1 over TLS 1.2 and 1.3.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| format!("{}: not a PEM certificate chain ({e})", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", cert.display()));
     }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: not a PEM private key ({e})", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the certificate and the key do not go together: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Lets the process open as many descriptors as its hard limit allows, so that the

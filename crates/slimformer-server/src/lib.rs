@@ -15,7 +15,7 @@ pub mod reload;
 pub mod routes;
 pub mod state;
 
-pub use config::{ModelSource, ModelSpec, ServerConfig};
+pub use config::{ModelSource, ModelSpec, ServerConfig, TlsFiles};
 
 /// Loads the model, binds, prints one JSON line `{"listening": ADDR, ...}` on stdout,
 /// and serves until SIGTERM or Ctrl-C (then stops accepting, drains, returns).
@@ -26,6 +26,11 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
         .worker_threads(config.http_threads.max(1))
         .build()?;
     runtime.block_on(async move {
+        // A bad certificate stops the start before any model is loaded.
+        let tls = match &config.tls {
+            Some(files) => Some(http::tls_acceptor(&files.cert, &files.key)?),
+            None => None,
+        };
         let state = reload::start(config.clone()).await?;
         let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
         let addr = listener.local_addr()?;
@@ -47,6 +52,7 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
             "{}",
             serde_json::json!({
                 "listening": addr.to_string(),
+                "scheme": if config.tls.is_some() { "https" } else { "http" },
                 "model": engine.as_ref().map(|e| default.shown_name(e)),
                 "version": engine.as_ref().map(|e| e.version.clone()),
                 "models": models,
@@ -57,6 +63,7 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
         http::serve(
             listener,
             app,
+            tls,
             config.connections,
             config.max_body_bytes,
             state.metrics.clone(),

@@ -265,3 +265,77 @@ fn request_ids_reach_error_bodies_and_every_log_line() {
         "log lines of the request: {lines:#?}\nall: {logs}"
     );
 }
+
+/// One HTTPS request over rustls that trusts only `ca`; the response as text.
+fn https_get(addr: &str, path: &str, ca: &rustls::pki_types::CertificateDer<'static>) -> String {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = tls.read_to_string(&mut response);
+    response
+}
+
+#[test]
+fn tls_serves_https_with_a_generated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+
+    let (mut child, addr) = start_with(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
+    let reply = https_get(&addr, "/health", cert.der());
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"ok\""), "{reply}");
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let plain = ureq::get(&format!("http://{addr}/health"))
+        .timeout(Duration::from_secs(5))
+        .call();
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A key that is not PEM stops the start, naming the file.
+    std::fs::write(&key_path, "not a key").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_slimformer"))
+        .args(["serve", "--port", "0"])
+        .arg(fixture("bert-base"))
+        .args([
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key.pem") && err.contains("private key"),
+        "{err}"
+    );
+}
