@@ -62,7 +62,28 @@ pub fn production(registry: &Path) -> Result<(String, PathBuf)> {
             ),
         ));
     }
+    check_inside(registry, &dir)?;
     Ok((version, dir))
+}
+
+/// A version folder that is a symbolic link out of the registry's `versions/` is
+/// refused: whoever can write the registry must not make the server read elsewhere.
+fn check_inside(registry: &Path, dir: &Path) -> Result<()> {
+    let versions = registry
+        .join(VERSIONS_DIR)
+        .canonicalize()
+        .map_err(|e| Error::file(registry.join(VERSIONS_DIR), e))?;
+    let real = dir.canonicalize().map_err(|e| Error::file(dir, e))?;
+    if real.parent() != Some(versions.as_path()) {
+        return Err(Error::file(
+            dir,
+            format!(
+                "leads outside the registry's versions/ (to {}): a version must be a folder in it",
+                real.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Makes `version` (which must exist) the production one, atomically.
@@ -89,6 +110,16 @@ mod tests {
         std::fs::create_dir_all(version_dir(dir.path(), "v1")).unwrap();
         assert!(set_production(dir.path(), "v2").is_err());
         assert!(set_production(dir.path(), "../x").is_err());
+        #[cfg(unix)]
+        {
+            // A version that is a link out of the registry is refused.
+            let outside = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join(VERSIONS_DIR)).unwrap();
+            std::os::unix::fs::symlink(outside.path(), version_dir(dir.path(), "escape")).unwrap();
+            std::fs::write(dir.path().join(PRODUCTION_FILE), "escape\n").unwrap();
+            let e = production(dir.path()).unwrap_err().to_string();
+            assert!(e.contains("outside the registry"), "{e}");
+        }
         set_production(dir.path(), "v1").unwrap();
         let (v, path) = production(dir.path()).unwrap();
         assert_eq!(v, "v1");
