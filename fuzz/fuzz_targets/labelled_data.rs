@@ -1,0 +1,15 @@
+//! Labelled data for fine-tuning: CSV, TSV and JSON Lines (the first byte picks the format).
+#![no_main]
+mod common;
+use libfuzzer_sys::fuzz_target;
+use slimformer_train::data::{self, Columns};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, body)) = data.split_first() else { return };
+    let ext = ["csv", "tsv", "jsonl"][which as usize % 3];
+    let path = common::file(&format!("data.{ext}"), body);
+    if let Ok(rows) = data::read_rows(&path, &Columns::default()) {
+        let names = data::label_names(&rows, None);
+        data::label_ids(&path, &rows, &names).expect("every label is in the label set");
+    }
+});
