@@ -19,10 +19,20 @@ fn folder() -> &'static PathBuf {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, body)) = data.split_first() else { return };
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
     let dir = folder();
-    let (replaced, original) = if which % 2 == 0 { ("config.json", "config.json") } else { ("model.safetensors", "model.safetensors") };
+    let (replaced, original) = if which % 2 == 0 {
+        ("config.json", "config.json")
+    } else {
+        ("model.safetensors", "model.safetensors")
+    };
     std::fs::write(dir.join(replaced), body).unwrap();
     let _ = slimformer::model::Model::load(dir);
-    std::fs::copy(common::fixture("bert-base").join(original), dir.join(original)).unwrap();
+    std::fs::copy(
+        common::fixture("bert-base").join(original),
+        dir.join(original),
+    )
+    .unwrap();
 });

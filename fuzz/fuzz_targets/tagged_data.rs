@@ -5,7 +5,9 @@ use libfuzzer_sys::fuzz_target;
 use slimformer_train::tagged;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, body)) = data.split_first() else { return };
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
     let ext = ["conll", "conllu", "jsonl"][which as usize % 3];
     let path = common::file(&format!("data.{ext}"), body);
     if let Ok(sentences) = tagged::read_tagged(&path) {

@@ -9,21 +9,32 @@ use std::sync::OnceLock;
 fn tokenizers() -> &'static [TextTokenizer; 2] {
     static T: OnceLock<[TextTokenizer; 2]> = OnceLock::new();
     T.get_or_init(|| {
-        let padding = Padding { id: 0, type_id: 0, left: false };
-        let load = |name| TextTokenizer::load(&common::fixture(name), padding, Some(16), true).unwrap();
+        let padding = Padding {
+            id: 0,
+            type_id: 0,
+            left: false,
+        };
+        let load =
+            |name| TextTokenizer::load(&common::fixture(name), padding, Some(16), true).unwrap();
         [load("bert-base"), load("roberta-mlm")]
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     for tokenizer in tokenizers() {
         let input = match text.split_once('\t') {
             Some((a, b)) => TextInput::Pair(a.into(), b.into()),
             None => TextInput::Single(text.into()),
         };
         for side in [TruncationSide::Right, TruncationSide::Left] {
-            let truncation = Truncation { enabled: Some(true), side, keep_first: true };
+            let truncation = Truncation {
+                enabled: Some(true),
+                side,
+                keep_first: true,
+            };
             if let Ok(e) = tokenizer.encode_truncating(&input, truncation) {
                 assert!(e.ids.len() <= 16, "truncated to the limit");
                 assert_eq!(e.ids.len(), e.offsets.len());
@@ -33,10 +44,17 @@ fuzz_target!(|data: &[u8]| {
         let words: Vec<String> = text.split_whitespace().map(String::from).collect();
         if !words.is_empty() {
             if let Ok(e) = tokenizer.encode_words(&words) {
-                assert!(e.word_ids.iter().flatten().all(|&w| (w as usize) < words.len()));
+                assert!(e
+                    .word_ids
+                    .iter()
+                    .flatten()
+                    .all(|&w| (w as usize) < words.len()));
             }
         }
-        let ids: Vec<u32> = data.chunks(2).map(|c| c[0] as u32 * 256 + *c.get(1).unwrap_or(&0) as u32).collect();
+        let ids: Vec<u32> = data
+            .chunks(2)
+            .map(|c| c[0] as u32 * 256 + *c.get(1).unwrap_or(&0) as u32)
+            .collect();
         let _ = tokenizer.decode(&ids, false);
     }
 });

@@ -4,7 +4,9 @@ mod common;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, body)) = data.split_first() else { return };
+    let Some((&which, body)) = data.split_first() else {
+        return;
+    };
     if which % 2 == 0 {
         let path = common::file("retrain.toml", body);
         let _ = slimformer_retrain::RetrainConfig::load(&path);
