@@ -135,11 +135,11 @@ fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
     use std::io::Write;
     let (mut child, addr) = start_with(&[
         "--header-read-timeout",
-        "1",
-        "--body-read-timeout",
-        "1",
-        "--idle-timeout",
         "2",
+        "--body-read-timeout",
+        "2",
+        "--idle-timeout",
+        "3",
     ]);
     // Slowloris: request heads that never end; idle: connections that say nothing;
     // a body that stops halfway.
@@ -160,10 +160,15 @@ fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
     )
     .unwrap();
     assert!(tokenize_ok(&addr), "a good client beside them");
-    assert!(metric(&addr, "slimformer_connections_open") >= 200.0);
+    // The server has taken them all (a busy machine accepts the last ones a little later).
+    let held = (0..30).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        metric(&addr, "slimformer_connections_open") >= 200.0
+    });
+    assert!(held, "the server never held the 200 connections");
 
     // Within the timeouts (and a margin), every one of them is closed by the server.
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(6));
     for (i, s) in slow.iter_mut().enumerate() {
         assert!(closed_by_server(s), "slow header connection {i} still open");
     }
@@ -196,8 +201,14 @@ fn past_the_connection_limit_new_connections_are_closed_at_once() {
     assert!(closed_by_server(&mut extra), "the 21st connection was kept");
     // Once the idle ones are closed, clients are served again, and the refusal counted.
     drop(held);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(tokenize_ok(&addr));
+    let served = (0..30).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        tokenize_ok(&addr)
+    });
+    assert!(
+        served,
+        "no client was served after the held connections closed"
+    );
     assert!(metric(&addr, "slimformer_connections_refused_total") >= 1.0);
     let _ = child.kill();
     let _ = child.wait();
