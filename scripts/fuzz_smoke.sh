@@ -18,6 +18,8 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(tagged_data labelled_data tokenize checkpoint toml_configs)
 export RUSTC_BOOTSTRAP=1
+# CORPUS_OUT is taken from where the script was called, not from fuzz/.
+[ -z "${CORPUS_OUT:-}" ] || { mkdir -p "$CORPUS_OUT" && CORPUS_OUT=$(cd "$CORPUS_OUT" && pwd); }
 if ! command -v c++ >/dev/null; then
   echo "fuzz_smoke: installing g++ (libFuzzer is C++)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q g++ >/dev/null 2>&1 ||
