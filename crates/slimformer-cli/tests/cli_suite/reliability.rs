@@ -1,6 +1,6 @@
 //! The server under conditions a deployment meets: a log reader that stalls.
 
-use super::serve::fixture;
+use super::serve::{fixture, Server};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -66,23 +66,14 @@ fn a_stalled_log_reader_never_stops_the_server() {
     }
 }
 
-/// A server with short client timeouts, and its address.
-fn start_with(args: &[&str]) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_slimformer"))
-        .args(["serve", "--port", "0"])
-        .arg(fixture("bert-base"))
-        .args(args)
-        .env("SLIMFORMER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    (child, v["listening"].as_str().unwrap().to_string())
+/// A server of the fixture BERT started with `args`, and its address.
+fn start_with(args: &[&str]) -> (Server, String) {
+    let model = fixture("bert-base");
+    let mut all = vec![model.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let server = Server::start(&all);
+    let addr = server.url("").trim_start_matches("http://").to_string();
+    (server, addr)
 }
 
 fn metric(addr: &str, name: &str) -> f64 {
@@ -133,7 +124,7 @@ fn tokenize_ok(addr: &str) -> bool {
 #[test]
 fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
     use std::io::Write;
-    let (mut child, addr) = start_with(&[
+    let (server, addr) = start_with(&[
         "--header-read-timeout",
         "2",
         "--body-read-timeout",
@@ -186,13 +177,12 @@ fn slow_and_idle_clients_are_cut_off_while_others_are_served() {
     assert!(tokenize_ok(&addr));
     let open = metric(&addr, "slimformer_connections_open");
     assert!(open <= 2.0, "{open} connections still counted open");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 }
 
 #[test]
 fn past_the_connection_limit_new_connections_are_closed_at_once() {
-    let (mut child, addr) = start_with(&["--max-connections", "20", "--idle-timeout", "2"]);
+    let (server, addr) = start_with(&["--max-connections", "20", "--idle-timeout", "2"]);
     let held: Vec<std::net::TcpStream> = (0..20)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
@@ -210,8 +200,7 @@ fn past_the_connection_limit_new_connections_are_closed_at_once() {
         "no client was served after the held connections closed"
     );
     assert!(metric(&addr, "slimformer_connections_refused_total") >= 1.0);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 }
 
 /// A request's id (the client's X-Request-Id, or the server's own) is in its error
@@ -313,7 +302,7 @@ fn tls_serves_https_with_a_generated_certificate() {
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
 
-    let (mut child, addr) = start_with(&[
+    let (server, addr) = start_with(&[
         "--tls-cert",
         cert_path.to_str().unwrap(),
         "--tls-key",
@@ -327,8 +316,7 @@ fn tls_serves_https_with_a_generated_certificate() {
         .timeout(Duration::from_secs(5))
         .call();
     assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 
     // A key that is not PEM stops the start, naming the file.
     std::fs::write(&key_path, "not a key").unwrap();
