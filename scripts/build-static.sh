@@ -9,7 +9,8 @@ out=${1:?usage: scripts/build-static.sh OUT}
 cd "$(dirname "$0")/.."
 target=$(rustc -vV | sed -n 's/^host: //p')
 # --target keeps the flag off build scripts and proc-macros, which must stay dynamic.
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+# The output is stripped, so the build carries no debug info (a third of the disk).
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" CARGO_PROFILE_RELEASE_DEBUG=0 \
   cargo build --release --locked -p slimformer-cli --target "$target" --target-dir target/static
 built=target/static/$target/release/slimformer
 # No NEEDED entry and no program interpreter: nothing is loaded from the host.
