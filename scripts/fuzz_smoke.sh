@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-5}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(tagged_data labelled_data tokenize checkpoint toml_configs)
+[ ${#targets[@]} -gt 0 ] || targets=(tagged_data labelled_data tokenize checkpoint weights_formats toml_configs request_bodies)
 export RUSTC_BOOTSTRAP=1
 # CORPUS_OUT is taken from where the script was called, not from fuzz/.
 [ -z "${CORPUS_OUT:-}" ] || { mkdir -p "$CORPUS_OUT" && CORPUS_OUT=$(cd "$CORPUS_OUT" && pwd); }

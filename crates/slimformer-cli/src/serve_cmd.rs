@@ -1,7 +1,7 @@
 //! `slimformer serve`: the REST service (see the slimformer-server crate).
 
 use slimformer_server::http::ConnectionLimits;
-use slimformer_server::{ModelSource, ModelSpec, ServerConfig, TlsFiles};
+use slimformer_server::{MemoryLimit, ModelSource, ModelSpec, ServerConfig, TlsFiles};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -109,6 +109,13 @@ pub struct ServeArgs {
     /// Connections open at once; beyond it new ones are closed on arrival.
     #[arg(long, env = "SLIMFORMER_MAX_CONNECTIONS", default_value_t = 16384)]
     pub max_connections: usize,
+    /// The memory the server must stay within: `auto` (its cgroup's limit, as a
+    /// container's --memory sets it), `none`, or a size (`2G`, `512M`). Under a limit the
+    /// models and their forward passes are set aside at start (passes split smaller when
+    /// needed) and each request reserves its memory: 429 when too little is free now,
+    /// 413 when it could never fit
+    #[arg(long, env = "SLIMFORMER_MEMORY_LIMIT", default_value = "auto")]
+    pub memory_limit: MemoryLimit,
     /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
     #[arg(long, env = "SLIMFORMER_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -210,6 +217,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             _ => None,
         },
+        memory_limit: args.memory_limit,
         ..ServerConfig::with_models(models)
     };
     let retrainer = match &args.retrain_config {

@@ -13,6 +13,7 @@ use crate::engine::{Engine, Task, TaskOutput};
 use crate::metrics::Metrics;
 use slimformer::batching::BatchLimits;
 use slimformer::tokenize::Encoded;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -36,12 +37,16 @@ impl Job {
 
 pub struct Batcher {
     sender: Mutex<Option<mpsc::Sender<Job>>>,
+    /// Padded tokens one forward pass may take (lowered by the memory plan).
+    max_batch_tokens: Arc<AtomicUsize>,
 }
 
 impl Batcher {
     /// Starts the inference thread of the model named `model` (its metrics label).
     pub fn start(max_batch_tokens: usize, metrics: Arc<Metrics>, model: String) -> Batcher {
         let (tx, rx) = mpsc::channel::<Job>();
+        let budget = Arc::new(AtomicUsize::new(max_batch_tokens));
+        let max_batch_tokens = budget.clone();
         // As many compute threads as the process's pool (`--threads`).
         let threads = rayon::current_num_threads();
         std::thread::Builder::new()
@@ -52,17 +57,24 @@ impl Batcher {
                     .thread_name(|i| format!("slimformer-compute-{i}"))
                     .build();
                 match pool {
-                    Ok(pool) => pool.install(|| run(rx, max_batch_tokens, &metrics, &model)),
+                    Ok(pool) => pool.install(|| run(rx, &budget, &metrics, &model)),
                     Err(e) => {
                         tracing::warn!(%model, error = %e, "no compute threads of its own: sharing the process's");
-                        run(rx, max_batch_tokens, &metrics, &model)
+                        run(rx, &budget, &metrics, &model)
                     }
                 }
             })
             .expect("spawn the inference thread");
         Batcher {
             sender: Mutex::new(Some(tx)),
+            max_batch_tokens,
         }
+    }
+
+    /// Lowers (or raises) the tokens of the forward passes to come.
+    pub fn set_max_batch_tokens(&self, tokens: usize) {
+        self.max_batch_tokens
+            .store(tokens.max(1), Ordering::Relaxed);
     }
 
     /// Queues a job; false when the queue has closed (shutting down).
@@ -80,7 +92,7 @@ impl Batcher {
     }
 }
 
-fn run(rx: mpsc::Receiver<Job>, budget: usize, metrics: &Metrics, model: &str) {
+fn run(rx: mpsc::Receiver<Job>, max_batch_tokens: &AtomicUsize, metrics: &Metrics, model: &str) {
     let mut pending: Option<Job> = None;
     loop {
         let first = match pending.take() {
@@ -91,6 +103,7 @@ fn run(rx: mpsc::Receiver<Job>, budget: usize, metrics: &Metrics, model: &str) {
             },
         };
         metrics.queue_add(model, -1);
+        let budget = max_batch_tokens.load(Ordering::Relaxed);
         let mut batch = vec![first];
         let (mut n, mut longest) = batch[0].padded_tokens();
         while let Ok(job) = rx.try_recv() {

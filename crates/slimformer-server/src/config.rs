@@ -58,6 +58,53 @@ pub struct ServerConfig {
     pub connections: crate::http::ConnectionLimits,
     /// Serve HTTPS with this PEM certificate chain and PEM private key.
     pub tls: Option<TlsFiles>,
+    /// The memory the server plans within (see [`crate::memory`]).
+    pub memory_limit: MemoryLimit,
+}
+
+/// `--memory-limit`: `auto` (the cgroup's limit, if any), `none`, or bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    Auto,
+    None,
+    Bytes(u64),
+}
+
+impl std::str::FromStr for MemoryLimit {
+    type Err = String;
+
+    /// `auto`, `none`, or a size: `2G`, `512M`, `1500000000` (powers of 1024 for K, M, G).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => return Ok(MemoryLimit::Auto),
+            "none" => return Ok(MemoryLimit::None),
+            _ => {}
+        }
+        let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => s.split_at(i),
+            None => (s, ""),
+        };
+        let scale: u64 = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+            "" => 1,
+            "K" => 1 << 10,
+            "M" => 1 << 20,
+            "G" => 1 << 30,
+            "T" => 1 << 40,
+            _ => {
+                return Err(format!(
+                    "{s:?}: expected auto, none, or a size such as 2G or 512M"
+                ))
+            }
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?}: expected auto, none, or a size such as 2G or 512M"))?;
+        n.checked_mul(scale)
+            .filter(|&b| b > 0)
+            .map(MemoryLimit::Bytes)
+            .ok_or_else(|| format!("{s:?}: not a usable size"))
+    }
 }
 
 /// `--tls-cert` and `--tls-key`.
@@ -93,6 +140,7 @@ impl ServerConfig {
             default_prompt: None,
             connections: crate::http::ConnectionLimits::default(),
             tls: None,
+            memory_limit: MemoryLimit::Auto,
         }
     }
 }

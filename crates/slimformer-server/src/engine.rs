@@ -2,6 +2,8 @@
 //! and the task outputs (the same objects the command line prints).
 
 use slimformer::heads::{MaskedLmHead, SequenceClassifier, TokenClassifier};
+use slimformer::layers::Precision;
+use slimformer::memory::MemoryShape;
 use slimformer::params::{count_parameters, ParamCounts};
 use slimformer::pipeline::{self, LengthLimit, Pipeline};
 use slimformer::pooling::{EmbeddingSettings, Pooling};
@@ -67,6 +69,8 @@ pub struct Engine {
     pub reranker: std::result::Result<Scorer, String>,
     pub params: ParamCounts,
     pub quantization: Option<String>,
+    /// What its forward passes and answers cost in memory.
+    pub memory: MemoryShape,
 }
 
 impl Engine {
@@ -91,6 +95,13 @@ impl Engine {
             Scorer::new(classifier.clone(), embed_settings.clone()).map_err(|e| e.to_string());
         let params = count_parameters(&pipeline.model.checkpoint);
         let quantization = pipeline.model.checkpoint.quantization.clone();
+        // int8 and bf16 arithmetic packs a copy of each matrix, 1 or 2 bytes a weight.
+        let packed = match slimformer::layers::precision() {
+            Precision::Fp32 => 0,
+            Precision::Int8 => 1,
+            Precision::Bf16 => 2,
+        };
+        let memory = MemoryShape::of(&pipeline.model, params.total, packed);
         let name = dir
             .canonicalize()
             .unwrap_or_else(|_| dir.to_path_buf())
@@ -110,6 +121,7 @@ impl Engine {
             reranker,
             params,
             quantization,
+            memory,
         })
     }
 

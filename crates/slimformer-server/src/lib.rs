@@ -9,13 +9,14 @@ pub mod engine;
 pub mod errors;
 pub mod http;
 pub mod log_sink;
+pub mod memory;
 pub mod metrics;
 pub mod openapi;
 pub mod reload;
 pub mod routes;
 pub mod state;
 
-pub use config::{ModelSource, ModelSpec, ServerConfig, TlsFiles};
+pub use config::{MemoryLimit, ModelSource, ModelSpec, ServerConfig, TlsFiles};
 
 /// Loads the model, binds, prints one JSON line `{"listening": ADDR, ...}` on stdout,
 /// and serves until SIGTERM or Ctrl-C (then stops accepting, drains, returns).
@@ -56,6 +57,7 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
                 "model": engine.as_ref().map(|e| default.shown_name(e)),
                 "version": engine.as_ref().map(|e| e.version.clone()),
                 "models": models,
+                "memory": state.memory.get().map(|m| &m.plan),
             })
         );
         tracing::info!(%addr, "serving");

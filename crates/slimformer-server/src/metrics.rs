@@ -79,6 +79,11 @@ pub struct Metrics {
     pub connections_open: AtomicI64,
     /// Connections closed on arrival because the connection limit was reached.
     pub connections_refused: AtomicU64,
+    /// The requests' memory budget (0: no memory limit) and what is reserved of it.
+    pub memory_budget_bytes: AtomicU64,
+    pub memory_reserved_bytes: AtomicU64,
+    /// Requests refused for want of memory (429 or 413).
+    pub memory_refusals: AtomicU64,
 }
 
 /// A label value, escaped.
@@ -279,6 +284,29 @@ impl Metrics {
             "counter",
             "Log lines dropped because the log output did not keep up (requests never wait for it).",
             crate::log_sink::dropped_lines().to_string(),
+        );
+        gauge(
+            &mut out,
+            "slimformer_memory_budget_bytes",
+            "gauge",
+            "Memory requests may reserve under the memory limit (0: no limit).",
+            self.memory_budget_bytes.load(Ordering::Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "slimformer_memory_reserved_bytes",
+            "gauge",
+            "Memory reserved by requests being handled or answered.",
+            self.memory_reserved_bytes
+                .load(Ordering::Relaxed)
+                .to_string(),
+        );
+        gauge(
+            &mut out,
+            "slimformer_memory_refusals_total",
+            "counter",
+            "Requests refused because their memory did not fit the budget (429 or 413).",
+            self.memory_refusals.load(Ordering::Relaxed).to_string(),
         );
         out.push_str("# HELP slimformer_model_info The version each model serves.\n# TYPE slimformer_model_info gauge\n");
         for (model, stats) in &models {

@@ -27,7 +27,63 @@ pub async fn start(config: ServerConfig) -> Result<Arc<AppState>, ReloadError> {
             }
         }
     }
+    plan_memory(&state)?;
     Ok(state)
+}
+
+/// Under a memory limit, sets the requests' budget and lowers the forward passes'
+/// tokens where the limit needs it (see [`crate::memory`]).
+fn plan_memory(state: &AppState) -> Result<(), ReloadError> {
+    use crate::config::MemoryLimit;
+    use crate::memory::{self, PlannedModel, PLANNED_LEN_WITHOUT_LIMIT};
+    let limit = match state.config.memory_limit {
+        MemoryLimit::None => return Ok(()),
+        MemoryLimit::Bytes(b) => b,
+        MemoryLimit::Auto => match memory::cgroup_limit() {
+            Some(b) => b,
+            None => return Ok(()),
+        },
+    };
+    let loaded: Vec<PlannedModel> = state
+        .models
+        .iter()
+        .filter_map(|m| m.engine.current())
+        .map(|e| PlannedModel {
+            shape: e.memory,
+            max_len: e
+                .pipeline
+                .tokenizer
+                .max_len()
+                .unwrap_or(PLANNED_LEN_WITHOUT_LIMIT) as u64,
+        })
+        .collect();
+    if loaded.len() < state.models.len() {
+        tracing::warn!("the memory plan counts only the models loaded at start");
+    }
+    let resident = memory::resident_bytes().unwrap_or(0);
+    let plan = memory::plan(limit, resident, &loaded, state.config.max_batch_tokens)
+        .map_err(ReloadError::Memory)?;
+    if plan.max_batch_tokens < state.config.max_batch_tokens {
+        tracing::warn!(
+            limit = %memory::mb(limit),
+            max_batch_tokens = plan.max_batch_tokens,
+            "forward passes split to fit the memory limit (--max-batch-tokens {} would not)",
+            state.config.max_batch_tokens
+        );
+    }
+    for model in &state.models {
+        model.batcher.set_max_batch_tokens(plan.max_batch_tokens);
+    }
+    tracing::info!(
+        limit = %memory::mb(limit),
+        request_budget = %memory::mb(plan.request_budget_bytes),
+        max_batch_tokens = plan.max_batch_tokens,
+        "memory planned"
+    );
+    let _ = state
+        .memory
+        .set(memory::MemoryBudget::new(plan, state.metrics.clone()));
+    Ok(())
 }
 
 /// The version and folder the source points at now.
@@ -50,6 +106,9 @@ pub enum ReloadError {
         version: String,
         source: slimformer::Error,
     },
+    /// The models do not fit the memory limit.
+    #[error("{0}")]
+    Memory(String),
     /// The loading thread stopped (panicked) before it answered.
     #[error("the loader stopped: {0}")]
     LoaderStopped(String),

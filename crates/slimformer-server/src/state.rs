@@ -53,6 +53,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Requests admitted at once (`max_concurrent_requests`); past it, 429.
     pub(crate) permits: Arc<Semaphore>,
+    /// The requests' memory budget, under a memory limit (set once the models load).
+    pub memory: std::sync::OnceLock<crate::memory::MemoryBudget>,
     /// The next request id, for requests that bring none.
     pub(crate) next_id: AtomicU64,
 }
@@ -77,6 +79,7 @@ impl AppState {
             .collect();
         AppState {
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests.max(1))),
+            memory: std::sync::OnceLock::new(),
             models,
             metrics,
             config,

@@ -21,6 +21,7 @@ pub mod hf_tokenizer;
 pub mod hub;
 pub mod io;
 pub mod layers;
+pub mod memory;
 pub mod model;
 pub mod models;
 pub mod params;

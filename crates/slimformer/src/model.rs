@@ -32,6 +32,25 @@ impl FamilyConfig {
         }
     }
 
+    /// The width of the feed-forward layer's inner activation.
+    pub fn intermediate_size(&self) -> usize {
+        match self {
+            FamilyConfig::Bert(c) | FamilyConfig::Roberta(c) => c.intermediate_size,
+            FamilyConfig::DistilBert(c) => c.hidden_dim,
+            FamilyConfig::Albert(c) => c.intermediate_size,
+            FamilyConfig::XLNet(c) => c.d_inner,
+        }
+    }
+
+    pub fn attention_heads(&self) -> usize {
+        match self {
+            FamilyConfig::Bert(c) | FamilyConfig::Roberta(c) => c.num_attention_heads,
+            FamilyConfig::DistilBert(c) => c.n_heads,
+            FamilyConfig::Albert(c) => c.num_attention_heads,
+            FamilyConfig::XLNet(c) => c.n_head,
+        }
+    }
+
     /// The longest input in tokens the positions allow (`None`: no limit).
     pub fn max_input_len(&self) -> Option<usize> {
         match self {

@@ -7,6 +7,7 @@ mod compare_cli;
 mod finetune_cli;
 mod jobs;
 mod layering;
+mod memory_limit;
 mod pretrain_cli;
 mod reliability;
 mod rerank_cli;

@@ -20,10 +20,15 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_slimformer"))
-            .arg("serve")
-            .args(["--port", "0"])
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_slimformer"));
+        cmd.arg("serve").args(["--port", "0"]).args(args);
+        Server::spawn(cmd).0
+    }
+
+    /// Runs `cmd` (a `slimformer serve` on port 0, perhaps behind a wrapper that
+    /// `exec`s it) and waits for its first line: the server and that line.
+    pub(crate) fn spawn(mut cmd: Command) -> (Server, serde_json::Value) {
+        let mut child = cmd
             .env("SLIMFORMER_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -35,10 +40,20 @@ impl Server {
             .unwrap();
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|_| panic!("no address line: {line:?}"));
-        Server {
+        let server = Server {
             child,
             base: format!("http://{}", v["listening"].as_str().unwrap()),
-        }
+        };
+        (server, v)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (not exited, not killed).
+    pub(crate) fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

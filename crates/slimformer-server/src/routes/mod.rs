@@ -12,6 +12,7 @@ mod tei;
 use crate::batcher::Job;
 use crate::engine::{Engine, Task, TaskOutput};
 use crate::errors::{ApiError, ApiResult, ErrorType};
+use crate::memory::{self, Held, Refusal};
 use crate::state::{AppState, ServedModel};
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Request, State};
@@ -83,8 +84,10 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     // Every log line of the request carries its id (the span), and so does an error
     // body (the task-local the error reads).
     let span = tracing::info_span!("request", request_id = %id);
+    // The memory the request reserves stays reserved until its answer is sent.
+    let held = Held::default();
     let mut response = crate::errors::REQUEST_ID
-        .scope(id.clone(), next.run(req).instrument(span))
+        .scope(id.clone(), held.scope(next.run(req).instrument(span)))
         .await;
     state.metrics.in_flight_add(-1);
     let status = response.status().as_u16();
@@ -94,7 +97,7 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
-    response
+    held.attach(response)
 }
 
 /// Bearer API key on every route but health, ready and metrics.
@@ -319,6 +322,70 @@ fn engine_for(model: &ServedModel, task: &Task) -> ApiResult<Arc<Engine>> {
     Ok(engine)
 }
 
+/// Under a memory limit, reserves what the request's hidden states and answer will
+/// hold, until the answer is sent: 413 when it can never fit, 429 when it does not
+/// fit now.
+fn reserve_memory(
+    state: &AppState,
+    engine: &Engine,
+    task: &Task,
+    texts: &[slimformer::tokenize::Encoded],
+) -> ApiResult<()> {
+    let Some(budget) = state.memory.get() else {
+        return Ok(());
+    };
+    let shape = &engine.memory;
+    let rows = texts.len() as u64;
+    let tokens: u64 = texts.iter().map(|t| t.ids.len() as u64).sum();
+    let longest = texts.iter().map(|t| t.ids.len() as u64).max().unwrap_or(0);
+    // The numbers of the answer: a vector a text, a vector a token, or a few labels.
+    let values = match task {
+        Task::Embed { dimensions, .. } => rows * dimensions.map_or(shape.hidden, |d| d as u64),
+        Task::EmbedAll => tokens * shape.hidden,
+        Task::Tag { .. } => tokens * 16,
+        Task::FillMask { top_k } => rows * (*top_k as u64 + 1) * 16,
+        Task::Classify | Task::Rerank { .. } => rows * 64,
+    };
+    let planned_len = engine
+        .pipeline
+        .tokenizer
+        .max_len()
+        .unwrap_or(memory::PLANNED_LEN_WITHOUT_LIMIT) as u64;
+    let bytes = memory::request_bytes(shape, tokens, values)
+        + memory::extra_forward_bytes(shape, planned_len, rows, longest);
+    let refusal = match budget.reserve(bytes) {
+        Ok(reservation) => {
+            Held::keep(reservation);
+            return Ok(());
+        }
+        Err(refusal) => refusal,
+    };
+    state
+        .metrics
+        .memory_refusals
+        .fetch_add(1, Ordering::Relaxed);
+    Err(match refusal {
+        Refusal::TooLarge { needs, budget } => ApiError::new(
+            ErrorType::PayloadTooLarge,
+            format!(
+                "this request needs about {} of memory, more than the {} the server's memory \
+                 limit leaves for requests: send fewer or shorter inputs",
+                memory::mb(needs),
+                memory::mb(budget)
+            ),
+        ),
+        Refusal::Busy { needs, free } => ApiError::new(
+            ErrorType::Overloaded,
+            format!(
+                "not enough memory free for this request now (it needs about {}, {} is free): \
+                 retry later",
+                memory::mb(needs),
+                memory::mb(free)
+            ),
+        ),
+    })
+}
+
 /// Tokenizes the inputs, queues them on the model's batcher and waits for the
 /// outputs, under the admission limit and the request timeout.
 async fn run_task(
@@ -353,6 +420,7 @@ async fn run_task(
         let shown: Vec<String> = inputs.iter().map(shown).collect();
         tracing::info!(texts = ?shown, "inputs");
     }
+    reserve_memory(state, &engine, &task, &texts)?;
     let tokens = texts.iter().map(|t| t.ids.len()).sum();
     let (tx, rx) = oneshot::channel();
     state.metrics.model_request(&model.name);
