@@ -106,13 +106,17 @@ pub struct Plan {
     pub max_batch_tokens: usize,
 }
 
-/// Fits the models under `limit`, halving the forward passes' token budget (never
-/// below one longest input) until a request of one longest input fits beside them.
+/// Fits the models under `limit`. The forward passes' token budget is halved (never
+/// below one longest input) until the largest request the server takes (`max_inputs`
+/// longest inputs answered token by token) fits beside them; smaller passes cost
+/// little speed, a budget too small for a full request costs 429s. At the floor, a
+/// request of one longest input must fit, or the models do not fit the limit.
 pub fn plan(
     limit: u64,
     resident: u64,
     models: &[PlannedModel],
     max_batch_tokens: usize,
+    max_inputs: usize,
 ) -> Result<Plan, String> {
     let reload_headroom: u64 = models.iter().map(|m| m.shape.weights).sum();
     let margin = (limit as f64 * MARGIN_FRACTION) as u64;
@@ -122,6 +126,7 @@ pub fn plan(
         .map(|m| one_longest_input(&m.shape, m.max_len))
         .max()
         .unwrap_or(0);
+    let largest_request = smallest_request * max_inputs as u64;
     let forward = |tokens: usize| -> u64 {
         models
             .iter()
@@ -134,7 +139,9 @@ pub fn plan(
     let mut tokens = max_batch_tokens;
     loop {
         let fixed = resident + reload_headroom + forward(tokens) + margin;
-        if limit >= fixed + smallest_request {
+        let budget = limit.saturating_sub(fixed);
+        let at_floor = tokens <= longest;
+        if budget >= largest_request || (at_floor && budget >= smallest_request) {
             return Ok(Plan {
                 limit_bytes: limit,
                 resident_at_start_bytes: resident,
@@ -145,7 +152,7 @@ pub fn plan(
                 max_batch_tokens: tokens,
             });
         }
-        if tokens <= longest {
+        if at_floor {
             return Err(format!(
                 "the memory limit of {} is too small for these models: they need {} \
                  (loaded {}, a reload's second copy of the weights {}, forward passes of {} \
@@ -344,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_roomy_limit_keeps_the_batch_tokens_and_leaves_the_rest_to_requests() {
-        let plan = plan(4_000 * MB, 180 * MB, &[minilm()], 16_384).unwrap();
+        let plan = plan(4_000 * MB, 180 * MB, &[minilm()], 16_384, 32).unwrap();
         assert_eq!(plan.max_batch_tokens, 16_384);
         let fixed = 180 * MB + 91 * MB + 16_384 * 16_896 + 400 * MB;
         assert_eq!(plan.request_budget_bytes, 4_000 * MB - fixed);
@@ -352,14 +359,14 @@ mod tests {
 
     #[test]
     fn a_tight_limit_splits_forward_passes_smaller() {
-        let plan = plan(600 * MB, 180 * MB, &[minilm()], 16_384).unwrap();
+        let plan = plan(600 * MB, 180 * MB, &[minilm()], 16_384, 32).unwrap();
         assert!(plan.max_batch_tokens < 16_384 && plan.max_batch_tokens >= 512);
         assert!(plan.request_budget_bytes >= one_longest_input(&minilm().shape, 512));
     }
 
     #[test]
     fn a_limit_below_the_models_is_an_error_that_says_what_they_need() {
-        let e = plan(250 * MB, 180 * MB, &[minilm()], 16_384).unwrap_err();
+        let e = plan(250 * MB, 180 * MB, &[minilm()], 16_384, 32).unwrap_err();
         assert!(
             e.contains("too small") && e.contains("raise the limit"),
             "{e}"
@@ -368,7 +375,7 @@ mod tests {
 
     #[test]
     fn reservations_are_refused_when_busy_or_too_large_and_given_back() {
-        let p = plan(600 * MB, 180 * MB, &[minilm()], 16_384).unwrap();
+        let p = plan(600 * MB, 180 * MB, &[minilm()], 16_384, 32).unwrap();
         let budget = MemoryBudget::new(p.clone(), Arc::new(Metrics::default()));
         let all = p.request_budget_bytes;
         assert!(matches!(

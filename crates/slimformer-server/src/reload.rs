@@ -61,8 +61,14 @@ fn plan_memory(state: &AppState) -> Result<(), ReloadError> {
         tracing::warn!("the memory plan counts only the models loaded at start");
     }
     let resident = memory::resident_bytes().unwrap_or(0);
-    let plan = memory::plan(limit, resident, &loaded, state.config.max_batch_tokens)
-        .map_err(ReloadError::Memory)?;
+    let plan = memory::plan(
+        limit,
+        resident,
+        &loaded,
+        state.config.max_batch_tokens,
+        state.config.max_client_batch_size,
+    )
+    .map_err(ReloadError::Memory)?;
     if plan.max_batch_tokens < state.config.max_batch_tokens {
         tracing::warn!(
             limit = %memory::mb(limit),
