@@ -86,7 +86,7 @@ def mix(t: Texts):
         (5, "POST", "/v1/classify", "cls", lambda: {"inputs": t.some()}),
         (8, "POST", "/v1/tag", "tag",
          lambda: {"inputs": t.some(8), "aggregation": r.choice(["none", "simple", "first", "average", "max"])}),
-        (3, "POST", "/v1/fill-mask", "mlm", lambda: {"inputs": [" ".join(t.one().split()[:60]) + " [MASK] ."], "top_k": 3}),
+        (3, "POST", "/v1/fill-mask", "mlm", lambda: {"inputs": [" ".join(t.one().split()[:8]) + " [MASK] ."], "top_k": 3}),
         (5, "POST", "/tokenize", "emb", lambda: {"inputs": t.some(), "add_special_tokens": True}),
         (3, "POST", "/v1/tokenize", "emb", lambda: {"inputs": t.some()}),
         (3, "POST", "/decode", "emb", lambda: {"ids": [r.randrange(1000, 30000) for _ in range(r.randint(1, 300))]}),

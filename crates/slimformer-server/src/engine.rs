@@ -71,6 +71,18 @@ pub struct Engine {
     pub quantization: Option<String>,
     /// What its forward passes and answers cost in memory.
     pub memory: MemoryShape,
+    /// Last, so that it drops after the weights.
+    _returns_freed_memory: ReturnsFreedMemory,
+}
+
+/// Gives freed memory back to the system once an engine is gone (a version replaced by
+/// a reload, its last request answered): see [`crate::memory::return_freed_memory`].
+struct ReturnsFreedMemory;
+
+impl Drop for ReturnsFreedMemory {
+    fn drop(&mut self) {
+        crate::memory::return_freed_memory();
+    }
 }
 
 impl Engine {
@@ -122,6 +134,7 @@ impl Engine {
             params,
             quantization,
             memory,
+            _returns_freed_memory: ReturnsFreedMemory,
         })
     }
 

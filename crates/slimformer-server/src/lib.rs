@@ -22,6 +22,7 @@ pub use config::{MemoryLimit, ModelSource, ModelSpec, ServerConfig, TlsFiles};
 /// and serves until SIGTERM or Ctrl-C (then stops accepting, drains, returns).
 pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
     http::raise_descriptor_limit();
+    memory::spawn_returner();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(config.http_threads.max(1))

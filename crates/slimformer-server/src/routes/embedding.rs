@@ -80,6 +80,13 @@ pub(super) fn embed_plan(
             .then_some(default_prompt)
             .flatten()
     });
+    // A prompt name must be the model's even beside a prompt text, which wins.
+    if let Some(name) = options.prompt_name.as_deref() {
+        settings
+            .prompts
+            .resolve(Some(name), None)
+            .map_err(invalid)?;
+    }
     let name = options.prompt_name.or(default_name);
     let prompt = settings
         .prompts

@@ -60,8 +60,32 @@ pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-pub(super) async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::openapi::document())
+/// The OpenAPI document of this server: its models' routes and sizes.
+pub(super) async fn openapi(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let engines: Vec<_> = state
+        .models
+        .iter()
+        .filter_map(|m| m.engine.current())
+        .collect();
+    let mut prompts: Option<Vec<String>> = None;
+    for e in &engines {
+        let names: Vec<String> = e.embed_settings.prompts.named.keys().cloned().collect();
+        prompts = Some(match prompts {
+            None => names,
+            Some(shared) => shared.into_iter().filter(|n| names.contains(n)).collect(),
+        });
+    }
+    let facts = crate::openapi::ServedFacts {
+        tasks: engines.iter().map(|e| e.tasks()).collect(),
+        embedding_size: engines.iter().map(|e| e.pipeline.model.hidden_size()).min(),
+        vocab_size: engines
+            .iter()
+            .map(|e| e.pipeline.tokenizer.vocab_size())
+            .min(),
+        prompts: prompts.unwrap_or_default(),
+        max_inputs: state.config.max_client_batch_size,
+    };
+    Json(crate::openapi::document_for(&facts))
 }
 
 pub(super) async fn docs() -> Html<&'static str> {

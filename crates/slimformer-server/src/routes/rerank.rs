@@ -160,20 +160,12 @@ pub(super) async fn cohere_rerank(
             RerankDocument::Text(t) | RerankDocument::Object { text: t } => t,
         })
         .collect();
-    match req.top_n {
-        Some(0) => {
-            return Err(ApiError::new(
-                ErrorType::InvalidInput,
-                "top_n must be at least 1",
-            ))
-        }
-        Some(n) if n > documents.len() => {
-            return Err(ApiError::new(
-                ErrorType::InvalidInput,
-                format!("top_n {n} is more than the {} documents", documents.len()),
-            ))
-        }
-        _ => {}
+    // A top_n above the number of documents gives them all, as Cohere's API does.
+    if req.top_n == Some(0) {
+        return Err(ApiError::new(
+            ErrorType::InvalidInput,
+            "top_n must be at least 1",
+        ));
     }
     let cut = Truncation::default();
     let scored = rerank_scores(&state, model, &req.query, &documents, false, cut).await?;
