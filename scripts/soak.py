@@ -36,21 +36,12 @@ import threading
 import time
 from pathlib import Path
 
+from abuse_check import fds, rss_mb  # the server's resident memory and descriptors
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target/release/slimformer"
 MINILM = ROOT / "assets/all-MiniLM-L6-v2"
 FIXTURES = ROOT / "tests/fixtures"
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def fds(pid: int) -> int:
-    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
 class Texts:
