@@ -3,7 +3,7 @@
 
 Run with the reference venv (scripts/setup-reference.sh):
 
-    .venv-ref/bin/python scripts/make_training_fixtures.py
+    .venv-ref/bin/python scripts/make_training_fixtures.py [CASE...]
 
 Each case starts from a tiny checkpoint of tests/fixtures/ (classifier head included) with
 dropout off, and fine-tunes it in PyTorch exactly as `slimformer finetune` would with the
@@ -14,7 +14,9 @@ weighting each micro-batch by its share of the step's examples, global-norm clip
 biases and LayerNorm weights, and transformers' linear warm-up and decay. It writes
 
   * init/: the starting checkpoint (config.json with dropout 0, model.safetensors, tokenizer.json);
-  * train.csv: the examples (text,label), or train.conll (word<TAB>tag lines) for token
+  * train.csv: the examples (text,label: one label; `|`-separated labels, possibly none, for a
+    multi-label model; a number for a regression model, as the source's problem_type says), or
+    train.conll (word<TAB>tag lines) for token
     classification, whose tags go on each word's first sub-token as transformers' recipe puts them;
   * expected.json: the settings, and per optimizer step the mean loss over its examples, the
     learning rate and the gradient norm before clipping;
@@ -102,6 +104,32 @@ def sentences(n: int, labels: list[str], seed: int) -> list[tuple[str, str]]:
     return rows
 
 
+def multi_labelled(rows: list[tuple[str, str]], labels: list[str], seed: int) -> list[tuple[str, str]]:
+    """Each text with a set of labels, `|`-separated: the one it had (so every label occurs), and
+    each other label with probability 1/3; some texts lose theirs and have none."""
+    rng = random.Random(seed + 1)
+    out = []
+    for i, (text, first) in enumerate(rows):
+        chosen = {first} | {l for l in labels if rng.random() < 1 / 3}
+        if i % 7 == 6:
+            chosen = set()
+        out.append((text, "|".join(l for l in labels if l in chosen)))
+    return out
+
+
+def scored(rows: list[tuple[str, str]], seed: int) -> list[tuple[str, str]]:
+    """Each text with a number to predict: its count of positive words less its negative ones,
+    plus noise, as a decimal string."""
+    rng = random.Random(seed + 2)
+    good, bad = {"good", "bright", "funny", "quick"}, {"bad", "dull", "slow", "sad"}
+    out = []
+    for text, _ in rows:
+        words = text.lower().rstrip(".").split()
+        value = sum(w in good for w in words) - sum(w in bad for w in words) + rng.uniform(-0.5, 0.5)
+        out.append((text, f"{value:.3f}"))
+    return out
+
+
 def tagged_sentences(n: int, labels: list[str], seed: int) -> list[tuple[list[str], list[str]]]:
     """Sentences of words with a tag each (any tag of the model's, in BIO order where it matters
     little: the loss sees tag ids)."""
@@ -139,12 +167,17 @@ def make_case(name: str, source: str, settings: dict) -> None:
 
     labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
     tagging = settings.get("task") == "token-classification"
+    problem = config.get("problem_type", "single_label_classification")
     if tagging:
         rows = tagged_sentences(settings["examples"], labels, settings["seed"])
         (out / "train.conll").write_text(
             "".join("".join(f"{w}\t{t}\n" for w, t in zip(*r)) + "\n" for r in rows))
     else:
         rows = sentences(settings["examples"], labels, settings["seed"])
+        if problem == "multi_label_classification":
+            rows = multi_labelled(rows, labels, settings["seed"])
+        elif problem == "regression":
+            rows = scored(rows, settings["seed"])
         with open(out / "train.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["text", "label"])
@@ -207,6 +240,14 @@ def make_case(name: str, source: str, settings: dict) -> None:
                     target.append(row + [-100] * (longest - len(row)))
                 loss = torch.nn.functional.cross_entropy(
                     logits.reshape(-1, logits.shape[-1]), torch.tensor(target).reshape(-1), ignore_index=-100)
+            elif problem == "multi_label_classification":
+                # transformers' BCEWithLogitsLoss: a mean over texts and labels.
+                target = torch.tensor([[float(l in rows[i][1].split("|")) for l in labels] for i in idx])
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+            elif problem == "regression":
+                # transformers' MSELoss on the one output.
+                target = torch.tensor([float(rows[i][1]) for i in idx])
+                loss = torch.nn.functional.mse_loss(logits.squeeze(-1), target)
             else:
                 target = torch.tensor([label_id[rows[i][1]] for i in idx])
                 loss = torch.nn.functional.cross_entropy(logits, target)
@@ -236,10 +277,21 @@ SETTINGS = {
 }
 
 
+CASES = {
+    "train-bert-seqcls": ("bert-seqcls", SETTINGS),
+    "train-distilbert-seqcls": ("distilbert-seqcls", SETTINGS),
+    "train-bert-tokcls": ("bert-tokcls", {**SETTINGS, "task": "token-classification"}),
+    "train-bert-multilabel": ("bert-multilabel", SETTINGS),
+    "train-bert-regression": ("bert-regression", SETTINGS),
+}
+
+
 def main() -> None:
-    make_case("train-bert-seqcls", "bert-seqcls", SETTINGS)
-    make_case("train-distilbert-seqcls", "distilbert-seqcls", SETTINGS)
-    make_case("train-bert-tokcls", "bert-tokcls", {**SETTINGS, "task": "token-classification"})
+    """Writes the cases named on the command line, or all of them."""
+    import sys
+    for name in sys.argv[1:] or CASES:
+        source, settings = CASES[name]
+        make_case(name, source, settings)
 
 
 if __name__ == "__main__":

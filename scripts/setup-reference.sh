@@ -26,5 +26,6 @@ fi
   duckdb \
   fastapi==0.121.0 \
   uvicorn==0.38.0 \
-  seqeval==1.2.2
+  seqeval==1.2.2 \
+  schemathesis==4.32.5
 "$VENV/bin/python" -c "import torch, transformers; print('reference venv ready: torch', torch.__version__, 'transformers', transformers.__version__)"

@@ -2,6 +2,7 @@
 //! token classification on tagged CoNLL/CoNLL-U/JSONL files; `slimformer evaluate`.
 
 use crate::train_flags::{ScheduleFlags, TrainingFlags};
+use slimformer::heads::ProblemType;
 use slimformer_train::data::Columns;
 use slimformer_train::finetune::{self, FinetuneOptions};
 use slimformer_train::token_classification;
@@ -39,12 +40,38 @@ pub enum FinetuneTask {
     TokenClassification,
 }
 
+/// What a sequence classifier's labels are.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProblemTypeFlag {
+    /// One label a text: softmax and cross-entropy.
+    SingleLabel,
+    /// Any number of labels a text, `|`-separated in the label field (a list in
+    /// JSON Lines; empty for none): a sigmoid and binary cross-entropy each.
+    MultiLabel,
+    /// A number a text: one output and squared error.
+    Regression,
+}
+
+impl From<ProblemTypeFlag> for ProblemType {
+    fn from(flag: ProblemTypeFlag) -> Self {
+        match flag {
+            ProblemTypeFlag::SingleLabel => ProblemType::SingleLabel,
+            ProblemTypeFlag::MultiLabel => ProblemType::MultiLabel,
+            ProblemTypeFlag::Regression => ProblemType::Regression,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
     /// The model folder to start from (or a hub id in the local cache).
     pub model: String,
     #[arg(long, value_enum, default_value = "sequence-classification")]
     pub task: FinetuneTask,
+    /// Sequence classification: what the labels are (default: the model's
+    /// `problem_type`, else single-label).
+    #[arg(long, value_enum)]
+    pub problem_type: Option<ProblemTypeFlag>,
     /// Training data. Sequence classification: .csv, .tsv, or .jsonl with a header /
     /// keys. Token classification: .conll/.iob/.bio/.txt/.tsv (word and tag per line,
     /// blank line between sentences), .conllu (FORM and UPOS), or .jsonl
@@ -85,7 +112,8 @@ pub struct EvaluateArgs {
 }
 
 /// `slimformer evaluate`, as one JSON object: accuracy, macro-F1, MCC and loss for a
-/// sequence classifier; token accuracy, loss and (for entity tags) seqeval's
+/// sequence classifier (exact-match accuracy, micro- and macro-F1 for a multi-label one;
+/// MSE, MAE, Pearson and Spearman for a regression); token accuracy, loss and (for entity tags) seqeval's
 /// precision, recall and F1 for a token classifier.
 pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     let model_dir = slimformer::hub::resolve_model(&args.model)?;
@@ -127,7 +155,11 @@ pub fn finetune(args: FinetuneArgs) -> anyhow::Result<ExitCode> {
         overwrite: args.training.overwrite,
         progress: true,
         test: args.test,
+        problem_type: args.problem_type.map(ProblemType::from),
     };
+    if args.task == FinetuneTask::TokenClassification && opts.problem_type.is_some() {
+        anyhow::bail!("--problem-type is for --task sequence-classification: a token classifier has one tag a token");
+    }
     let report = match args.task {
         FinetuneTask::SequenceClassification => finetune::finetune(&opts)?,
         FinetuneTask::TokenClassification => token_classification::finetune(&opts)?,

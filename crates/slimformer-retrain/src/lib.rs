@@ -398,6 +398,7 @@ fn train_candidate(
         overwrite: true,
         progress: false,
         test: None,
+        problem_type: None,
     })?;
     let _ = std::fs::remove_dir_all(staging.join(slimformer_train::trainer::RESUME_DIR));
     Ok(report)

@@ -65,7 +65,13 @@ pub struct ServedFacts {
     pub prompts: Vec<String>,
     /// `--max-client-batch-size`: the most inputs a request may carry.
     pub max_inputs: usize,
+    /// The mask tokens of the models that fill masks: a fill-mask text holds one.
+    pub mask_tokens: Vec<String>,
 }
+
+/// The largest integer a JSON number holds exactly: the bound of counts that have no
+/// smaller one (an integer beyond the server's own types would be refused).
+const LARGEST_EXACT_INTEGER: u64 = (1 << 53) - 1;
 
 /// The routes that need a task, by the task's name in `Engine::tasks`.
 const ROUTE_TASKS: &[(&str, &str)] = &[
@@ -86,7 +92,11 @@ pub fn document_for(facts: &ServedFacts) -> Value {
                 paths.remove(*route);
             }
         }
-        for op in paths.values_mut().filter_map(|r| r.get_mut("post")) {
+        for (route, op) in paths
+            .iter_mut()
+            .filter_map(|(route, r)| Some((route.as_str(), r.get_mut("post")?)))
+        {
+            let is_fill_mask = route == "/v1/fill-mask";
             let body = &mut op["requestBody"]["content"]["application/json"]["schema"];
             let Some(properties) = body.get_mut("properties").and_then(Value::as_object_mut) else {
                 continue;
@@ -107,6 +117,12 @@ pub fn document_for(facts: &ServedFacts) -> Value {
                     properties["prompt_name"]["enum"] = json!(facts.prompts);
                 }
             }
+            if let (Some(k), Some(vocab)) = (properties.get_mut("top_k"), facts.vocab_size) {
+                k["maximum"] = json!(vocab);
+            }
+            if let (Some(inputs), true) = (properties.get_mut("inputs"), is_fill_mask) {
+                require_mask(inputs, &facts.mask_tokens);
+            }
             if let (Some(ids), Some(vocab)) = (properties.get_mut("ids"), facts.vocab_size) {
                 let most = json!(vocab.saturating_sub(1));
                 for variant in ids["oneOf"].as_array_mut().into_iter().flatten() {
@@ -121,6 +137,49 @@ pub fn document_for(facts: &ServedFacts) -> Value {
         }
     }
     doc
+}
+
+/// A fill-mask text must hold a mask token (422 otherwise): the text schemas of its
+/// inputs (a text, or the first text of a pair) get a pattern that finds one.
+fn require_mask(inputs: &mut Value, mask_tokens: &[String]) {
+    if mask_tokens.is_empty() {
+        return;
+    }
+    let pattern: Vec<String> = mask_tokens.iter().map(|m| regex_escape(m)).collect();
+    let pattern = json!(pattern.join("|"));
+    fn visit(schema: &mut Value, pattern: &Value) {
+        if schema["type"] == "string" {
+            // The mask token is not blank, so this pattern also keeps the `\S` rule.
+            schema["pattern"] = pattern.clone();
+        }
+        if let Some(first) = schema.pointer_mut("/properties/text") {
+            visit(first, pattern);
+        }
+        if let Some(items) = schema.get_mut("items") {
+            visit(items, pattern);
+        }
+        for variant in schema
+            .get_mut("oneOf")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            visit(variant, pattern);
+        }
+    }
+    visit(inputs, &pattern);
+}
+
+/// `text` as a regular expression that matches it literally.
+fn regex_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() * 2);
+    for c in text.chars() {
+        if "\\^$.|?*+()[]{}/".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// `maxItems` on the outer list of a request's inputs (a schema or its `oneOf` variants).
@@ -172,7 +231,7 @@ pub fn document() -> Value {
                 json!({"type": "object", "properties": {"inputs": inputs, "model": model, "pooling": {"type": "string", "nullable": true, "enum": ["mean", "cls", "max", "mean_sqrt_len", null]}, "normalize": {"type": "boolean", "nullable": true}, "dimensions": dimensions.clone(), "prompt_name": prompt_name.clone(), "prompt": {"type": "string", "nullable": true, "description": "a text put before each text; wins over prompt_name"}, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
                 ok("one record per input", records(json!({"text": {"type": "string"}, "embedding": {"type": "array", "items": {"type": "number"}}})))), &x_model),
             "/v1/fill-mask": with_header(post("Top-k predictions for each mask token (as `slimformer fill-mask`)",
-                json!({"type": "object", "properties": {"inputs": inputs, "model": model, "top_k": {"type": "integer", "minimum": 1, "default": 5}, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
+                json!({"type": "object", "properties": {"inputs": inputs, "model": model, "top_k": {"type": "integer", "minimum": 1, "maximum": LARGEST_EXACT_INTEGER, "default": 5, "description": "at most the vocabulary's size"}, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
                 ok("one record per input", records(json!({"text": {"type": "string"}, "masks": {"type": "array"}})))), &x_model),
             "/v1/tag": with_header(post("Token classification: entities with character spans, grouped as transformers' pipeline groups them (as `slimformer tag --aggregation`)",
                 json!({"type": "object", "properties": {"inputs": inputs, "model": model, "aggregation": {"type": "string", "nullable": true, "enum": ["none", "simple", "first", "average", "max", null], "default": "none", "description": "transformers' aggregation_strategy (also accepted under that name)"}, "truncate": truncate, "truncation_direction": direction}, "required": ["inputs"]}),
@@ -206,7 +265,7 @@ pub fn document() -> Value {
                 json!({"type": "object", "properties": {"query": text.clone(), "texts": {"type": "array", "minItems": 1, "items": text.clone()}, "raw_scores": {"type": "boolean", "default": false}, "return_text": {"type": "boolean", "default": false}, "truncate": truncate, "truncation_direction": direction}, "required": ["query", "texts"]}),
                 ok("documents best first", json!({"type": "array", "items": {"type": "object", "properties": {"index": {"type": "integer"}, "score": {"type": "number"}, "text": {"type": "string"}}}}))), &x_model),
             "/v1/rerank": with_header(post_compatible("Cohere/Jina compatible reranking",
-                json!({"type": "object", "properties": {"model": model, "query": text.clone(), "documents": {"type": "array", "minItems": 1, "items": {"oneOf": [text.clone(), {"type": "object", "properties": {"text": text.clone()}, "required": ["text"]}]}}, "top_n": {"type": "integer", "nullable": true, "minimum": 1, "description": "the best this many documents (all of them when there are fewer)"}, "return_documents": {"type": "boolean", "default": false}}, "required": ["query", "documents"]}),
+                json!({"type": "object", "properties": {"model": model, "query": text.clone(), "documents": {"type": "array", "minItems": 1, "items": {"oneOf": [text.clone(), {"type": "object", "properties": {"text": text.clone()}, "required": ["text"]}]}}, "top_n": {"type": "integer", "nullable": true, "minimum": 1, "maximum": LARGEST_EXACT_INTEGER, "description": "the best this many documents (all of them when there are fewer)"}, "return_documents": {"type": "boolean", "default": false}}, "required": ["query", "documents"]}),
                 ok("results best first", json!({"type": "object", "properties": {"results": {"type": "array"}, "model": {"type": "string"}, "usage": {"type": "object"}}}))), &x_model),
             "/info": {"get": {"summary": "text-embeddings-inference's model and server information of the default model or of ?model=: model_id, model_dtype, model_type, max_input_length, max_batch_tokens, max_client_batch_size, version, models, ...",
                 "parameters": [{"name": "model", "in": "query", "required": false, "schema": {"type": "string"}}],
@@ -241,3 +300,62 @@ pub const DOCS_PAGE: &str = r##"<!doctype html>
 <script>if (window.SwaggerUIBundle) { SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"}); }</script>
 </body></html>
 "##;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill_mask_server() -> ServedFacts {
+        ServedFacts {
+            tasks: vec![vec!["embed", "fill-mask"]],
+            embedding_size: Some(32),
+            vocab_size: Some(1000),
+            prompts: Vec::new(),
+            max_inputs: 8,
+            mask_tokens: vec!["[MASK]".into()],
+        }
+    }
+
+    fn body<'a>(doc: &'a Value, route: &str) -> &'a Value {
+        &doc["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+            ["properties"]
+    }
+
+    #[test]
+    fn fill_mask_texts_must_hold_the_mask_token() {
+        let doc = document_for(&fill_mask_server());
+        let inputs = &body(&doc, "/v1/fill-mask")["inputs"];
+        let one_text = &inputs["oneOf"][0];
+        assert_eq!(one_text["pattern"], "\\[MASK\\]");
+        let in_list = &inputs["oneOf"][1]["items"]["oneOf"];
+        assert_eq!(in_list[0]["pattern"], "\\[MASK\\]");
+        assert_eq!(in_list[1]["properties"]["text"]["pattern"], "\\[MASK\\]");
+        // Only the first text of a pair needs it, and other routes keep the plain rule.
+        assert_eq!(in_list[1]["properties"]["text_pair"]["pattern"], "\\S");
+        assert_eq!(
+            body(&doc, "/v1/embed")["inputs"]["oneOf"][0]["pattern"],
+            "\\S"
+        );
+    }
+
+    #[test]
+    fn counts_have_a_maximum_the_server_holds() {
+        let doc = document_for(&fill_mask_server());
+        assert_eq!(body(&doc, "/v1/fill-mask")["top_k"]["maximum"], 1000);
+        let doc = document_for(&ServedFacts {
+            tasks: vec![vec!["rerank"]],
+            ..fill_mask_server()
+        });
+        let top_n = body(&doc, "/v1/rerank")["top_n"]["maximum"]
+            .as_u64()
+            .unwrap();
+        assert!(top_n <= usize::MAX as u64 && top_n == LARGEST_EXACT_INTEGER);
+    }
+
+    #[test]
+    fn regex_escape_matches_literally() {
+        assert_eq!(regex_escape("<mask>"), "<mask>");
+        assert_eq!(regex_escape("[MASK]"), "\\[MASK\\]");
+        assert_eq!(regex_escape("a.b|c"), "a\\.b\\|c");
+    }
+}

@@ -368,6 +368,7 @@ fn finetune_and_compare(
                     overwrite: false,
                     progress: false,
                     test: Some(ds.test.clone()),
+                    problem_type: None,
                 })?;
                 Ok(serde_json::json!({
                     "dataset": ds.name,

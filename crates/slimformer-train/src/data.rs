@@ -26,6 +26,10 @@ impl Default for Columns {
     }
 }
 
+/// Multi-label data names a text's labels in one field, separated by this (or, in
+/// JSON Lines, as a list).
+pub const LABEL_SEPARATOR: char = '|';
+
 /// One labelled row, with the line of the file it started on (1-based).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -87,13 +91,6 @@ fn make_row(
         if p.trim().is_empty() {
             return Err(at(path, line, format!("empty text in column {col:?}")));
         }
-    }
-    if label.trim().is_empty() {
-        return Err(at(
-            path,
-            line,
-            format!("empty label in column {:?}", columns.label),
-        ));
     }
     let input = match pair {
         Some(p) => TextInput::Pair(text, p),
@@ -235,7 +232,26 @@ fn read_jsonl(path: &Path, bytes: &[u8], columns: &Columns) -> Result<Vec<Row>> 
             .as_deref()
             .map(|c| get(c, "column"))
             .transpose()?;
-        let l = get(&columns.label, "column")?;
+        let l = match obj.get(&columns.label) {
+            // A multi-label row's labels, as a list of names.
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str().ok_or_else(|| {
+                        at(
+                            path,
+                            line,
+                            format!(
+                                "the list {:?} holds a value that is not a string",
+                                columns.label
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+                .join(&LABEL_SEPARATOR.to_string()),
+            _ => get(&columns.label, "column")?,
+        };
         rows.push(make_row(path, line, t, p, l, columns)?);
     }
     Ok(rows)
@@ -244,8 +260,11 @@ fn read_jsonl(path: &Path, bytes: &[u8], columns: &Columns) -> Result<Vec<Row>> 
 /// The label set: the model's own labels when it has `id2label` naming exactly the
 /// labels of the data (in the model's order), else the data's labels sorted (as
 /// numbers when they all are integers).
-pub fn label_names(train: &[Row], model_labels: Option<&[String]>) -> Vec<String> {
-    let set: BTreeSet<&str> = train.iter().map(|r| r.label.as_str()).collect();
+pub fn label_names<'a>(
+    train: impl IntoIterator<Item = &'a str>,
+    model_labels: Option<&[String]>,
+) -> Vec<String> {
+    let set: BTreeSet<&str> = train.into_iter().filter(|l| !l.is_empty()).collect();
     if let Some(own) = model_labels {
         let own_set: BTreeSet<&str> = own.iter().map(|s| s.as_str()).collect();
         if own_set == set && own_set.len() == own.len() {
@@ -263,6 +282,9 @@ pub fn label_names(train: &[Row], model_labels: Option<&[String]>) -> Vec<String
 pub fn label_ids(path: &Path, rows: &[Row], names: &[String]) -> Result<Vec<usize>> {
     rows.iter()
         .map(|r| {
+            if r.label.is_empty() {
+                return Err(at(path, r.line, "empty label: each text needs one"));
+            }
             names.iter().position(|n| *n == r.label).ok_or_else(|| {
                 at(
                     path,

@@ -36,13 +36,26 @@ pub struct FinetuneOptions {
     pub progress: bool,
     /// Held-out test data, scored with the best checkpoint once training ends.
     pub test: Option<PathBuf>,
+    /// What the labels are (`None`: the model's `problem_type`, else one label a text).
+    pub problem_type: Option<ProblemType>,
+}
+
+/// What a row's label is to a sequence classifier.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// The id of the text's one label.
+    Class(u32),
+    /// 1 for each of the text's labels, 0 for the others (multi-label).
+    Classes(Vec<f32>),
+    /// The number to predict (regression).
+    Value(f32),
 }
 
 /// One tokenized, labelled text.
 #[derive(Debug, Clone)]
 pub struct Example {
     pub encoded: Encoded,
-    pub label: u32,
+    pub target: Target,
 }
 
 /// Sequence classification as a [`TrainTask`].
@@ -65,36 +78,131 @@ impl ClassificationTask {
         self.head.forward_t(&hidden, train)
     }
 
-    fn targets(batch: &[&Example]) -> Result<Tensor> {
-        let ids: Vec<u32> = batch.iter().map(|e| e.label).collect();
-        Ok(Tensor::new(ids, &Device::Cpu)?)
+    pub fn problem_type(&self) -> ProblemType {
+        self.head.labels.problem_type
     }
 
-    /// Accuracy, macro-F1, MCC and mean loss over `examples`, dropout off.
+    /// Metrics of the problem type over `examples`, dropout off, with the mean loss:
+    /// accuracy, macro-F1 and MCC of one label a text; exact-match accuracy, micro-
+    /// and macro-F1 of multi-label predictions (a label's sigmoid above 0.5); squared
+    /// and absolute error and Pearson's and Spearman's correlation of a regression.
     pub fn evaluate_on(&self, examples: &[Example]) -> Result<Metrics> {
-        let mut preds = vec![0u32; examples.len()];
+        let mut outputs = vec![Vec::new(); examples.len()];
         let mut loss_sum = 0f64;
         let limits = BatchLimits::rows(self.eval_batch);
         for (indices, batch) in batching::batches(examples, |e| e.encoded.ids.len(), limits) {
             let logits = self.logits(&batch, None)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &Self::targets(&batch)?)?;
+            let loss = sequence_loss(self.problem_type(), &logits, &batch)?;
             loss_sum += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
             for (i, row) in indices.into_iter().zip(logits.to_vec2::<f32>()?) {
-                let best = (0..row.len())
-                    .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
-                    .unwrap_or(0);
-                preds[i] = best as u32;
+                outputs[i] = row;
             }
         }
-        let gold: Vec<u32> = examples.iter().map(|e| e.label).collect();
-        let mut values = classification_metrics(&preds, &gold, self.labels.len());
+        let targets: Vec<&Target> = examples.iter().map(|e| &e.target).collect();
+        let (mut values, primary, higher_is_better) = match self.problem_type() {
+            ProblemType::SingleLabel => {
+                let preds: Vec<u32> = outputs.iter().map(|row| argmax(row) as u32).collect();
+                let gold: Vec<u32> = targets.iter().map(|t| t.class()).collect::<Result<_>>()?;
+                let m = classification_metrics(&preds, &gold, self.labels.len());
+                (m, "accuracy", true)
+            }
+            ProblemType::MultiLabel => {
+                let gold: Vec<&[f32]> =
+                    targets.iter().map(|t| t.classes()).collect::<Result<_>>()?;
+                (multi_label_metrics(&outputs, &gold), "micro_f1", true)
+            }
+            ProblemType::Regression => {
+                let preds: Vec<f64> = outputs.iter().map(|row| row[0] as f64).collect();
+                let gold: Vec<f64> = targets
+                    .iter()
+                    .map(|t| t.value().map(f64::from))
+                    .collect::<Result<_>>()?;
+                (regression_metrics(&preds, &gold), "mse", false)
+            }
+        };
         values.insert("loss".into(), loss_sum / examples.len().max(1) as f64);
         Ok(Metrics {
             values,
-            primary: "accuracy".into(),
-            higher_is_better: true,
+            primary: primary.into(),
+            higher_is_better,
         })
     }
+}
+
+impl Target {
+    fn class(&self) -> Result<u32> {
+        match self {
+            Target::Class(id) => Ok(*id),
+            _ => Err(Error::Input("a single-label target was expected".into())),
+        }
+    }
+
+    fn classes(&self) -> Result<&[f32]> {
+        match self {
+            Target::Classes(flags) => Ok(flags),
+            _ => Err(Error::Input("a multi-label target was expected".into())),
+        }
+    }
+
+    fn value(&self) -> Result<f32> {
+        match self {
+            Target::Value(v) => Ok(*v),
+            _ => Err(Error::Input("a regression target was expected".into())),
+        }
+    }
+}
+
+/// The index of a row's largest value (the first of equal ones).
+fn argmax(row: &[f32]) -> usize {
+    (0..row.len())
+        .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+        .unwrap_or(0)
+}
+
+/// transformers' loss of a `*ForSequenceClassification` for its problem type, a mean
+/// over the batch: cross-entropy; binary cross-entropy on each label's logit (as
+/// `BCEWithLogitsLoss`: a mean over texts and labels); or the squared error of the
+/// one output (`MSELoss`).
+pub fn sequence_loss(problem: ProblemType, logits: &Tensor, batch: &[&Example]) -> Result<Tensor> {
+    let device = logits.device();
+    match problem {
+        ProblemType::SingleLabel => {
+            let ids: Vec<u32> = batch
+                .iter()
+                .map(|e| e.target.class())
+                .collect::<Result<_>>()?;
+            Ok(candle_nn::loss::cross_entropy(
+                logits,
+                &Tensor::new(ids, device)?,
+            )?)
+        }
+        ProblemType::MultiLabel => {
+            let flags: Vec<f32> = batch
+                .iter()
+                .map(|e| e.target.classes().map(<[f32]>::to_vec))
+                .collect::<Result<Vec<_>>>()?
+                .concat();
+            let targets = Tensor::from_vec(flags, logits.dims(), device)?;
+            binary_cross_entropy_with_logits(logits, &targets)
+        }
+        ProblemType::Regression => {
+            let values: Vec<f32> = batch
+                .iter()
+                .map(|e| e.target.value())
+                .collect::<Result<_>>()?;
+            let targets = Tensor::from_vec(values, batch.len(), device)?;
+            Ok(candle_nn::loss::mse(&logits.flatten_all()?, &targets)?)
+        }
+    }
+}
+
+/// The mean of −[y·log σ(x) + (1−y)·log(1−σ(x))], computed as
+/// max(x, 0) − x·y + log(1 + e^−|x|) so that large logits neither overflow nor
+/// take the log of 0 (the form PyTorch's `BCEWithLogitsLoss` uses).
+fn binary_cross_entropy_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let softplus_of_minus_abs = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    let loss = ((logits.relu()? - (logits * targets)?)? + softplus_of_minus_abs)?;
+    Ok(loss.mean_all()?)
 }
 
 impl TrainTask for ClassificationTask {
@@ -102,10 +210,7 @@ impl TrainTask for ClassificationTask {
 
     fn loss(&self, batch: &[&Example], rng: &TrainRng) -> Result<Tensor> {
         let logits = self.logits(batch, Some(rng))?;
-        Ok(candle_nn::loss::cross_entropy(
-            &logits,
-            &Self::targets(batch)?,
-        )?)
+        sequence_loss(self.problem_type(), &logits, batch)
     }
 
     fn evaluate(&self) -> Result<Metrics> {
@@ -113,7 +218,7 @@ impl TrainTask for ClassificationTask {
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
-        save_sequence_classifier(dir, &self.model, &self.varmap, &self.labels)
+        save_sequence_classifier(dir, &self.model, &self.varmap, &self.head.labels)
     }
 }
 
@@ -166,6 +271,115 @@ pub fn classification_metrics(preds: &[u32], gold: &[u32], k: usize) -> BTreeMap
     ])
 }
 
+/// Multi-label metrics, as scikit-learn computes them on 0/1 label matrices: a label
+/// is predicted when its logit is above 0 (sigmoid above 0.5); `accuracy` is the share
+/// of texts whose predicted set is exactly the gold set, `micro_f1` counts every
+/// (text, label) decision alike, `macro_f1` averages the F1 of the labels that occur
+/// in gold or predictions.
+pub fn multi_label_metrics(logits: &[Vec<f32>], gold: &[&[f32]]) -> BTreeMap<String, f64> {
+    let k = gold.first().map_or(0, |g| g.len());
+    let (mut tp, mut predicted, mut actual) = (vec![0f64; k], vec![0f64; k], vec![0f64; k]);
+    let mut exact = 0usize;
+    for (row, flags) in logits.iter().zip(gold) {
+        let mut all_right = true;
+        for c in 0..k {
+            let (p, g) = (row[c] > 0.0, flags[c] > 0.5);
+            predicted[c] += p as u8 as f64;
+            actual[c] += g as u8 as f64;
+            tp[c] += (p && g) as u8 as f64;
+            all_right &= p == g;
+        }
+        exact += all_right as usize;
+    }
+    let f1 = |tp: f64, predicted: f64, actual: f64| {
+        if predicted + actual > 0.0 {
+            2.0 * tp / (predicted + actual)
+        } else {
+            0.0
+        }
+    };
+    let present: Vec<usize> = (0..k).filter(|&c| predicted[c] + actual[c] > 0.0).collect();
+    let macro_f1 = if present.is_empty() {
+        0.0
+    } else {
+        present
+            .iter()
+            .map(|&c| f1(tp[c], predicted[c], actual[c]))
+            .sum::<f64>()
+            / present.len() as f64
+    };
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    BTreeMap::from([
+        (
+            "accuracy".to_string(),
+            exact as f64 / gold.len().max(1) as f64,
+        ),
+        (
+            "micro_f1".to_string(),
+            f1(sum(&tp), sum(&predicted), sum(&actual)),
+        ),
+        ("macro_f1".to_string(), macro_f1),
+    ])
+}
+
+/// Regression metrics: mean squared and absolute error, Pearson's correlation and
+/// Spearman's (Pearson's of the ranks, ties given their mean rank); a correlation is
+/// 0 where one side is constant.
+pub fn regression_metrics(preds: &[f64], gold: &[f64]) -> BTreeMap<String, f64> {
+    let n = gold.len().max(1) as f64;
+    let mse = preds
+        .iter()
+        .zip(gold)
+        .map(|(p, g)| (p - g).powi(2))
+        .sum::<f64>()
+        / n;
+    let mae = preds
+        .iter()
+        .zip(gold)
+        .map(|(p, g)| (p - g).abs())
+        .sum::<f64>()
+        / n;
+    BTreeMap::from([
+        ("mse".to_string(), mse),
+        ("mae".to_string(), mae),
+        ("pearson".to_string(), pearson(preds, gold)),
+        ("spearman".to_string(), pearson(&ranks(preds), &ranks(gold))),
+    ])
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().max(1) as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    if va > 0.0 && vb > 0.0 {
+        cov / (va * vb).sqrt()
+    } else {
+        0.0
+    }
+}
+
+/// 1-based ranks, equal values sharing the mean of their ranks.
+fn ranks(values: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut ranks = vec![0f64; values.len()];
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && values[order[end]] == values[order[start]] {
+            end += 1;
+        }
+        let mean_rank = (start + end + 1) as f64 / 2.0;
+        for &i in &order[start..end] {
+            ranks[i] = mean_rank;
+        }
+        start = end;
+    }
+    ranks
+}
+
 /// The model's own label names (from `id2label`, by id), if its config has them.
 pub(crate) fn model_labels(model: &Model) -> Option<Vec<String>> {
     let map = model.checkpoint.config.get("id2label")?.as_object()?;
@@ -204,20 +418,120 @@ fn encode_rows(
     tokenizer: &TextTokenizer,
     path: &Path,
     rows: &[Row],
-    ids: &[usize],
+    targets: Vec<Target>,
 ) -> Result<Vec<Example>> {
     rows.iter()
-        .zip(ids)
-        .map(|(row, &label)| {
+        .zip(targets)
+        .map(|(row, target)| {
             let encoded = tokenizer
                 .encode(&row.input)
                 .map_err(|e| Error::file(path, format!("line {}: {e}", row.line)))?;
-            Ok(Example {
-                encoded,
-                label: label as u32,
-            })
+            Ok(Example { encoded, target })
         })
         .collect()
+}
+
+/// A multi-label row's label names (none when its field is empty).
+fn split_labels(field: &str) -> impl Iterator<Item = &str> {
+    field
+        .split(data::LABEL_SEPARATOR)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+}
+
+/// The head's labels: the data's (in the model's order when its `id2label` names the
+/// same ones), or the one output of a regression.
+fn label_set(
+    problem_type: ProblemType,
+    train: &Path,
+    rows: &[Row],
+    model: &Model,
+) -> Result<Vec<String>> {
+    let own = model_labels(model);
+    let labels = match problem_type {
+        ProblemType::SingleLabel => {
+            data::label_names(rows.iter().map(|r| r.label.as_str()), own.as_deref())
+        }
+        ProblemType::MultiLabel => data::label_names(
+            rows.iter().flat_map(|r| split_labels(&r.label)),
+            own.as_deref(),
+        ),
+        ProblemType::Regression => {
+            return Ok(own
+                .filter(|o| o.len() == 1)
+                .unwrap_or_else(|| vec!["LABEL_0".into()]))
+        }
+    };
+    let least = if problem_type == ProblemType::MultiLabel {
+        1
+    } else {
+        2
+    };
+    if labels.len() < least {
+        return Err(Error::file(
+            train,
+            match labels.len() {
+                0 => "no labels: every label field is empty".to_string(),
+                _ => format!(
+                    "only one label ({}): classification needs at least two \
+                     (a number to predict is --problem-type regression)",
+                    labels.join(", ")
+                ),
+            },
+        ));
+    }
+    Ok(labels)
+}
+
+/// Each row's target: its label's id; 1/0 flags of its `|`-separated labels; or its
+/// number. A label outside `names`, or a value that is not a number, is an error
+/// naming the file and line.
+fn targets(
+    problem_type: ProblemType,
+    path: &Path,
+    rows: &[Row],
+    names: &[String],
+) -> Result<Vec<Target>> {
+    let at =
+        |row: &Row, message: String| Error::file(path, format!("line {}: {message}", row.line));
+    match problem_type {
+        ProblemType::SingleLabel => Ok(data::label_ids(path, rows, names)?
+            .into_iter()
+            .map(|id| Target::Class(id as u32))
+            .collect()),
+        ProblemType::MultiLabel => rows
+            .iter()
+            .map(|row| {
+                let mut flags = vec![0f32; names.len()];
+                for label in split_labels(&row.label) {
+                    let id = names.iter().position(|n| n == label).ok_or_else(|| {
+                        at(
+                            row,
+                            format!(
+                                "unknown label {label:?}: the training data's labels are {}",
+                                names.join(", ")
+                            ),
+                        )
+                    })?;
+                    flags[id] = 1.0;
+                }
+                Ok(Target::Classes(flags))
+            })
+            .collect(),
+        ProblemType::Regression => rows
+            .iter()
+            .map(|row| match row.label.parse::<f32>() {
+                Ok(v) if v.is_finite() => Ok(Target::Value(v)),
+                _ => Err(at(
+                    row,
+                    format!(
+                        "label {:?} is not a number (a regression predicts one)",
+                        row.label
+                    ),
+                )),
+            })
+            .collect(),
+    }
 }
 
 /// A stored classifier with another number of labels is replaced by a new head
@@ -307,18 +621,13 @@ pub fn prepare(opts: &FinetuneOptions) -> Result<(ClassificationTask, Vec<Exampl
         train_and_dev(opts, |path| data::read_rows(path, &opts.columns))?;
 
     let (mut model, varmap) = Model::load_trainable(&opts.model_dir)?;
-    let labels = data::label_names(&train_rows, model_labels(&model).as_deref());
-    if labels.len() < 2 {
-        return Err(Error::file(
-            &opts.train,
-            format!(
-                "only one label ({}): classification needs at least two",
-                labels.join(", ")
-            ),
-        ));
-    }
-    let train_ids = data::label_ids(&opts.train, &train_rows, &labels)?;
-    let dev_ids = data::label_ids(&dev_path, &dev_rows, &labels)?;
+    let problem_type = opts
+        .problem_type
+        .or_else(|| ProblemType::from_config(&model.checkpoint.config))
+        .unwrap_or(ProblemType::SingleLabel);
+    let labels = label_set(problem_type, &opts.train, &train_rows, &model)?;
+    let train_targets = targets(problem_type, &opts.train, &train_rows, &labels)?;
+    let dev_targets = targets(problem_type, &dev_path, &dev_rows, &labels)?;
 
     drop_mismatched_head(&mut model, &varmap, labels.len());
     let before = var_names(&varmap);
@@ -326,7 +635,7 @@ pub fn prepare(opts: &FinetuneOptions) -> Result<(ClassificationTask, Vec<Exampl
         &model,
         Labels {
             names: labels.clone(),
-            problem_type: ProblemType::SingleLabel,
+            problem_type,
         },
     )?;
     init_new_vars(&varmap, &before, opts.train_config.seed)?;
@@ -334,8 +643,8 @@ pub fn prepare(opts: &FinetuneOptions) -> Result<(ClassificationTask, Vec<Exampl
     let max_len = resolve_max_len(opts.max_len, &model)?;
     let tokenizer =
         TextTokenizer::load(&opts.model_dir, model.config.padding(), Some(max_len), true)?;
-    let train = encode_rows(&tokenizer, &opts.train, &train_rows, &train_ids)?;
-    let dev = encode_rows(&tokenizer, &dev_path, &dev_rows, &dev_ids)?;
+    let train = encode_rows(&tokenizer, &opts.train, &train_rows, train_targets)?;
+    let dev = encode_rows(&tokenizer, &dev_path, &dev_rows, dev_targets)?;
     Ok((
         ClassificationTask {
             model,
@@ -363,8 +672,9 @@ pub struct FinetuneReport {
     pub test: Option<Metrics>,
 }
 
-/// Accuracy, macro-F1, MCC and loss of a saved sequence classifier on a labelled
-/// file, its labels named as in the checkpoint's `id2label`.
+/// The metrics of a saved sequence classifier's problem type (see
+/// [`ClassificationTask::evaluate_on`]) on a labelled file, its labels named as in
+/// the checkpoint's `id2label`.
 pub fn evaluate_checkpoint(
     model_dir: &Path,
     file: &Path,
@@ -376,10 +686,10 @@ pub fn evaluate_checkpoint(
     let head = SequenceClassifier::load(&model)?;
     let labels = head.labels.names.clone();
     let rows = data::read_rows(file, columns)?;
-    let ids = data::label_ids(file, &rows, &labels)?;
+    let targets = targets(head.labels.problem_type, file, &rows, &labels)?;
     let max_len = max_len.or_else(|| model.config.max_input_len().map(|m| m.min(DEFAULT_MAX_LEN)));
     let tokenizer = TextTokenizer::load(model_dir, model.config.padding(), max_len, true)?;
-    let examples = encode_rows(&tokenizer, file, &rows, &ids)?;
+    let examples = encode_rows(&tokenizer, file, &rows, targets)?;
     let task = ClassificationTask {
         model,
         varmap: VarMap::new(),
@@ -462,5 +772,29 @@ mod tests {
         let perfect = classification_metrics(&gold, &gold, 2);
         assert_eq!(perfect["mcc"], 1.0);
         assert_eq!(perfect["macro_f1"], 1.0);
+    }
+
+    #[test]
+    fn multi_label_metrics_on_a_known_case() {
+        // Gold {0}, {0,1}, {}; predicted (logit > 0) {0}, {0}, {1}.
+        let logits = vec![vec![2.0, -1.0], vec![0.5, -0.2], vec![-3.0, 0.1]];
+        let gold: [&[f32]; 3] = [&[1.0, 0.0], &[1.0, 1.0], &[0.0, 0.0]];
+        let m = multi_label_metrics(&logits, &gold);
+        // sklearn: accuracy_score 1/3; f1_score micro: tp 2, predicted 3, gold 3 → 2/3;
+        // macro: label 0 F1 = 2·2/(2+2) = 1, label 1 F1 = 0/(1+1) = 0 → 0.5.
+        assert!((m["accuracy"] - 1.0 / 3.0).abs() < 1e-12);
+        assert!((m["micro_f1"] - 2.0 / 3.0).abs() < 1e-12);
+        assert!((m["macro_f1"] - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn regression_metrics_on_a_known_case() {
+        let m = regression_metrics(&[1.0, 2.0, 4.0], &[1.0, 3.0, 2.0]);
+        assert!((m["mse"] - 5.0 / 3.0).abs() < 1e-12);
+        assert!((m["mae"] - 1.0).abs() < 1e-12);
+        // scipy.stats.pearsonr([1,2,4],[1,3,2]) = 0.3273268..., spearmanr = 0.5.
+        assert!((m["pearson"] - 0.327_326_835_353_988_5).abs() < 1e-12);
+        assert!((m["spearman"] - 0.5).abs() < 1e-12);
+        assert_eq!(ranks(&[3.0, 1.0, 3.0, 2.0]), [3.5, 1.0, 3.5, 2.0]);
     }
 }

@@ -168,6 +168,7 @@ impl TrainTask for TokenClassificationTask {
             &self.varmap,
             &self.labels,
             HeadKind::TokenClassification,
+            None,
         )
     }
 }

@@ -38,6 +38,26 @@ pub enum ProblemType {
     Regression,
 }
 
+impl ProblemType {
+    /// transformers' `problem_type` in `config.json`.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            ProblemType::SingleLabel => "single_label_classification",
+            ProblemType::MultiLabel => "multi_label_classification",
+            ProblemType::Regression => "regression",
+        }
+    }
+
+    /// The problem type a `config.json` names, if it names one.
+    pub fn from_config(config: &serde_json::Value) -> Option<ProblemType> {
+        match config.get("problem_type").and_then(|p| p.as_str())? {
+            "multi_label_classification" => Some(ProblemType::MultiLabel),
+            "regression" => Some(ProblemType::Regression),
+            _ => Some(ProblemType::SingleLabel),
+        }
+    }
+}
+
 /// Which token's hidden state summarizes the sequence.
 #[derive(Debug, Clone, Copy)]
 enum SummaryToken {
@@ -67,13 +87,12 @@ impl Labels {
         let names = (0..num_labels)
             .map(|i| id2label.get(&i).cloned().unwrap_or(format!("LABEL_{i}")))
             .collect();
-        let problem_type = match config.get("problem_type").and_then(|p| p.as_str()) {
-            Some("multi_label_classification") => ProblemType::MultiLabel,
-            Some("regression") => ProblemType::Regression,
-            Some(_) => ProblemType::SingleLabel,
-            None if num_labels == 1 => ProblemType::Regression,
-            None => ProblemType::SingleLabel,
-        };
+        // transformers' rule when the config names none: one output is a regression.
+        let problem_type = ProblemType::from_config(config).unwrap_or(if num_labels == 1 {
+            ProblemType::Regression
+        } else {
+            ProblemType::SingleLabel
+        });
         Labels {
             names,
             problem_type,

@@ -3,7 +3,7 @@
 //! tokenizer files. Every file is written atomically (a temporary file in the same
 //! folder, then a rename), so a killed run never leaves a half-written file.
 
-use crate::heads::HeadKind;
+use crate::heads::{HeadKind, Labels, ProblemType};
 use crate::model::Model;
 use crate::models::Family;
 use crate::{Error, Result};
@@ -76,19 +76,28 @@ pub fn save_sequence_classifier(
     dir: &Path,
     model: &Model,
     varmap: &VarMap,
-    labels: &[String],
+    labels: &Labels,
 ) -> Result<()> {
-    save_classifier(dir, model, varmap, labels, HeadKind::SequenceClassification)
+    save_classifier(
+        dir,
+        model,
+        varmap,
+        &labels.names,
+        HeadKind::SequenceClassification,
+        Some(labels.problem_type),
+    )
 }
 
 /// Writes a fine-tuned classifier (`kind`: a sequence or a token classifier) as
-/// transformers' `*For{Sequence,Token}Classification` folder, labels in `id2label`.
+/// transformers' `*For{Sequence,Token}Classification` folder, labels in `id2label`;
+/// a sequence classifier's `problem_type` says how its logits become scores.
 pub fn save_classifier(
     dir: &Path,
     model: &Model,
     varmap: &VarMap,
     labels: &[String],
     kind: HeadKind,
+    problem_type: Option<ProblemType>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     let family = model.family();
@@ -116,11 +125,10 @@ pub fn save_classifier(
         obj.insert("id2label".into(), id2label.into());
         obj.insert("label2id".into(), label2id.into());
         obj.insert("num_labels".into(), labels.len().into());
-        if kind == HeadKind::SequenceClassification {
-            obj.insert("problem_type".into(), "single_label_classification".into());
-        } else {
-            obj.remove("problem_type");
-        }
+        match problem_type {
+            Some(p) => obj.insert("problem_type".into(), p.config_name().into()),
+            None => obj.remove("problem_type"),
+        };
     }
     let text = serde_json::to_string_pretty(&config).expect("json") + "\n";
     write_atomic(&dir.join(crate::checkpoint::CONFIG_FILE), text.as_bytes())?;

@@ -203,3 +203,77 @@ fn bf16_mixed_precision_trains_like_f32() {
     let (first, last) = (mean(&bf16_losses[..5]), mean(&bf16_losses[25..]));
     assert!(last < 0.5 * first, "bf16 losses {bf16_losses:?}");
 }
+
+/// `--problem-type multi-label`: the run's model scores each label with its own
+/// sigmoid when `classify` loads it, and `evaluate` reports the multi-label metrics.
+#[test]
+fn multi_label_finetune_then_classify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("train.csv");
+    let mut csv = String::from("text,label\n");
+    for i in 0..16 {
+        let labels = ["water|stone", "animal", ""][i % 3];
+        let text = ["the river bridge", "the dog fox", "hello world"][i % 3];
+        csv.push_str(&format!("{text} {i},{labels}\n"));
+    }
+    std::fs::write(&train, csv).unwrap();
+    let out = tmp.path().join("run");
+    let base = fixture("bert-base");
+    let (train, out_s) = (train.to_str().unwrap(), out.to_str().unwrap());
+    let run = slimformer(&[
+        "finetune",
+        base.to_str().unwrap(),
+        "--train",
+        train,
+        "--dev",
+        train,
+        "--problem-type",
+        "multi-label",
+        "--max-steps",
+        "3",
+        "--batch",
+        "4",
+        "--out",
+        out_s,
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        line["labels"],
+        serde_json::json!(["animal", "stone", "water"])
+    );
+    assert!(line["dev"]["micro_f1"].is_f64(), "{line}");
+
+    let eval = slimformer(&["evaluate", out_s, "--data", train]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let scored: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert!(
+        scored["micro_f1"].is_f64() && scored["accuracy"].is_f64(),
+        "{scored}"
+    );
+
+    let classified = slimformer(&["classify", out_s, "--text", "the river bridge"]);
+    assert!(
+        classified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&classified.stderr)
+    );
+    let record: serde_json::Value = serde_json::from_slice(&classified.stdout).unwrap();
+    let scores: Vec<f64> = record["scores"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{record}"))
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 3, "{record}");
+    // Independent sigmoids near 0.5 after 3 steps: their sum is far from a softmax's 1.
+    assert!((scores.iter().sum::<f64>() - 1.0).abs() > 0.2, "{record}");
+}

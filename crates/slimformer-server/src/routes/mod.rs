@@ -343,7 +343,11 @@ fn reserve_memory(
         Task::Embed { dimensions, .. } => rows * dimensions.map_or(shape.hidden, |d| d as u64),
         Task::EmbedAll => tokens * shape.hidden,
         Task::Tag { .. } => tokens * 16,
-        Task::FillMask { top_k } => rows * (*top_k as u64 + 1) * 16,
+        Task::FillMask { top_k } => {
+            // No more predictions than the vocabulary has.
+            let top_k = (*top_k as u64).min(engine.pipeline.tokenizer.vocab_size() as u64);
+            rows * (top_k + 1) * 16
+        }
         Task::Classify | Task::Rerank { .. } => rows * 64,
     };
     let planned_len = engine

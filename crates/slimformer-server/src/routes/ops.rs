@@ -84,6 +84,12 @@ pub(super) async fn openapi(State(state): State<Arc<AppState>>) -> Json<serde_js
             .min(),
         prompts: prompts.unwrap_or_default(),
         max_inputs: state.config.max_client_batch_size,
+        mask_tokens: engines
+            .iter()
+            .filter(|e| e.tasks().contains(&"fill-mask"))
+            .filter_map(|e| e.pipeline.tokenizer.mask_token())
+            .map(|(token, _)| token)
+            .collect(),
     };
     Json(crate::openapi::document_for(&facts))
 }

@@ -13,7 +13,7 @@ use super::student::{
 use super::teacher_cache::{self, TeacherOutputs};
 use crate::data::{self, Columns};
 use crate::finetune::{
-    evaluate_checkpoint, init_new_vars, ClassificationTask, Example, DEFAULT_MAX_LEN,
+    evaluate_checkpoint, init_new_vars, ClassificationTask, Example, Target, DEFAULT_MAX_LEN,
 };
 use crate::objectives::masked_cross_entropy;
 use crate::objectives::mlm::{self, MlmConfig, IGNORE};
@@ -615,6 +615,18 @@ fn prepare_task(
             ),
         )
     })?;
+    // Soft targets are a softmax over the labels: one label a text.
+    if teacher_head.labels.problem_type != ProblemType::SingleLabel {
+        return Err(Error::file(
+            &opts.teacher,
+            format!(
+                "the teacher is a {} model: task distillation takes a single-label \
+                 classifier (distill a multi-label or regression model on raw text, \
+                 then fine-tune the student)",
+                teacher_head.labels.problem_type.config_name()
+            ),
+        ));
+    }
     let labels = teacher_head.labels.names.clone();
     let rows = data::read_rows(train, columns)?;
     let (rows, dev_rows, dev_path) = match (dev, dev_split) {
@@ -658,7 +670,7 @@ fn prepare_task(
         .into_iter()
         .map(|e| Example {
             encoded: e.encoded,
-            label: e.label,
+            target: Target::Class(e.label),
         })
         .collect();
     let head = student_head(&mut student, &varmap, &labels, opts.train_config.seed)?;

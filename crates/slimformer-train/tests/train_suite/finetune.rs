@@ -54,6 +54,7 @@ fn options(model: &str, train: &Path, out: &Path, max_steps: usize) -> FinetuneO
         overwrite: false,
         progress: false,
         test: None,
+        problem_type: None,
     }
 }
 
@@ -367,4 +368,78 @@ fn dev_split_is_seeded() {
     assert_eq!((t1.len(), d1.len()), (24, 8));
     assert_eq!(d1, d2);
     assert_ne!(d1, d3);
+}
+
+/// Multi-label and regression fine-tunes from a base model (`--problem-type`): the
+/// saved config names the problem type, so the reloaded head gives sigmoid scores
+/// or the raw number; the metrics are the problem's; bad labels name file and line.
+#[test]
+fn multi_label_and_regression_train_save_and_reload() {
+    use slimformer::heads::ProblemType;
+    let tmp = tempfile::tempdir().unwrap();
+    let train = tmp.path().join("multi.jsonl");
+    let mut lines = String::new();
+    for i in 0..24 {
+        let (text, labels) = match i % 3 {
+            0 => ("the river and the bridge", r#"["water", "stone"]"#),
+            1 => ("the dog and the fox", r#"["animal"]"#),
+            _ => ("hello world", "[]"),
+        };
+        lines.push_str(&format!("{{\"text\": \"{text}\", \"label\": {labels}}}\n"));
+    }
+    std::fs::write(&train, lines).unwrap();
+    let mut opts = options("bert-base", &train, &tmp.path().join("multi"), 30);
+    opts.problem_type = Some(ProblemType::MultiLabel);
+    let report = finetune::finetune(&opts).unwrap();
+    assert_eq!(report.labels, ["animal", "stone", "water"]);
+    let dev = report.outcome.last.unwrap();
+    assert_eq!(dev.primary, "micro_f1");
+    assert!(dev.values["micro_f1"] > 0.9, "{:?}", dev.values);
+    assert!(dev.values.contains_key("accuracy") && dev.values.contains_key("macro_f1"));
+    let saved = Model::load(&opts.out).unwrap();
+    let head = SequenceClassifier::load(&saved).unwrap();
+    assert_eq!(head.labels.problem_type, ProblemType::MultiLabel);
+
+    let train = tmp.path().join("scores.csv");
+    let mut csv = String::from("text,label\n");
+    for i in 0..24 {
+        let (text, value) = if i % 2 == 0 {
+            ("the river and the bridge", "2.5")
+        } else {
+            ("the dog and the fox", "-1.0")
+        };
+        csv.push_str(&format!("{text},{value}\n"));
+    }
+    std::fs::write(&train, csv).unwrap();
+    let mut opts = options("bert-base", &train, &tmp.path().join("reg"), 60);
+    opts.problem_type = Some(ProblemType::Regression);
+    opts.train_config.lr = 5e-3;
+    let report = finetune::finetune(&opts).unwrap();
+    let dev = report.outcome.last.unwrap();
+    assert_eq!((dev.primary.as_str(), dev.higher_is_better), ("mse", false));
+    assert!(
+        dev.values["mse"] < 0.5 && dev.values["pearson"] > 0.9,
+        "{:?}",
+        dev.values
+    );
+    let head = SequenceClassifier::load(&Model::load(&opts.out).unwrap()).unwrap();
+    assert_eq!(head.labels.problem_type, ProblemType::Regression);
+    assert_eq!(head.labels.names.len(), 1);
+
+    // A label that is not a number, for a regression.
+    std::fs::write(&train, "text,label\nhello,1.5\nworld,high\n").unwrap();
+    opts.out = tmp.path().join("bad");
+    let e = finetune::prepare(&opts).err().unwrap().to_string();
+    assert!(
+        e.contains("scores.csv") && e.contains("line 3") && e.contains("not a number"),
+        "{e}"
+    );
+    // A single-label text needs its label.
+    std::fs::write(&train, "text,label\nhello,pos\nworld,\nthe,neg\n").unwrap();
+    opts.problem_type = None;
+    let e = finetune::prepare(&opts).err().unwrap().to_string();
+    assert!(
+        e.contains("scores.csv") && e.contains("line 3") && e.contains("empty label"),
+        "{e}"
+    );
 }

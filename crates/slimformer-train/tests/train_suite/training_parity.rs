@@ -2,8 +2,9 @@
 //! same examples in the same order, with dropout off, slimformer's trainer gives
 //! PyTorch's loss at every one of 30 optimizer steps (AdamW with decoupled decay,
 //! warm-up and linear decay, global-norm clipping, gradient accumulation over
-//! micro-batches of unequal size) and its weights after them, for sequence and
-//! token classification. The fixtures come from `scripts/make_training_fixtures.py`.
+//! micro-batches of unequal size) and its weights after them, for sequence
+//! classification (single-label, multi-label, regression) and token classification.
+//! The fixtures come from `scripts/make_training_fixtures.py`.
 
 use candle_core::{DType, Device, Tensor};
 use slimformer_train::data::Columns;
@@ -102,6 +103,7 @@ fn finetune_case(
         overwrite: true,
         progress: false,
         test: None,
+        problem_type: None,
     })
     .unwrap();
     let losses = std::fs::read_to_string(out.join("metrics.jsonl"))
@@ -209,4 +211,18 @@ fn distilbert_finetune_steps_match_pytorch() {
 #[test]
 fn bert_token_classification_steps_match_pytorch() {
     check_case("train-bert-tokcls");
+}
+
+/// Multi-label: `|`-separated labels (none for some texts), binary cross-entropy on
+/// each label's logit as transformers' `BCEWithLogitsLoss` (a mean over texts and
+/// labels); the problem type comes from the model's config.
+#[test]
+fn bert_multi_label_steps_match_pytorch() {
+    check_case("train-bert-multilabel");
+}
+
+/// Regression: a number a text, the squared error of the one output (`MSELoss`).
+#[test]
+fn bert_regression_steps_match_pytorch() {
+    check_case("train-bert-regression");
 }
