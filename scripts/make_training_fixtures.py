@@ -33,6 +33,7 @@ import json
 import os
 import random
 import shutil
+import struct
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -271,6 +272,140 @@ def make_case(name: str, source: str, settings: dict) -> None:
           f"{clipped} steps clipped")
 
 
+def example_seed(seed: int, index: int) -> int:
+    """The seed of an example's static mask (crates/slimformer-train/src/objectives/mlm.rs)."""
+    return SplitMix64(seed ^ ((index * 0xD6E8FEB86659FD93) & MASK64)).next_u64()
+
+
+def f32(x: float) -> float:
+    """x rounded to float32, as a Python float (exact)."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def next_f32(rng: SplitMix64) -> float:
+    """slimformer's uniform draw in [0, 1): 24 random bits, exact in float32 and here."""
+    return (rng.next_u64() >> 40) / float(1 << 24)
+
+
+def static_mask(ids: list[int], special: list[bool], seed: int, index: int, mask_id: int,
+                random_ids: list[int]) -> tuple[list[int], list[int]]:
+    """slimformer's static BERT masking of one example (token-level, 15%, 80/10/10): the masked
+    input and the labels (-100 where not predicted)."""
+    rng = SplitMix64(example_seed(seed, index))
+    select, mask_p, either_p = f32(0.15), f32(0.8), f32(f32(0.8) + f32(0.1))
+    selected = [not sp and next_f32(rng) < select for sp in special]
+    inputs, labels = list(ids), [-100] * len(ids)
+    for i in (i for i, chosen in enumerate(selected) if chosen):
+        labels[i] = ids[i]
+        r = next_f32(rng)
+        if r < mask_p:
+            inputs[i] = mask_id
+        elif r < either_p:
+            inputs[i] = random_ids[rng.below(len(random_ids))]
+    return inputs, labels
+
+
+def make_pretrain_case(name: str, source: str, settings: dict) -> None:
+    """BERT's pretraining objectives, masked LM and next-sentence prediction, summed as
+    BertForPreTraining sums them, on sentence pairs with static masks as slimformer draws them.
+    Writes init/ (a BertForPreTraining of the source's shape, torch's initialization),
+    examples.jsonl (ids, type ids, special-token flags and the pair label of each example, the
+    example's index its line) and expected.json / final.safetensors as the other cases."""
+    from transformers import BertConfig, BertForPreTraining
+
+    out = FIXTURES / name
+    if out.exists():
+        shutil.rmtree(out)
+    init = out / "init"
+    init.mkdir(parents=True)
+    src = FIXTURES / source
+    config = json.loads((src / "config.json").read_text())
+    config["architectures"] = ["BertForPreTraining"]
+    config["hidden_dropout_prob"] = config["attention_probs_dropout_prob"] = 0.0
+    torch.manual_seed(0)
+    model = BertForPreTraining(BertConfig.from_dict(config)).float()
+    model.save_pretrained(init)
+    shutil.copy(src / "tokenizer.json", init / "tokenizer.json")
+    tok = Tokenizer.from_file(str(init / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(settings["max_len"])
+    specials = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    random_ids = [i for i in range(config["vocab_size"]) if i not in specials]
+    mask_id = tok.token_to_id("[MASK]")
+
+    firsts = sentences(settings["examples"], ["x"], settings["seed"])
+    seconds = sentences(settings["examples"], ["x"], settings["seed"] + 1)
+    rng = random.Random(settings["seed"] + 3)
+    examples = []
+    for i, ((a, _), (b, _)) in enumerate(zip(firsts, seconds)):
+        e = tok.encode(a, b)
+        examples.append({"ids": e.ids, "type_ids": e.type_ids,
+                         "special": [bool(m) for m in e.special_tokens_mask],
+                         "pair_label": rng.randint(0, 1)})
+    (out / "examples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
+    masked = [static_mask(e["ids"], e["special"], settings["seed"], i, mask_id, random_ids)
+              for i, e in enumerate(examples)]
+
+    model.train()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if decays(n)], "weight_decay": settings["weight_decay"]},
+        {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=settings["lr"], betas=(0.9, 0.999), eps=1e-8)
+    n, batch, accum = len(examples), settings["batch"], settings["grad_accum"]
+    micro_per_epoch = -(-n // batch)
+    steps_per_epoch = -(-micro_per_epoch // accum)
+    total = settings["max_steps"]
+    warmup = int(-(-(total * settings["warmup_ratio"]) // 1))
+    pad_id = config.get("pad_token_id") or 0
+    steps = []
+    order: tuple[int, list[int]] | None = None
+    for step in range(total):
+        epoch, within = divmod(step, steps_per_epoch)
+        if order is None or order[0] != epoch:
+            order = (epoch, epoch_order(settings["seed"], epoch, n))
+        perm = order[1]
+        first, last = within * accum, min((within + 1) * accum, micro_per_epoch)
+        ranges = [range(mb * batch, min((mb + 1) * batch, n)) for mb in range(first, last)]
+        step_examples = sum(len(r) for r in ranges)
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for r in ranges:
+            idx = [perm[i] for i in r]
+            longest = max(len(examples[i]["ids"]) for i in idx)
+            pad = lambda row, fill: row + [fill] * (longest - len(row))  # noqa: E731
+            out_ = model(
+                input_ids=torch.tensor([pad(masked[i][0], pad_id) for i in idx]),
+                attention_mask=torch.tensor([pad([1] * len(examples[i]["ids"]), 0) for i in idx]),
+                token_type_ids=torch.tensor([pad(examples[i]["type_ids"], 0) for i in idx]),
+                labels=torch.tensor([pad(masked[i][1], -100) for i in idx]),
+                next_sentence_label=torch.tensor([examples[i]["pair_label"] for i in idx]),
+            )
+            loss = out_.loss
+            assert torch.isfinite(loss), "a micro-batch without a masked token"
+            step_loss += loss.item() * len(idx)
+            (loss * (len(idx) / step_examples)).backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings["clip"]).item()
+        lr = linear_schedule(settings["lr"], step, warmup, total)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        steps.append({"step": step + 1, "loss": step_loss / step_examples, "lr": lr,
+                      "grad_norm": norm})
+
+    # The decoder is the word embeddings (tied), stored once as transformers stores it.
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k not in tied}
+    save_file(state, out / "final.safetensors")
+    clipped = sum(1 for s in steps if s["grad_norm"] > settings["clip"])
+    expected = {"settings": {**settings, "task": "pretraining", "mask_token_id": mask_id},
+                "steps": steps, "clipped_steps": clipped, "torch_version": torch.__version__}
+    (out / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
+    print(f"{name}: {total} steps, loss {steps[0]['loss']:.4f} -> {steps[-1]['loss']:.4f}, "
+          f"{clipped} steps clipped")
+
+
 SETTINGS = {
     "examples": 22, "batch": 4, "grad_accum": 2, "max_steps": 30, "lr": 2e-3,
     "warmup_ratio": 0.1, "weight_decay": 0.01, "clip": 1.0, "seed": 7, "max_len": 32,
@@ -283,6 +418,7 @@ CASES = {
     "train-bert-tokcls": ("bert-tokcls", {**SETTINGS, "task": "token-classification"}),
     "train-bert-multilabel": ("bert-multilabel", SETTINGS),
     "train-bert-regression": ("bert-regression", SETTINGS),
+    "train-bert-pretraining": ("bert-mlm", {**SETTINGS, "task": "pretraining"}),
 }
 
 
@@ -291,7 +427,8 @@ def main() -> None:
     import sys
     for name in sys.argv[1:] or CASES:
         source, settings = CASES[name]
-        make_case(name, source, settings)
+        make = make_pretrain_case if settings.get("task") == "pretraining" else make_case
+        make(name, source, settings)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ pub struct ServedFacts {
 
 /// The largest integer a JSON number holds exactly: the bound of counts that have no
 /// smaller one (an integer beyond the server's own types would be refused).
-const LARGEST_EXACT_INTEGER: u64 = (1 << 53) - 1;
+pub const LARGEST_EXACT_INTEGER: u64 = (1 << 53) - 1;
 
 /// The routes that need a task, by the task's name in `Engine::tasks`.
 const ROUTE_TASKS: &[(&str, &str)] = &[
@@ -199,7 +199,7 @@ fn limit_items(schema: &mut Value, most: usize) {
 }
 
 pub fn document() -> Value {
-    // Texts are never empty (422), and a list holds at least one.
+    // Texts are never blank (422: see `routes::is_blank`), and a list holds at least one.
     let text = json!({"type": "string", "minLength": 1, "pattern": "\\S"});
     let inputs = json!({"oneOf": [
         text.clone(),

@@ -277,8 +277,8 @@ fn validate_inputs(state: &AppState, inputs: &[TextInput]) -> ApiResult<()> {
     }
     for (i, input) in inputs.iter().enumerate() {
         let empty = match input {
-            TextInput::Single(t) => t.trim().is_empty(),
-            TextInput::Pair(a, b) => a.trim().is_empty() || b.trim().is_empty(),
+            TextInput::Single(t) => is_blank(t),
+            TextInput::Pair(a, b) => is_blank(a) || is_blank(b),
         };
         if empty {
             return Err(ApiError::new(
@@ -288,6 +288,15 @@ fn validate_inputs(state: &AppState, inputs: &[TextInput]) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a text holds nothing but whitespace as JSON Schema's `\s` (ECMA-262) counts
+/// it, so that the document's `"pattern": "\\S"` and the server agree on which texts
+/// are blank: Rust's `char::is_whitespace` differs from it in U+0085 (not whitespace
+/// there) and U+FEFF (whitespace there).
+pub(super) fn is_blank(text: &str) -> bool {
+    text.chars()
+        .all(|c| c == '\u{feff}' || (c.is_whitespace() && c != '\u{85}'))
 }
 
 /// A tokenization failure of input `i`: 413 when it is too long with truncation off,
@@ -489,4 +498,18 @@ fn records(inputs: &[TextInput], outputs: Vec<TaskOutput>) -> Json<Vec<serde_jso
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_blank;
+
+    #[test]
+    fn blank_texts_are_those_json_schema_calls_whitespace() {
+        assert!(is_blank(" \t\n\u{a0}\u{2028}\u{3000}\u{feff}"));
+        // U+0085 is whitespace to Rust, not to ECMA-262's `\s`: a text.
+        assert!(!is_blank("\u{85}"));
+        assert!(!is_blank(" a "));
+        assert!(is_blank(""));
+    }
 }

@@ -124,10 +124,11 @@ pub(super) async fn fill_mask(
 ) -> ApiResult<Json<Vec<serde_json::Value>>> {
     let req: FillMaskRequest = parse_json(&state, &headers, &body)?;
     let model = pick_model(&state, &headers, req.model.as_deref())?;
-    if req.top_k == 0 {
+    let vocab = model.current()?.pipeline.tokenizer.vocab_size();
+    if req.top_k == 0 || req.top_k > vocab {
         return Err(ApiError::new(
             ErrorType::InvalidInput,
-            "top_k must be at least 1",
+            format!("top_k must be between 1 and the vocabulary's size, {vocab}"),
         ));
     }
     let inputs = req.inputs.into_vec();

@@ -33,7 +33,7 @@ async fn rerank_scores(
     cut: Truncation,
 ) -> ApiResult<Scored> {
     let invalid = |m: &str| ApiError::new(ErrorType::InvalidInput, m.to_string());
-    if query.trim().is_empty() {
+    if super::is_blank(query) {
         return Err(invalid("the query is empty"));
     }
     if documents.is_empty() {
@@ -161,11 +161,24 @@ pub(super) async fn cohere_rerank(
         })
         .collect();
     // A top_n above the number of documents gives them all, as Cohere's API does.
-    if req.top_n == Some(0) {
-        return Err(ApiError::new(
-            ErrorType::InvalidInput,
-            "top_n must be at least 1",
-        ));
+    match req.top_n {
+        Some(0) => {
+            return Err(ApiError::new(
+                ErrorType::InvalidInput,
+                "top_n must be at least 1",
+            ))
+        }
+        // The document's bound: the largest integer every JSON client holds exactly.
+        Some(n) if n as u64 > crate::openapi::LARGEST_EXACT_INTEGER => {
+            return Err(ApiError::new(
+                ErrorType::InvalidInput,
+                format!(
+                    "top_n must be at most {}",
+                    crate::openapi::LARGEST_EXACT_INTEGER
+                ),
+            ))
+        }
+        _ => {}
     }
     let cut = Truncation::default();
     let scored = rerank_scores(&state, model, &req.query, &documents, false, cut).await?;

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use slimformer_train::data::Columns;
 use slimformer_train::finetune::{self, FinetuneOptions};
 use slimformer_train::token_classification;
-use slimformer_train::trainer::TrainConfig;
+use slimformer_train::trainer::{self, RunOptions, TrainConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -63,26 +63,11 @@ fn finetune_case(
     case: &str,
     reference: &Reference,
     out: &Path,
-    change: impl FnOnce(&mut TrainConfig),
+    change: fn(&mut TrainConfig),
 ) -> (Vec<f64>, HashMap<String, Tensor>) {
     let dir = fixture(case);
     let s = &reference.settings;
-    let get = |k: &str| s[k].as_f64().unwrap();
-    let steps = s["max_steps"].as_u64().unwrap() as usize;
-    let mut train_config = TrainConfig {
-        max_steps: Some(steps),
-        lr: get("lr"),
-        batch: s["batch"].as_u64().unwrap() as usize,
-        grad_accum: s["grad_accum"].as_u64().unwrap() as usize,
-        warmup_ratio: get("warmup_ratio"),
-        weight_decay: get("weight_decay"),
-        clip: get("clip"),
-        seed: s["seed"].as_u64().unwrap(),
-        // One evaluation, at the end: the saved model is the last step's.
-        eval_every: Some(steps),
-        log_every: 1,
-        ..Default::default()
-    };
+    let mut train_config = train_config(reference);
     change(&mut train_config);
     let tagging = s["task"] == "token-classification";
     let train = dir.join(if tagging { "train.conll" } else { "train.csv" });
@@ -106,6 +91,112 @@ fn finetune_case(
         problem_type: None,
     })
     .unwrap();
+    logged_run(out)
+}
+
+/// The case's training settings, as the reference script used them.
+fn train_config(reference: &Reference) -> TrainConfig {
+    let s = &reference.settings;
+    let get = |k: &str| s[k].as_f64().unwrap();
+    let steps = s["max_steps"].as_u64().unwrap() as usize;
+    TrainConfig {
+        max_steps: Some(steps),
+        lr: get("lr"),
+        batch: s["batch"].as_u64().unwrap() as usize,
+        grad_accum: s["grad_accum"].as_u64().unwrap() as usize,
+        warmup_ratio: get("warmup_ratio"),
+        weight_decay: get("weight_decay"),
+        clip: get("clip"),
+        seed: s["seed"].as_u64().unwrap(),
+        // One evaluation, at the end: the saved model is the last step's.
+        eval_every: Some(steps),
+        log_every: 1,
+        ..Default::default()
+    }
+}
+
+/// BERT's pretraining (masked LM + next-sentence prediction) on the case's examples,
+/// from its initial checkpoint, with static masks drawn by slimformer's masking (which
+/// the reference script reproduces): `pretrain`'s task, only its corpus reading left
+/// out, so that both sides start from the same examples.
+fn pretrain_case(
+    case: &str,
+    reference: &Reference,
+    out: &Path,
+    change: fn(&mut TrainConfig),
+) -> (Vec<f64>, HashMap<String, Tensor>) {
+    use slimformer::models::Family;
+    use slimformer_train::objectives::mlm::{self, MaskingMode, MlmConfig};
+    use slimformer_train::pretrain::{self, PretrainExample, PretrainTask};
+
+    let init = fixture(case).join("init");
+    let mut config = train_config(reference);
+    change(&mut config);
+    let examples: Vec<PretrainExample> =
+        std::fs::read_to_string(fixture(case).join("examples.jsonl"))
+            .unwrap()
+            .lines()
+            .enumerate()
+            .map(|(index, line)| {
+                let e: serde_json::Value = serde_json::from_str(line).unwrap();
+                let u32s = |k: &str| -> Vec<u32> {
+                    e[k].as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_u64().unwrap() as u32)
+                        .collect()
+                };
+                PretrainExample {
+                    ids: u32s("ids"),
+                    type_ids: u32s("type_ids"),
+                    special: e["special"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_bool().unwrap())
+                        .collect(),
+                    word_starts: None,
+                    pair_label: Some(e["pair_label"].as_u64().unwrap() as u32),
+                    index: index as u64,
+                }
+            })
+            .collect();
+    let (model, varmap) = slimformer::Model::load_trainable(&init).unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(init.join("tokenizer.json")).unwrap();
+    let vocab = model.checkpoint.config["vocab_size"].as_u64().unwrap() as u32;
+    let mut mlm_config = MlmConfig::new(
+        reference.settings["mask_token_id"].as_u64().unwrap() as u32,
+        mlm::non_special_ids(&tokenizer, vocab),
+    );
+    mlm_config.mode = MaskingMode::Static { seed: config.seed };
+    let task = PretrainTask {
+        family: Family::Bert,
+        mlm_head: Some(slimformer::heads::MaskedLmHead::load(&model).unwrap()),
+        pair_head: Some(slimformer_train::pretrain_heads::SentencePairHead::load(&model).unwrap()),
+        plm_head: None,
+        objectives: pretrain::objectives(Family::Bert),
+        mlm: Some(mlm_config),
+        tokenizer,
+        tokenizer_dir: Some(init),
+        dev: examples.clone(),
+        eval_batch: config.batch,
+        seed: config.seed,
+        model,
+        varmap,
+    };
+    let run = RunOptions {
+        out: out.to_path_buf(),
+        overwrite: true,
+        task_info: serde_json::json!({"case": case}),
+        progress: false,
+        keep: Vec::new(),
+    };
+    trainer::train(&task, &examples, &task.varmap, &config, &run).unwrap();
+    logged_run(out)
+}
+
+/// The logged loss of each step of the run in `out`, and its saved weights.
+fn logged_run(out: &Path) -> (Vec<f64>, HashMap<String, Tensor>) {
     let losses = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -171,9 +262,18 @@ fn differences(
 
 fn check_case(case: &str) {
     let reference = reference(case);
+    let run_case = if reference.settings["task"] == "pretraining" {
+        pretrain_case
+    } else {
+        finetune_case
+    };
     let tmp = tempfile::tempdir().unwrap();
-    let (losses, weights) = finetune_case(case, &reference, &tmp.path().join("run"), |_| {});
+    let (losses, weights) = run_case(case, &reference, &tmp.path().join("run"), |_| {});
     let (loss_diff, weight_diff, name) = differences(&reference, &losses, &weights);
+    eprintln!(
+        "{case}: {} steps, worst loss difference {loss_diff:.1e}, worst weight {weight_diff:.1e} ({name})",
+        losses.len()
+    );
     assert!(
         loss_diff <= TOLERANCE,
         "{case}: a step's loss differs from PyTorch's by {loss_diff:.2e} (relative)\nours:   {losses:?}\ntheirs: {:?}",
@@ -186,9 +286,12 @@ fn check_case(case: &str) {
 
     // The comparison notices a real difference: without clipping (every step of
     // the reference was clipped), the run leaves the reference's path.
-    let (losses, weights) = finetune_case(case, &reference, &tmp.path().join("unclipped"), |c| {
-        c.clip = 0.0
-    });
+    let (losses, weights) = run_case(
+        case,
+        &reference,
+        &tmp.path().join("unclipped"),
+        |c: &mut TrainConfig| c.clip = 0.0,
+    );
     let (loss_diff, weight_diff, _) = differences(&reference, &losses, &weights);
     assert!(
         loss_diff > 100.0 * TOLERANCE && weight_diff > 100.0 * TOLERANCE,
@@ -225,4 +328,11 @@ fn bert_multi_label_steps_match_pytorch() {
 #[test]
 fn bert_regression_steps_match_pytorch() {
     check_case("train-bert-regression");
+}
+
+/// BERT's pretraining step: masked LM (static masks, 15% and 80/10/10, the decoder
+/// tied to the word embeddings) plus next-sentence prediction, summed.
+#[test]
+fn bert_pretraining_steps_match_pytorch() {
+    check_case("train-bert-pretraining");
 }
