@@ -150,62 +150,50 @@ def decays(name: str) -> bool:
     return not (lower.endswith("bias") or "layernorm" in lower or "norm" in lower)
 
 
-def make_case(name: str, source: str, settings: dict) -> None:
+DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout",
+            "attention_dropout", "seq_classif_dropout")
+
+
+def no_dropout(config: dict) -> dict:
+    return {**config, **{k: 0.0 for k in DROPOUTS if k in config}}
+
+
+def fresh_dir(name: str) -> Path:
     out = FIXTURES / name
     if out.exists():
         shutil.rmtree(out)
-    init = out / "init"
-    init.mkdir(parents=True)
-    src = FIXTURES / source
-    config = json.loads((src / "config.json").read_text())
-    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout",
-                "dropout", "attention_dropout", "seq_classif_dropout"):
-        if key in config:
-            config[key] = 0.0
-    (init / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    shutil.copy(src / "model.safetensors", init / "model.safetensors")
-    shutil.copy(src / "tokenizer.json", init / "tokenizer.json")
+    out.mkdir(parents=True)
+    return out
 
-    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
-    tagging = settings.get("task") == "token-classification"
-    problem = config.get("problem_type", "single_label_classification")
-    if tagging:
-        rows = tagged_sentences(settings["examples"], labels, settings["seed"])
-        (out / "train.conll").write_text(
-            "".join("".join(f"{w}\t{t}\n" for w, t in zip(*r)) + "\n" for r in rows))
-    else:
-        rows = sentences(settings["examples"], labels, settings["seed"])
-        if problem == "multi_label_classification":
-            rows = multi_labelled(rows, labels, settings["seed"])
-        elif problem == "regression":
-            rows = scored(rows, settings["seed"])
-        with open(out / "train.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "label"])
-            w.writerows(rows)
 
-    torch.manual_seed(0)
-    model_class = AutoModelForTokenClassification if tagging else AutoModelForSequenceClassification
-    model = model_class.from_pretrained(init).float()
+def padded(encodings: list, pad_id: int) -> dict:
+    """A micro-batch padded to its longest text, on the right, as slimformer pads."""
+    longest = max(len(e.ids) for e in encodings)
+    fill = lambda row, value: row + [value] * (longest - len(row))  # noqa: E731
+    return {"input_ids": torch.tensor([fill(e.ids, pad_id) for e in encodings]),
+            "token_type_ids": torch.tensor([fill(e.type_ids, 0) for e in encodings]),
+            "attention_mask": torch.tensor([fill([1] * len(e.ids), 0) for e in encodings])}
+
+
+def train_steps(model, settings: dict, n: int, micro_batch_loss) -> list[dict]:
+    """slimformer's trainer in PyTorch: `settings["max_steps"]` optimizer steps over `n` examples
+    in the seeded epoch order, micro-batches of `batch` accumulated `grad_accum` at a time, each
+    weighted by its share of the step's examples; global-norm clipping; AdamW with no decay on
+    biases and normalization weights; linear warm-up and decay. `micro_batch_loss(indices)` is
+    the mean loss of those examples. Returns per step the mean loss over its examples, the
+    learning rate and the gradient norm before clipping."""
     model.train()
-    tok = Tokenizer.from_file(str(init / "tokenizer.json"))
-    tok.no_padding()
-    tok.enable_truncation(settings["max_len"])
-    pad_id = config.get("pad_token_id") or 0
-
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = [(n_, p) for n_, p in model.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for n, p in named if decays(n)], "weight_decay": settings["weight_decay"]},
-        {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0},
+        {"params": [p for n_, p in named if decays(n_)], "weight_decay": settings["weight_decay"]},
+        {"params": [p for n_, p in named if not decays(n_)], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=settings["lr"], betas=(0.9, 0.999), eps=1e-8)
-
-    n, batch, accum = len(rows), settings["batch"], settings["grad_accum"]
+    batch, accum = settings["batch"], settings["grad_accum"]
     micro_per_epoch = -(-n // batch)
     steps_per_epoch = -(-micro_per_epoch // accum)
     total = settings["max_steps"]
     warmup = int(-(-(total * settings["warmup_ratio"]) // 1))
-    label_id = {name: i for i, name in enumerate(labels)}
     steps = []
     order: tuple[int, list[int]] | None = None
     for step in range(total):
@@ -220,38 +208,8 @@ def make_case(name: str, source: str, settings: dict) -> None:
         step_loss = 0.0
         for r in ranges:
             idx = [perm[i] for i in r]
-            if tagging:
-                enc = [tok.encode(rows[i][0], is_pretokenized=True) for i in idx]
-            else:
-                enc = [tok.encode(rows[i][0]) for i in idx]
-            longest = max(len(e.ids) for e in enc)
-            ids = torch.tensor([e.ids + [pad_id] * (longest - len(e.ids)) for e in enc])
-            types = torch.tensor([e.type_ids + [0] * (longest - len(e.ids)) for e in enc])
-            mask = torch.tensor([[1] * len(e.ids) + [0] * (longest - len(e.ids)) for e in enc])
-            logits = model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-            if tagging:
-                # transformers' recipe: a word's tag on its first sub-token, -100 elsewhere.
-                target = []
-                for i, e in zip(idx, enc):
-                    row, previous = [], None
-                    for word in e.word_ids:
-                        first = word is not None and word != previous
-                        row.append(label_id[rows[i][1][word]] if first else -100)
-                        previous = word
-                    target.append(row + [-100] * (longest - len(row)))
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), torch.tensor(target).reshape(-1), ignore_index=-100)
-            elif problem == "multi_label_classification":
-                # transformers' BCEWithLogitsLoss: a mean over texts and labels.
-                target = torch.tensor([[float(l in rows[i][1].split("|")) for l in labels] for i in idx])
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-            elif problem == "regression":
-                # transformers' MSELoss on the one output.
-                target = torch.tensor([float(rows[i][1]) for i in idx])
-                loss = torch.nn.functional.mse_loss(logits.squeeze(-1), target)
-            else:
-                target = torch.tensor([label_id[rows[i][1]] for i in idx])
-                loss = torch.nn.functional.cross_entropy(logits, target)
+            loss = micro_batch_loss(idx)
+            assert torch.isfinite(loss), f"step {step + 1}: loss {loss.item()}"
             step_loss += loss.item() * len(idx)
             (loss * (len(idx) / step_examples)).backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings["clip"]).item()
@@ -261,15 +219,102 @@ def make_case(name: str, source: str, settings: dict) -> None:
         opt.step()
         steps.append({"step": step + 1, "loss": step_loss / step_examples, "lr": lr,
                       "grad_norm": norm})
+    return steps
 
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+def write_expected(out: Path, name: str, model, settings: dict, steps: list[dict],
+                   leave_out: set[str] = frozenset(), **extra) -> None:
+    """final.safetensors (every weight after the last step but `leave_out`) and expected.json."""
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
+             if k not in leave_out}
     save_file(state, out / "final.safetensors")
     clipped = sum(1 for s in steps if s["grad_norm"] > settings["clip"])
-    expected = {"settings": settings, "labels": labels, "steps": steps,
-                "clipped_steps": clipped, "torch_version": torch.__version__}
+    expected = {"settings": settings, **extra, "steps": steps, "clipped_steps": clipped,
+                "torch_version": torch.__version__}
     (out / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
-    print(f"{name}: {total} steps, loss {steps[0]['loss']:.4f} -> {steps[-1]['loss']:.4f}, "
+    print(f"{name}: {len(steps)} steps, loss {steps[0]['loss']:.4f} -> {steps[-1]['loss']:.4f}, "
           f"{clipped} steps clipped")
+
+
+def labelled_rows(config: dict, settings: dict) -> list[tuple[str, str]]:
+    """The texts of a sequence-classification case with labels of the model's problem type."""
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    rows = sentences(settings["examples"], labels, settings["seed"])
+    problem = config.get("problem_type", "single_label_classification")
+    if problem == "multi_label_classification":
+        rows = multi_labelled(rows, labels, settings["seed"])
+    elif problem == "regression":
+        rows = scored(rows, settings["seed"])
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+
+
+def make_case(name: str, source: str, settings: dict) -> None:
+    out = fresh_dir(name)
+    init = out / "init"
+    init.mkdir()
+    src = FIXTURES / source
+    config = no_dropout(json.loads((src / "config.json").read_text()))
+    (init / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copy(src / "model.safetensors", init / "model.safetensors")
+    shutil.copy(src / "tokenizer.json", init / "tokenizer.json")
+
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    tagging = settings.get("task") == "token-classification"
+    problem = config.get("problem_type", "single_label_classification")
+    if tagging:
+        rows = tagged_sentences(settings["examples"], labels, settings["seed"])
+        (out / "train.conll").write_text(
+            "".join("".join(f"{w}\t{t}\n" for w, t in zip(*r)) + "\n" for r in rows))
+    else:
+        rows = labelled_rows(config, settings)
+        write_csv(out / "train.csv", rows)
+
+    torch.manual_seed(0)
+    model_class = AutoModelForTokenClassification if tagging else AutoModelForSequenceClassification
+    model = model_class.from_pretrained(init).float()
+    tok = Tokenizer.from_file(str(init / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(settings["max_len"])
+    pad_id = config.get("pad_token_id") or 0
+    label_id = {name: i for i, name in enumerate(labels)}
+
+    def micro_batch_loss(idx: list[int]) -> torch.Tensor:
+        enc = [tok.encode(rows[i][0], is_pretokenized=tagging) for i in idx]
+        inputs = padded(enc, pad_id)
+        logits = model(**inputs).logits
+        if tagging:
+            # transformers' recipe: a word's tag on its first sub-token, -100 elsewhere.
+            longest = inputs["input_ids"].shape[1]
+            target = []
+            for i, e in zip(idx, enc):
+                row, previous = [], None
+                for word in e.word_ids:
+                    first = word is not None and word != previous
+                    row.append(label_id[rows[i][1][word]] if first else -100)
+                    previous = word
+                target.append(row + [-100] * (longest - len(row)))
+            return torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), torch.tensor(target).reshape(-1), ignore_index=-100)
+        if problem == "multi_label_classification":
+            # transformers' BCEWithLogitsLoss: a mean over texts and labels.
+            target = torch.tensor([[float(l in rows[i][1].split("|")) for l in labels] for i in idx])
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        if problem == "regression":
+            # transformers' MSELoss on the one output.
+            target = torch.tensor([float(rows[i][1]) for i in idx])
+            return torch.nn.functional.mse_loss(logits.squeeze(-1), target)
+        target = torch.tensor([label_id[rows[i][1]] for i in idx])
+        return torch.nn.functional.cross_entropy(logits, target)
+
+    steps = train_steps(model, settings, len(rows), micro_batch_loss)
+    write_expected(out, name, model, settings, steps, labels=labels)
 
 
 def example_seed(seed: int, index: int) -> int:
@@ -313,15 +358,11 @@ def make_pretrain_case(name: str, source: str, settings: dict) -> None:
     example's index its line) and expected.json / final.safetensors as the other cases."""
     from transformers import BertConfig, BertForPreTraining
 
-    out = FIXTURES / name
-    if out.exists():
-        shutil.rmtree(out)
+    out = fresh_dir(name)
     init = out / "init"
-    init.mkdir(parents=True)
     src = FIXTURES / source
-    config = json.loads((src / "config.json").read_text())
+    config = no_dropout(json.loads((src / "config.json").read_text()))
     config["architectures"] = ["BertForPreTraining"]
-    config["hidden_dropout_prob"] = config["attention_probs_dropout_prob"] = 0.0
     torch.manual_seed(0)
     model = BertForPreTraining(BertConfig.from_dict(config)).float()
     model.save_pretrained(init)
@@ -336,74 +377,83 @@ def make_pretrain_case(name: str, source: str, settings: dict) -> None:
     firsts = sentences(settings["examples"], ["x"], settings["seed"])
     seconds = sentences(settings["examples"], ["x"], settings["seed"] + 1)
     rng = random.Random(settings["seed"] + 3)
-    examples = []
-    for i, ((a, _), (b, _)) in enumerate(zip(firsts, seconds)):
-        e = tok.encode(a, b)
-        examples.append({"ids": e.ids, "type_ids": e.type_ids,
-                         "special": [bool(m) for m in e.special_tokens_mask],
-                         "pair_label": rng.randint(0, 1)})
+    encodings = [tok.encode(a, b) for (a, _), (b, _) in zip(firsts, seconds)]
+    examples = [{"ids": e.ids, "type_ids": e.type_ids,
+                 "special": [bool(m) for m in e.special_tokens_mask],
+                 "pair_label": rng.randint(0, 1)} for e in encodings]
     (out / "examples.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
-    masked = [static_mask(e["ids"], e["special"], settings["seed"], i, mask_id, random_ids)
-              for i, e in enumerate(examples)]
-
-    model.train()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if decays(n)], "weight_decay": settings["weight_decay"]},
-        {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=settings["lr"], betas=(0.9, 0.999), eps=1e-8)
-    n, batch, accum = len(examples), settings["batch"], settings["grad_accum"]
-    micro_per_epoch = -(-n // batch)
-    steps_per_epoch = -(-micro_per_epoch // accum)
-    total = settings["max_steps"]
-    warmup = int(-(-(total * settings["warmup_ratio"]) // 1))
+    # The example's index seeds its mask.
+    for index, ex in enumerate(examples):
+        ex["masked"], ex["labels"] = static_mask(ex["ids"], ex["special"], settings["seed"], index,
+                                                 mask_id, random_ids)
     pad_id = config.get("pad_token_id") or 0
-    steps = []
-    order: tuple[int, list[int]] | None = None
-    for step in range(total):
-        epoch, within = divmod(step, steps_per_epoch)
-        if order is None or order[0] != epoch:
-            order = (epoch, epoch_order(settings["seed"], epoch, n))
-        perm = order[1]
-        first, last = within * accum, min((within + 1) * accum, micro_per_epoch)
-        ranges = [range(mb * batch, min((mb + 1) * batch, n)) for mb in range(first, last)]
-        step_examples = sum(len(r) for r in ranges)
-        opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for r in ranges:
-            idx = [perm[i] for i in r]
-            longest = max(len(examples[i]["ids"]) for i in idx)
-            pad = lambda row, fill: row + [fill] * (longest - len(row))  # noqa: E731
-            out_ = model(
-                input_ids=torch.tensor([pad(masked[i][0], pad_id) for i in idx]),
-                attention_mask=torch.tensor([pad([1] * len(examples[i]["ids"]), 0) for i in idx]),
-                token_type_ids=torch.tensor([pad(examples[i]["type_ids"], 0) for i in idx]),
-                labels=torch.tensor([pad(masked[i][1], -100) for i in idx]),
-                next_sentence_label=torch.tensor([examples[i]["pair_label"] for i in idx]),
-            )
-            loss = out_.loss
-            assert torch.isfinite(loss), "a micro-batch without a masked token"
-            step_loss += loss.item() * len(idx)
-            (loss * (len(idx) / step_examples)).backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings["clip"]).item()
-        lr = linear_schedule(settings["lr"], step, warmup, total)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.step()
-        steps.append({"step": step + 1, "loss": step_loss / step_examples, "lr": lr,
-                      "grad_norm": norm})
 
+    def micro_batch_loss(idx: list[int]) -> torch.Tensor:
+        inputs = padded([encodings[i] for i in idx], pad_id)
+        longest = inputs["input_ids"].shape[1]
+        fill = lambda row, value: row + [value] * (longest - len(row))  # noqa: E731
+        inputs["input_ids"] = torch.tensor([fill(examples[i]["masked"], pad_id) for i in idx])
+        return model(**inputs,
+                     labels=torch.tensor([fill(examples[i]["labels"], -100) for i in idx]),
+                     next_sentence_label=torch.tensor([examples[i]["pair_label"] for i in idx])).loss
+
+    steps = train_steps(model, settings, len(examples), micro_batch_loss)
     # The decoder is the word embeddings (tied), stored once as transformers stores it.
     tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k not in tied}
-    save_file(state, out / "final.safetensors")
-    clipped = sum(1 for s in steps if s["grad_norm"] > settings["clip"])
-    expected = {"settings": {**settings, "task": "pretraining", "mask_token_id": mask_id},
-                "steps": steps, "clipped_steps": clipped, "torch_version": torch.__version__}
-    (out / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
-    print(f"{name}: {total} steps, loss {steps[0]['loss']:.4f} -> {steps[-1]['loss']:.4f}, "
-          f"{clipped} steps clipped")
+    write_expected(out, name, model, {**settings, "mask_token_id": mask_id}, steps, leave_out=tied)
+
+
+def make_distill_case(name: str, source: str, settings: dict) -> None:
+    """Task distillation as DistilBERT's recipe and slimformer's `distill` define it: a student
+    (init/student: one layer of the teacher's width, torch's initialization) learns from the
+    teacher (init/teacher: the source classifier) on labelled texts, with
+    α_ce·T²·KL(teacher/T ‖ student/T) (batch mean) + α_hard·cross-entropy(gold) +
+    α_cos·(1 − cos) between the two last hidden states at every real token (PyTorch's
+    CosineEmbeddingLoss, as DistilBERT's distiller uses it)."""
+    out = fresh_dir(name)
+    src = FIXTURES / source
+    teacher_dir, student_dir = out / "init" / "teacher", out / "init" / "student"
+    teacher_dir.mkdir(parents=True)
+    config = no_dropout(json.loads((src / "config.json").read_text()))
+    (teacher_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copy(src / "model.safetensors", teacher_dir / "model.safetensors")
+    shutil.copy(src / "tokenizer.json", teacher_dir / "tokenizer.json")
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).float().eval()
+    student_config = type(teacher.config).from_dict({**config, "num_hidden_layers": 1})
+    torch.manual_seed(0)
+    student = AutoModelForSequenceClassification.from_config(student_config).float()
+    student.save_pretrained(student_dir)
+    shutil.copy(src / "tokenizer.json", student_dir / "tokenizer.json")
+
+    rows = labelled_rows(config, settings)
+    write_csv(out / "train.csv", rows)
+    labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+    label_id = {name: i for i, name in enumerate(labels)}
+    tok = Tokenizer.from_file(str(teacher_dir / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(settings["max_len"])
+    pad_id = config.get("pad_token_id") or 0
+    temperature, alpha_ce, alpha_hard, alpha_cos = (
+        settings["temperature"], settings["alpha_ce"], settings["alpha_hard"], settings["alpha_cos"])
+    cosine = torch.nn.CosineEmbeddingLoss(reduction="mean")
+    f = torch.nn.functional
+
+    def micro_batch_loss(idx: list[int]) -> torch.Tensor:
+        inputs = padded([tok.encode(rows[i][0]) for i in idx], pad_id)
+        s = student(**inputs, output_hidden_states=True)
+        with torch.no_grad():
+            t = teacher(**inputs, output_hidden_states=True)
+        soft = f.kl_div(f.log_softmax(s.logits / temperature, dim=-1),
+                        f.softmax(t.logits / temperature, dim=-1),
+                        reduction="batchmean") * temperature ** 2
+        hard = f.cross_entropy(s.logits, torch.tensor([label_id[rows[i][1]] for i in idx]))
+        real = inputs["attention_mask"].bool()
+        s_rows, t_rows = s.hidden_states[-1][real], t.hidden_states[-1][real]
+        cos = cosine(s_rows, t_rows, torch.ones(s_rows.shape[0]))
+        return alpha_ce * soft + alpha_hard * hard + alpha_cos * cos
+
+    steps = train_steps(student, settings, len(rows), micro_batch_loss)
+    write_expected(out, name, student, settings, steps, labels=labels)
 
 
 SETTINGS = {
@@ -419,6 +469,9 @@ CASES = {
     "train-bert-multilabel": ("bert-multilabel", SETTINGS),
     "train-bert-regression": ("bert-regression", SETTINGS),
     "train-bert-pretraining": ("bert-mlm", {**SETTINGS, "task": "pretraining"}),
+    # `distill`'s default weights.
+    "train-bert-distill": ("bert-seqcls", {**SETTINGS, "task": "distillation", "temperature": 2.0,
+                                           "alpha_ce": 5.0, "alpha_hard": 2.0, "alpha_cos": 1.0}),
 }
 
 
@@ -427,7 +480,8 @@ def main() -> None:
     import sys
     for name in sys.argv[1:] or CASES:
         source, settings = CASES[name]
-        make = make_pretrain_case if settings.get("task") == "pretraining" else make_case
+        make = {"pretraining": make_pretrain_case,
+                "distillation": make_distill_case}.get(settings.get("task"), make_case)
         make(name, source, settings)
 
 

@@ -195,6 +195,48 @@ fn pretrain_case(
     logged_run(out)
 }
 
+/// Task distillation of the case's teacher into its prepared student, with the
+/// weights and temperature the reference used, through `distill` itself.
+fn distill_case(
+    case: &str,
+    reference: &Reference,
+    out: &Path,
+    change: fn(&mut TrainConfig),
+) -> (Vec<f64>, HashMap<String, Tensor>) {
+    use slimformer_train::shrink::distill::{self, DistillData, DistillOptions, StudentSpec};
+    use slimformer_train::shrink::losses::DistillWeights;
+    let dir = fixture(case);
+    let s = &reference.settings;
+    let mut train_config = train_config(reference);
+    change(&mut train_config);
+    let train = dir.join("train.csv");
+    distill::distill(&DistillOptions {
+        teacher: dir.join("init/teacher"),
+        student: StudentSpec::Prepared(dir.join("init/student")),
+        data: DistillData::Task {
+            train: train.clone(),
+            dev: Some(train),
+            dev_split: None,
+            columns: Columns::default(),
+            test: None,
+        },
+        weights: DistillWeights {
+            temperature: s["temperature"].as_f64().unwrap(),
+            alpha_ce: s["alpha_ce"].as_f64().unwrap(),
+            alpha_hard: s["alpha_hard"].as_f64().unwrap(),
+            alpha_cos: s["alpha_cos"].as_f64().unwrap(),
+        },
+        max_len: Some(s["max_len"].as_u64().unwrap() as usize),
+        train_config,
+        out: out.to_path_buf(),
+        overwrite: true,
+        progress: false,
+        cache_dir: None,
+    })
+    .unwrap();
+    logged_run(out)
+}
+
 /// The logged loss of each step of the run in `out`, and its saved weights.
 fn logged_run(out: &Path) -> (Vec<f64>, HashMap<String, Tensor>) {
     let losses = std::fs::read_to_string(out.join("metrics.jsonl"))
@@ -262,10 +304,10 @@ fn differences(
 
 fn check_case(case: &str) {
     let reference = reference(case);
-    let run_case = if reference.settings["task"] == "pretraining" {
-        pretrain_case
-    } else {
-        finetune_case
+    let run_case = match reference.settings["task"].as_str() {
+        Some("pretraining") => pretrain_case,
+        Some("distillation") => distill_case,
+        _ => finetune_case,
     };
     let tmp = tempfile::tempdir().unwrap();
     let (losses, weights) = run_case(case, &reference, &tmp.path().join("run"), |_| {});
@@ -335,4 +377,12 @@ fn bert_regression_steps_match_pytorch() {
 #[test]
 fn bert_pretraining_steps_match_pytorch() {
     check_case("train-bert-pretraining");
+}
+
+/// Task distillation with DistilBERT's losses at `distill`'s default weights: soft
+/// targets (T²·KL at T = 2), gold labels, and the cosine between the last hidden
+/// states at every real token, for a 1-layer student of a 2-layer teacher.
+#[test]
+fn bert_distillation_steps_match_pytorch() {
+    check_case("train-bert-distill");
 }
