@@ -18,4 +18,5 @@ mod serve_tei;
 mod shrink_cli;
 mod study_cli;
 mod tagging;
+mod training_precision;
 mod vendored;
