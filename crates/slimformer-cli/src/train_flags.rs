@@ -1,6 +1,6 @@
 //! The flags every training command shares, and the trainer configuration they make.
 
-use slimformer_train::trainer::TrainConfig;
+use slimformer_train::trainer::{Selection, TrainConfig};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -32,6 +32,12 @@ pub struct TrainingFlags {
     /// Replace what --out holds instead of resuming or refusing.
     #[arg(long)]
     pub overwrite: bool,
+    /// Which evaluation's checkpoint the run keeps: the best of a metric of the
+    /// task's (accuracy, macro_f1, mcc, micro_f1, pearson, loss, ...: the lowest of a
+    /// loss or an error, the highest of any other), or `last` (default: the task's own,
+    /// accuracy for a classifier).
+    #[arg(long, value_name = "METRIC|last")]
+    pub select: Option<String>,
 }
 
 /// The schedule flags of supervised training (`finetune`, `distill`, `compress`).
@@ -92,6 +98,10 @@ impl TrainingFlags {
             eval_every: self.eval_every,
             patience: schedule.patience,
             log_every: self.log_every,
+            select: self
+                .select
+                .as_deref()
+                .map_or(Selection::Primary, Selection::parse),
         }
     }
 }

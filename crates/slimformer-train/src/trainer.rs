@@ -66,6 +66,56 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     /// Write a training line to `metrics.jsonl` every this many steps.
     pub log_every: usize,
+    /// Which evaluation's checkpoint is kept (and drives `patience`).
+    #[serde(default)]
+    pub select: Selection,
+}
+
+/// Which evaluation the run keeps as its best checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// The task's own primary metric (accuracy for one label a text, micro-F1 for
+    /// several, the squared error of a regression, ...).
+    #[default]
+    Primary,
+    /// The best value of this metric of the task's: the lowest of a loss or an error
+    /// (`loss`, `mse`, `mae`), the highest of any other.
+    Metric(String),
+    /// The last evaluation, whatever its metrics.
+    Last,
+}
+
+impl Selection {
+    /// `last`, `primary`, or a metric's name.
+    pub fn parse(text: &str) -> Selection {
+        match text {
+            "last" => Selection::Last,
+            "primary" => Selection::Primary,
+            metric => Selection::Metric(metric.to_string()),
+        }
+    }
+
+    /// The evaluation with its primary metric set to the selected one; an error when
+    /// the task has no such metric.
+    fn apply(&self, mut metrics: Metrics) -> Result<Metrics> {
+        if let Selection::Metric(name) = self {
+            if !metrics.values.contains_key(name) {
+                let names: Vec<&str> = metrics.values.keys().map(String::as_str).collect();
+                return Err(Error::bad_value(
+                    "select",
+                    name,
+                    format!(
+                        "not a metric of this task (its metrics: {}; or last)",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            metrics.higher_is_better = !matches!(name.as_str(), "loss" | "mse" | "mae");
+            metrics.primary = name.clone();
+        }
+        Ok(metrics)
+    }
 }
 
 impl Default for TrainConfig {
@@ -83,6 +133,7 @@ impl Default for TrainConfig {
             eval_every: None,
             patience: None,
             log_every: 10,
+            select: Selection::Primary,
         }
     }
 }
@@ -560,17 +611,18 @@ fn train_on_pool<T: TrainTask>(
         }
 
         if step.is_multiple_of(plan.eval_every) || step == plan.total {
-            let metrics = task.evaluate()?;
+            let metrics = config.select.apply(task.evaluate()?)?;
             let mut line = serde_json::json!({"split": "dev", "step": step, "epoch": epoch_f});
             for (k, v) in &metrics.values {
                 line[k] = serde_json::json!(v);
             }
             log.write(line)?;
-            if progress
-                .best
-                .as_ref()
-                .is_none_or(|b| metrics.better_than(b))
-            {
+            let keep = config.select == Selection::Last
+                || progress
+                    .best
+                    .as_ref()
+                    .is_none_or(|b| metrics.better_than(b));
+            if keep {
                 save_best(task, out)?;
                 progress.best = Some(metrics.clone());
                 progress.best_step = Some(step);
@@ -797,5 +849,29 @@ mod tests {
         assert!(m(2.0, true).better_than(&m(1.0, true)));
         assert!(m(1.0, false).better_than(&m(2.0, false)));
         assert!(!m(1.0, true).better_than(&m(1.0, true)));
+    }
+
+    #[test]
+    fn selection_sets_the_metric_and_its_direction() {
+        let metrics = Metrics {
+            values: [("accuracy".to_string(), 0.9), ("loss".to_string(), 0.3)].into(),
+            primary: "accuracy".into(),
+            higher_is_better: true,
+        };
+        let by_loss = Selection::parse("loss").apply(metrics.clone()).unwrap();
+        assert_eq!(
+            (by_loss.primary.as_str(), by_loss.higher_is_better),
+            ("loss", false)
+        );
+        assert_eq!(
+            Selection::parse("primary").apply(metrics.clone()).unwrap(),
+            metrics
+        );
+        assert_eq!(Selection::parse("last"), Selection::Last);
+        let e = Selection::parse("f1")
+            .apply(metrics)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("select") && e.contains("accuracy, loss"), "{e}");
     }
 }

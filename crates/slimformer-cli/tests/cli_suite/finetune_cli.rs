@@ -277,3 +277,49 @@ fn multi_label_finetune_then_classify() {
     // Independent sigmoids near 0.5 after 3 steps: their sum is far from a softmax's 1.
     assert!((scores.iter().sum::<f64>() - 1.0).abs() > 0.2, "{record}");
 }
+
+/// `--select last` keeps the last evaluation's checkpoint; a metric the task lacks
+/// is refused by name at the first evaluation, with the task's metrics listed.
+#[test]
+fn select_picks_which_checkpoint_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = write_train(tmp.path());
+    let base = fixture("bert-base");
+    let run = |select: &str, out: &str| {
+        slimformer(&[
+            "finetune",
+            base.to_str().unwrap(),
+            "--train",
+            train.to_str().unwrap(),
+            "--dev",
+            train.to_str().unwrap(),
+            "--max-steps",
+            "4",
+            "--eval-every",
+            "1",
+            "--batch",
+            "4",
+            "--lr",
+            "1e-3",
+            "--select",
+            select,
+            "--out",
+            tmp.path().join(out).to_str().unwrap(),
+        ])
+    };
+    let last = run("last", "last");
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&last.stdout).unwrap();
+    assert_eq!(line["best_step"], 4, "{line}");
+    assert_eq!(line["dev"], line["last_dev"], "{line}");
+
+    let bad = run("f1", "bad");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert!(err.contains("select") && err.contains("macro_f1"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
