@@ -20,7 +20,8 @@ learning rate: linear warm-up from 0 over ceil(--warmup-ratio x total steps) ste
 (1.0). Dropout as in the model config (active while training).
 
 After each epoch the dev set is evaluated; the epoch with the best dev --select metric (default
-macro_f1; ties keep the earlier epoch) is kept and evaluated on test. Metrics: accuracy,
+macro_f1; ties keep the earlier epoch), or the last epoch with `--select last`, is kept and
+evaluated on test. Metrics: accuracy,
 macro-F1 (unweighted mean of per-class F1), MCC (multi-class form, Gorodkin 2004; equals the
 binary MCC for two classes). Training throughput = training examples processed / time spent in
 training steps (forward, backward, clip, optimizer and scheduler steps, batch collation; dev
@@ -77,7 +78,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--weight-decay", type=float, default=0.01,
                     help="AdamW weight decay; never applied to biases and LayerNorm weights (default 0.01)")
     ap.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default 1.0)")
-    ap.add_argument("--select", choices=["accuracy", "macro_f1", "mcc"], default="macro_f1",
+    ap.add_argument("--select", choices=["accuracy", "macro_f1", "mcc", "last"], default="macro_f1",
                     help="dev metric that picks the best epoch (default macro_f1)")
     ap.add_argument("--eval-batch", type=int, default=64)
     ap.add_argument("--bf16", action="store_true",
@@ -242,7 +243,7 @@ def main() -> int:
                "train_examples_per_s": len(order) / epoch_time, **{f"dev_{k}": v for k, v in dev.items()}}
         history.append(row)
         print(f"[finetune] {json.dumps(row)}", file=sys.stderr)
-        if best is None or dev[args.select] > best[args.select]:
+        if best is None or args.select == "last" or dev[args.select] > best[args.select]:
             best = {**dev, "epoch": epoch}
             best_state = copy.deepcopy(model.state_dict())
 

@@ -20,7 +20,7 @@ use super::data::{split_dev, HoldOut};
 use super::init::{init_trainable, initialize};
 use super::objectives::mlm::{self, MaskingMode, MlmConfig, WordBoundary, IGNORE};
 use super::objectives::pairs::{self, PairTask};
-use super::objectives::plm::{plm_targets, DEFAULT_PREDICT_DIVISOR};
+use super::objectives::plm::{plm_targets, PlmConfig};
 use super::objectives::{masked_cross_entropy, plm_loss, sentence_pair_loss};
 use super::pretrain_heads::{PlmHead, SentencePairHead};
 use super::tokenizer::train_tokenizer;
@@ -283,6 +283,8 @@ pub struct PretrainTask {
     pub plm_head: Option<PlmHead>,
     pub objectives: Objectives,
     pub mlm: Option<MlmConfig>,
+    /// Permutation LM's targets and order (with `plm_head`).
+    pub plm: Option<PlmConfig>,
     pub tokenizer: Tokenizer,
     pub tokenizer_dir: Option<PathBuf>,
     pub dev: Vec<PretrainExample>,
@@ -409,18 +411,24 @@ impl PretrainTask {
             });
             Ok(())
         };
-        if let Some(plm) = &self.plm_head {
+        if let (Some(plm), Some(cfg)) = (&self.plm_head, &self.plm) {
             let t = draws.with(|rng| {
                 plm_targets(
                     &padded.ids,
                     &padded.mask,
                     &padded.special,
-                    DEFAULT_PREDICT_DIVISOR,
+                    cfg,
                     rng,
                     &Device::Cpu,
                 )
             })?;
-            let logits = plm.forward_t(&padded.batch, &t.perm_mask, &t.target_mapping, train)?;
+            let (b, l) = padded.batch.input_ids.dims2()?;
+            let batch = Batch {
+                input_ids: Tensor::from_vec(t.input_ids.concat(), (b, l), &Device::Cpu)?,
+                attention_mask: padded.batch.attention_mask.clone(),
+                token_type_ids: padded.batch.token_type_ids.clone(),
+            };
+            let logits = plm.forward_t(&batch, &t.perm_mask, &t.target_mapping, train)?;
             let loss = plm_loss(&logits, &t.labels)?;
             if let Some(s) = sums {
                 let labels: Vec<i64> = t.labels.flatten_all()?.to_vec1()?;
@@ -707,6 +715,7 @@ pub fn prepare(opts: &PretrainOptions) -> Result<(PretrainTask, Vec<PretrainExam
         }
         c
     });
+    let plm = objectives.plm.then(|| PlmConfig::new(specials.mask));
 
     let tokenized = tokenize_corpus(&tok, &docs)?;
     let examples = make_examples(opts, &tok, &tokenized, objectives.pair, specials);
@@ -721,6 +730,7 @@ pub fn prepare(opts: &PretrainOptions) -> Result<(PretrainTask, Vec<PretrainExam
             plm_head,
             objectives,
             mlm,
+            plm,
             tokenizer: tok,
             tokenizer_dir,
             dev,

@@ -10,7 +10,7 @@ use slimformer::rng::Rng;
 use slimformer::{Model, Result};
 use slimformer_train::init::{init_trainable, initialize, tiny_config};
 use slimformer_train::objectives::mlm::{mask_example, MaskingMode, MlmConfig};
-use slimformer_train::objectives::plm::plm_targets;
+use slimformer_train::objectives::plm::{plm_targets, PlmConfig};
 use slimformer_train::objectives::{mlm_loss, plm_loss, sentence_pair_loss};
 use slimformer_train::pretrain_heads::{PlmHead, SentencePairHead};
 
@@ -129,10 +129,14 @@ fn xlnet_case(
         .iter()
         .map(|r| r.iter().map(|&t| t < 6).collect())
         .collect();
-    // K = 3 so that every example predicts a few tokens.
-    let t = plm_targets(&ids, &attention, &special, 3, &mut rng, &Device::Cpu)?;
+    // One target in 3 tokens, so that every example predicts a few.
+    let cfg = PlmConfig {
+        tokens_per_target: 3,
+        ..PlmConfig::new(4)
+    };
+    let t = plm_targets(&ids, &attention, &special, &cfg, &mut rng, &Device::Cpu)?;
     let batch = Batch {
-        input_ids: u32s(&ids)?,
+        input_ids: u32s(&t.input_ids)?,
         attention_mask: u32s(&attention)?,
         token_type_ids: u32s(&types)?,
     };

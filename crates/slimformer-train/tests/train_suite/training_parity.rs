@@ -176,6 +176,7 @@ fn pretrain_case(
         plm_head: None,
         objectives: pretrain::objectives(Family::Bert),
         mlm: Some(mlm_config),
+        plm: None,
         tokenizer,
         tokenizer_dir: Some(init),
         dev: examples.clone(),
