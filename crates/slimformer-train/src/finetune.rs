@@ -9,7 +9,7 @@ use serde::Serialize;
 use slimformer::batching::{self, BatchLimits};
 use slimformer::heads::{Labels, ProblemType, SequenceClassifier};
 use slimformer::model::Model;
-use slimformer::rng::{Rng, TrainRng};
+use slimformer::rng::TrainRng;
 use slimformer::save::{save_sequence_classifier, SEQUENCE_HEAD_PREFIXES};
 use slimformer::tokenize::{Encoded, TextTokenizer};
 use slimformer::{Error, Result};
@@ -391,27 +391,18 @@ pub(crate) fn model_labels(model: &Model) -> Option<Vec<String>> {
     (by_id.keys().copied().eq(0..names.len()) && !names.is_empty()).then_some(names)
 }
 
-/// Sets the variables a new head created: weights normal(0, 0.02), biases zero, drawn
-/// from the seeded generator in name order (candle's own generator cannot be seeded).
-pub fn init_new_vars(varmap: &VarMap, before: &BTreeSet<String>, seed: u64) -> Result<()> {
-    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-    let mut new: Vec<(&String, &candle_core::Var)> =
-        data.iter().filter(|(n, _)| !before.contains(*n)).collect();
-    new.sort_by(|a, b| a.0.cmp(b.0));
-    let mut rng = Rng::new(seed ^ 0x4EAD_1417);
-    for (name, var) in new {
-        let shape = var.shape().clone();
-        let count = shape.elem_count();
-        let values: Vec<f32> = if name.ends_with("bias") {
-            vec![0.0; count]
-        } else {
-            (0..count)
-                .map(|_| rng.normal() * slimformer::layers::INIT_STD as f32)
-                .collect()
-        };
-        var.set(&Tensor::from_vec(values, shape, &Device::Cpu)?)?;
-    }
-    Ok(())
+/// Sets the variables a new head created as transformers' `_init_weights` does:
+/// weights normal(0, the config's `initializer_range`), biases 0, LayerNorm weights
+/// 1, drawn from seeded generators (candle's own cannot be seeded).
+pub fn init_new_vars(
+    config: &serde_json::Value,
+    varmap: &VarMap,
+    before: &BTreeSet<String>,
+    seed: u64,
+) -> Result<()> {
+    crate::init::initialize(varmap, config, seed ^ 0x4EAD_1417, |name| {
+        !before.contains(name)
+    })
 }
 
 fn encode_rows(
@@ -638,7 +629,12 @@ pub fn prepare(opts: &FinetuneOptions) -> Result<(ClassificationTask, Vec<Exampl
             problem_type,
         },
     )?;
-    init_new_vars(&varmap, &before, opts.train_config.seed)?;
+    init_new_vars(
+        &model.checkpoint.config,
+        &varmap,
+        &before,
+        opts.train_config.seed,
+    )?;
 
     let max_len = resolve_max_len(opts.max_len, &model)?;
     let tokenizer =

@@ -308,7 +308,12 @@ pub fn prepare(opts: &FinetuneOptions) -> Result<(TokenClassificationTask, Vec<T
     finetune::drop_mismatched_head(&mut model, &varmap, labels.len());
     let before = finetune::var_names(&varmap);
     let head = TokenClassifier::for_labels(&model, labels.clone())?;
-    finetune::init_new_vars(&varmap, &before, opts.train_config.seed)?;
+    finetune::init_new_vars(
+        &model.checkpoint.config,
+        &varmap,
+        &before,
+        opts.train_config.seed,
+    )?;
 
     let max_len = finetune::resolve_max_len(opts.max_len, &model)?;
     let tokenizer =

@@ -771,7 +771,12 @@ fn prepare_general(
         };
         let before = var_names(&varmap);
         let s_head = MaskedLmHead::load(&student)?;
-        init_new_vars(&varmap, &before, opts.train_config.seed)?;
+        init_new_vars(
+            &student.checkpoint.config,
+            &varmap,
+            &before,
+            opts.train_config.seed,
+        )?;
         let (_, mask_id) = tokenizer.mask_token().ok_or_else(|| {
             Error::file(&init, "the tokenizer has no mask token for masked-LM terms")
         })?;
@@ -835,7 +840,7 @@ fn student_head(
             problem_type: ProblemType::SingleLabel,
         },
     )?;
-    init_new_vars(varmap, &before, seed)?;
+    init_new_vars(&student.checkpoint.config, varmap, &before, seed)?;
     Ok(head)
 }
 

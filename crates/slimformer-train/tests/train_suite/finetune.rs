@@ -281,6 +281,18 @@ fn new_heads_come_from_the_seed() {
     };
     assert_eq!(head(1), head(1));
     assert_ne!(head(1), head(2));
+    // Drawn at the config's initializer_range, as transformers' _init_weights draws.
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("bert-base").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let range = config["initializer_range"].as_f64().unwrap();
+    let values: Vec<f64> = head(1).concat().into_iter().map(f64::from).collect();
+    let sd = (values.iter().map(|v| v * v).sum::<f64>() / values.len() as f64).sqrt();
+    assert!(
+        (0.7..1.3).contains(&(sd / range)),
+        "sd {sd} for initializer_range {range}"
+    );
 }
 
 fn error_of(file: &str, contents: &[u8]) -> String {
@@ -388,8 +400,9 @@ fn multi_label_and_regression_train_save_and_reload() {
         lines.push_str(&format!("{{\"text\": \"{text}\", \"label\": {labels}}}\n"));
     }
     std::fs::write(&train, lines).unwrap();
-    let mut opts = options("bert-base", &train, &tmp.path().join("multi"), 30);
+    let mut opts = options("bert-base", &train, &tmp.path().join("multi"), 40);
     opts.problem_type = Some(ProblemType::MultiLabel);
+    opts.train_config.lr = 5e-3;
     let report = finetune::finetune(&opts).unwrap();
     assert_eq!(report.labels, ["animal", "stone", "water"]);
     let dev = report.outcome.last.unwrap();
