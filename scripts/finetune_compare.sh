@@ -6,7 +6,7 @@
 # `last`: like with like). The report gives, per task, each seed's test accuracy and
 # macro-F1 on both sides, each side's mean ± standard deviation over the seeds, and
 # the paired difference (slimformer − reference, seed by seed) with its standard
-# deviation. Long (about half an hour per seed and side on 2 cores for Rotten
+# deviation. Long (tens of minutes per seed and side on 2 cores for Rotten
 # Tomatoes): run it detached; rerunning skips finished runs and resumes slimformer's.
 #
 #   scripts/finetune_compare.sh                  # all-MiniLM-L6-v2; Rotten Tomatoes and SMS spam; seeds 1 2 3
