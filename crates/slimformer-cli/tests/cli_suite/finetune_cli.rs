@@ -169,7 +169,7 @@ fn bf16_mixed_precision_trains_like_f32() {
             "--dev-split",
             "0.25",
             "--max-steps",
-            "30",
+            "40",
             "--batch",
             "4",
             "--lr",
@@ -187,12 +187,12 @@ fn bf16_mixed_precision_trains_like_f32() {
         train_losses(&out)
     };
     let (f32_losses, bf16_losses) = (run("fp32"), run("bf16"));
-    assert_eq!(bf16_losses.len(), 30);
+    assert_eq!(bf16_losses.len(), 40);
     // The same weights, batches and dropout masks: the losses differ only by the
     // products' bf16 rounding...
     // ... and they do differ: the bf16 products ran.
     assert_ne!(f32_losses, bf16_losses);
-    // Thirty steps later the two runs still follow each other.
+    // Forty steps later the two runs still follow each other.
     let apart = f32_losses
         .iter()
         .zip(&bf16_losses)
@@ -200,7 +200,7 @@ fn bf16_mixed_precision_trains_like_f32() {
         .fold(0.0, f64::max);
     assert!(apart < 0.05, "f32 {f32_losses:?}\nbf16 {bf16_losses:?}");
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
-    let (first, last) = (mean(&bf16_losses[..5]), mean(&bf16_losses[25..]));
+    let (first, last) = (mean(&bf16_losses[..5]), mean(&bf16_losses[35..]));
     assert!(last < 0.5 * first, "bf16 losses {bf16_losses:?}");
 }
 
