@@ -56,19 +56,17 @@ fn reference(case: &str) -> Reference {
     }
 }
 
-/// Fine-tunes the case's initial checkpoint with its settings; `change` alters the
-/// training config (to show the comparison notices a difference). Returns the
-/// logged loss of each step and the saved weights.
+/// Fine-tunes the case's initial checkpoint with `train_config` (the reference's,
+/// or one changed to show the comparison notices a difference). Returns the logged
+/// loss of each step and the saved weights.
 fn finetune_case(
     case: &str,
     reference: &Reference,
     out: &Path,
-    change: fn(&mut TrainConfig),
+    train_config: TrainConfig,
 ) -> (Vec<f64>, HashMap<String, Tensor>) {
     let dir = fixture(case);
     let s = &reference.settings;
-    let mut train_config = train_config(reference);
-    change(&mut train_config);
     let tagging = s["task"] == "token-classification";
     let train = dir.join(if tagging { "train.conll" } else { "train.csv" });
     let run = if tagging {
@@ -123,15 +121,14 @@ fn pretrain_case(
     case: &str,
     reference: &Reference,
     out: &Path,
-    change: fn(&mut TrainConfig),
+    train_config: TrainConfig,
 ) -> (Vec<f64>, HashMap<String, Tensor>) {
     use slimformer::models::Family;
     use slimformer_train::objectives::mlm::{self, MaskingMode, MlmConfig};
     use slimformer_train::pretrain::{self, PretrainExample, PretrainTask};
 
     let init = fixture(case).join("init");
-    let mut config = train_config(reference);
-    change(&mut config);
+    let config = train_config;
     let examples: Vec<PretrainExample> =
         std::fs::read_to_string(fixture(case).join("examples.jsonl"))
             .unwrap()
@@ -202,14 +199,12 @@ fn distill_case(
     case: &str,
     reference: &Reference,
     out: &Path,
-    change: fn(&mut TrainConfig),
+    train_config: TrainConfig,
 ) -> (Vec<f64>, HashMap<String, Tensor>) {
     use slimformer_train::shrink::distill::{self, DistillData, DistillOptions, StudentSpec};
     use slimformer_train::shrink::losses::DistillWeights;
     let dir = fixture(case);
     let s = &reference.settings;
-    let mut train_config = train_config(reference);
-    change(&mut train_config);
     let train = dir.join("train.csv");
     distill::distill(&DistillOptions {
         teacher: dir.join("init/teacher"),
@@ -311,7 +306,12 @@ fn check_case(case: &str) {
         _ => finetune_case,
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (losses, weights) = run_case(case, &reference, &tmp.path().join("run"), |_| {});
+    let (losses, weights) = run_case(
+        case,
+        &reference,
+        &tmp.path().join("run"),
+        train_config(&reference),
+    );
     let (loss_diff, weight_diff, name) = differences(&reference, &losses, &weights);
     eprintln!(
         "{case}: {} steps, worst loss difference {loss_diff:.1e}, worst weight {weight_diff:.1e} ({name})",
@@ -327,14 +327,13 @@ fn check_case(case: &str) {
         "{case}: {name} differs from PyTorch's after the last step by {weight_diff:.2e} (relative)"
     );
 
-    // The comparison notices a real difference: without clipping (every step of
-    // the reference was clipped), the run leaves the reference's path.
-    let (losses, weights) = run_case(
-        case,
-        &reference,
-        &tmp.path().join("unclipped"),
-        |c: &mut TrainConfig| c.clip = 0.0,
-    );
+    // The comparison notices a real difference: without clipping (the reference
+    // clipped 14 to 30 of its 30 steps), the run leaves the reference's path.
+    let unclipped = TrainConfig {
+        clip: 0.0,
+        ..train_config(&reference)
+    };
+    let (losses, weights) = run_case(case, &reference, &tmp.path().join("unclipped"), unclipped);
     let (loss_diff, weight_diff, _) = differences(&reference, &losses, &weights);
     assert!(
         loss_diff > 100.0 * TOLERANCE && weight_diff > 100.0 * TOLERANCE,
