@@ -37,30 +37,7 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
         let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
         let addr = listener.local_addr()?;
         reload::spawn_watchers(state.clone());
-        let default = &state.models[0];
-        let engine = default.engine.current();
-        let models: Vec<serde_json::Value> = state
-            .models
-            .iter()
-            .map(|m| {
-                let e = m.engine.current();
-                serde_json::json!({
-                    "name": m.name,
-                    "version": e.as_ref().map(|e| e.version.clone()),
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "listening": addr.to_string(),
-                "scheme": if config.tls.is_some() { "https" } else { "http" },
-                "model": engine.as_ref().map(|e| default.shown_name(e)),
-                "version": engine.as_ref().map(|e| e.version.clone()),
-                "models": models,
-                "memory": state.memory.get().map(|m| &m.plan),
-            })
-        );
+        println!("{}", announcement(&state, &config, addr));
         tracing::info!(%addr, "serving");
         let app = routes::router(state.clone());
         http::serve(
@@ -77,6 +54,36 @@ pub fn serve(config: ServerConfig) -> anyhow_like::Result<()> {
         state.close();
         tracing::info!("stopped: every request in flight was answered");
         Ok(())
+    })
+}
+
+/// The line that says where the server listens and what it serves. Its own function
+/// so that the engines it looks at are let go at once: an engine held here would stay
+/// in memory, weights and all, after a reload had replaced it.
+fn announcement(
+    state: &state::AppState,
+    config: &ServerConfig,
+    addr: std::net::SocketAddr,
+) -> serde_json::Value {
+    let default = &state.models[0];
+    let engine = default.engine.current();
+    let models: Vec<serde_json::Value> = state
+        .models
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "version": m.engine.current().map(|e| e.version.clone()),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "listening": addr.to_string(),
+        "scheme": if config.tls.is_some() { "https" } else { "http" },
+        "model": engine.as_ref().map(|e| default.shown_name(e)),
+        "version": engine.as_ref().map(|e| e.version.clone()),
+        "models": models,
+        "memory": state.memory.get().map(|m| &m.plan),
     })
 }
 

@@ -287,6 +287,13 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "slimformer_model_versions_in_memory",
+            "gauge",
+            "Model versions held in memory: one per model, two for a model while a replaced version finishes its last requests.",
+            crate::engine::versions_in_memory().to_string(),
+        );
+        gauge(
+            &mut out,
             "slimformer_memory_budget_bytes",
             "gauge",
             "Memory requests may reserve under the memory limit (0: no limit).",

@@ -714,6 +714,44 @@ fn hot_reload_under_load_and_a_broken_version_refused() {
         .contains("version=\"v2\""));
 }
 
+/// A reload lets the version it replaces go, the one loaded at the start included:
+/// the server holds one version per model once the old one's requests are answered.
+#[test]
+fn a_replaced_version_leaves_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = tmp.path();
+    registry_with(
+        reg,
+        &[
+            ("v1", &fixture("bert-seqcls")),
+            ("v2", &fixture("distilbert-seqcls")),
+        ],
+    );
+    std::fs::write(reg.join("PRODUCTION"), "v1\n").unwrap();
+    let s = Server::start(&["--registry", reg.to_str().unwrap(), "--poll-seconds", "0.1"]);
+    let in_memory = |s: &Server| {
+        let body = s.call("GET", "/metrics", None, None).body;
+        body.lines()
+            .find_map(|l| l.strip_prefix("slimformer_model_versions_in_memory "))
+            .map(|v| v.trim().to_string())
+    };
+    assert_eq!(in_memory(&s).as_deref(), Some("1"));
+    let version =
+        |s: &Server| s.call("GET", "/v1/models", None, None).json()["data"][0]["version"].clone();
+    for next in ["v2", "v1", "v2"] {
+        std::fs::write(reg.join("PRODUCTION.tmp"), format!("{next}\n")).unwrap();
+        std::fs::rename(reg.join("PRODUCTION.tmp"), reg.join("PRODUCTION")).unwrap();
+        assert!(wait_for(|| version(&s) == next));
+        let r = s.post("/v1/classify", serde_json::json!({"inputs": "hello"}));
+        assert_eq!(r.status, 200);
+        assert!(
+            wait_for(|| in_memory(&s).as_deref() == Some("1")),
+            "after the switch to {next}: {:?} versions in memory",
+            in_memory(&s)
+        );
+    }
+}
+
 #[test]
 fn graceful_shutdown_answers_requests_in_flight() {
     let model = fixture("bert-seqcls");
