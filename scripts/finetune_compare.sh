@@ -22,11 +22,13 @@ EPOCHS=${EPOCHS:-3}
 THREADS=${THREADS:-2}
 SELECT=${SELECT:-macro_f1}
 OUT=${OUT:-runs/finetune-compare}
+# The binary to run; a copy keeps a long comparison apart from rebuilds of target/.
+SLIMFORMER=${SLIMFORMER:-target/release/slimformer}
 COMMON=(--epochs "$EPOCHS" --lr 5e-5 --batch 32 --max-len 128)
 
 scripts/fetch-assets.sh data
 [ -x .venv-ref/bin/python ] || scripts/setup-reference.sh
-cargo build --release -p slimformer-cli
+[ "$SLIMFORMER" != target/release/slimformer ] || cargo build --release -p slimformer-cli
 
 for task in $TASKS; do
   data=assets/data/$task
@@ -43,7 +45,7 @@ for task in $TASKS; do
     if [ ! -f "$run/slimformer.json" ]; then
       echo "finetune_compare: $task seed $seed: slimformer" >&2
       # Evaluated once per epoch, as the reference is; resumes from the last epoch.
-      target/release/slimformer --threads "$THREADS" finetune "$MODEL" \
+      "$SLIMFORMER" --threads "$THREADS" finetune "$MODEL" \
         --train "$data/train.csv" --dev "$data/dev.csv" --test "$data/test.csv" \
         "${COMMON[@]}" --seed "$seed" --select "$SELECT" --out "$run/slimformer" \
         > "$run/slimformer.json.part" 2> "$run/slimformer.log"

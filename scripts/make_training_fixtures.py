@@ -409,7 +409,11 @@ def make_distill_case(name: str, source: str, settings: dict) -> None:
     teacher (init/teacher: the source classifier) on labelled texts, with
     α_ce·T²·KL(teacher/T ‖ student/T) (batch mean) + α_hard·cross-entropy(gold) +
     α_cos·(1 − cos) between the two last hidden states at every real token (PyTorch's
-    CosineEmbeddingLoss, as DistilBERT's distiller uses it)."""
+    CosineEmbeddingLoss, as DistilBERT's distiller uses it); with α_hidden and α_attention, the
+    layer terms (TinyBERT's uniform map: the embeddings from the embeddings, student layer m
+    from teacher layer m·N/M): the mean over mapped layers of the mean squared error of the
+    hidden states at real tokens, and of KL(teacher ‖ student) between attention
+    distributions, summed over keys and averaged over heads and real queries."""
     out = fresh_dir(name)
     src = FIXTURES / source
     teacher_dir, student_dir = out / "init" / "teacher", out / "init" / "student"
@@ -418,8 +422,11 @@ def make_distill_case(name: str, source: str, settings: dict) -> None:
     (teacher_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     shutil.copy(src / "model.safetensors", teacher_dir / "model.safetensors")
     shutil.copy(src / "tokenizer.json", teacher_dir / "tokenizer.json")
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).float().eval()
+    # Eager attention: the fused kinds return no attention probabilities.
+    teacher = AutoModelForSequenceClassification.from_pretrained(
+        teacher_dir, attn_implementation="eager").float().eval()
     student_config = type(teacher.config).from_dict({**config, "num_hidden_layers": 1})
+    student_config._attn_implementation = "eager"
     torch.manual_seed(0)
     student = AutoModelForSequenceClassification.from_config(student_config).float()
     student.save_pretrained(student_dir)
@@ -435,14 +442,18 @@ def make_distill_case(name: str, source: str, settings: dict) -> None:
     pad_id = config.get("pad_token_id") or 0
     temperature, alpha_ce, alpha_hard, alpha_cos = (
         settings["temperature"], settings["alpha_ce"], settings["alpha_hard"], settings["alpha_cos"])
+    alpha_hidden, alpha_attention = settings.get("alpha_hidden", 0.0), settings.get("alpha_attention", 0.0)
+    n_teacher, n_student = teacher.config.num_hidden_layers, student_config.num_hidden_layers
+    layer_pairs = [(0, 0)] + [(m, max(1, m * n_teacher // n_student)) for m in range(1, n_student + 1)]
+    tiny = torch.finfo(torch.float32).tiny
     cosine = torch.nn.CosineEmbeddingLoss(reduction="mean")
     f = torch.nn.functional
 
     def micro_batch_loss(idx: list[int]) -> torch.Tensor:
         inputs = padded([tok.encode(rows[i][0]) for i in idx], pad_id)
-        s = student(**inputs, output_hidden_states=True)
+        s = student(**inputs, output_hidden_states=True, output_attentions=True)
         with torch.no_grad():
-            t = teacher(**inputs, output_hidden_states=True)
+            t = teacher(**inputs, output_hidden_states=True, output_attentions=True)
         soft = f.kl_div(f.log_softmax(s.logits / temperature, dim=-1),
                         f.softmax(t.logits / temperature, dim=-1),
                         reduction="batchmean") * temperature ** 2
@@ -450,7 +461,16 @@ def make_distill_case(name: str, source: str, settings: dict) -> None:
         real = inputs["attention_mask"].bool()
         s_rows, t_rows = s.hidden_states[-1][real], t.hidden_states[-1][real]
         cos = cosine(s_rows, t_rows, torch.ones(s_rows.shape[0]))
-        return alpha_ce * soft + alpha_hard * hard + alpha_cos * cos
+        hidden = torch.stack([f.mse_loss(s.hidden_states[a][real], t.hidden_states[b][real])
+                              for a, b in layer_pairs]).mean()
+        # Padded keys have probability 0 on both sides: clamped, they add 0 and no gradient.
+        log = lambda p: p.clamp_min(tiny).log()  # noqa: E731
+        attention = torch.stack([
+            (t.attentions[b - 1] * (log(t.attentions[b - 1]) - log(s.attentions[a - 1]))).sum(-1)
+            .mul(real[:, None, :]).sum() / (real.sum() * s.attentions[a - 1].shape[1])
+            for a, b in layer_pairs if a > 0]).mean()
+        return (alpha_ce * soft + alpha_hard * hard + alpha_cos * cos
+                + alpha_hidden * hidden + alpha_attention * attention)
 
     steps = train_steps(student, settings, len(rows), micro_batch_loss)
     write_expected(out, name, student, settings, steps, labels=labels)
@@ -472,6 +492,10 @@ CASES = {
     # `distill`'s default weights.
     "train-bert-distill": ("bert-seqcls", {**SETTINGS, "task": "distillation", "temperature": 2.0,
                                            "alpha_ce": 5.0, "alpha_hard": 2.0, "alpha_cos": 1.0}),
+    # With the layer terms on the hidden states and the attention distributions.
+    "train-bert-distill-layers": ("bert-seqcls", {**SETTINGS, "task": "distillation", "temperature": 2.0,
+                                                  "alpha_ce": 5.0, "alpha_hard": 2.0, "alpha_cos": 1.0,
+                                                  "alpha_hidden": 3.0, "alpha_attention": 1.0}),
 }
 
 

@@ -46,6 +46,15 @@ pub struct DistillFlags {
     /// Weight of the cosine loss between last hidden states.
     #[arg(long, default_value_t = 1.0)]
     pub alpha_cos: f64,
+    /// Weight of the mean squared error between the hidden states of mapped layers
+    /// (the embeddings' output included; through a learned projection when the
+    /// widths differ). The teacher then runs at every step, uncached.
+    #[arg(long, default_value_t = 0.0)]
+    pub alpha_hidden: f64,
+    /// Weight of the KL between the attention distributions of mapped layers (the
+    /// same number of heads on both sides). The teacher then runs at every step.
+    #[arg(long, default_value_t = 0.0)]
+    pub alpha_attention: f64,
     /// Where the teacher's outputs on the training data are cached (task distillation).
     #[arg(long)]
     pub teacher_cache: Option<PathBuf>,
@@ -64,14 +73,18 @@ pub struct DistillArgs {
     #[arg(long)]
     pub teacher: String,
     /// K of the teacher's layers, evenly spaced, first and last included.
-    #[arg(long, conflicts_with_all = ["teacher_layers", "student_config"])]
+    #[arg(long, conflicts_with_all = ["teacher_layers", "student_config", "student"])]
     pub student_layers: Option<usize>,
     /// Exactly these teacher layers, e.g. 0,2,4.
-    #[arg(long, value_delimiter = ',', conflicts_with = "student_config")]
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["student_config", "student"])]
     pub teacher_layers: Option<Vec<usize>>,
     /// A config.json for a student of any shape, randomly initialised.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "student")]
     pub student_config: Option<PathBuf>,
+    /// A student made beforehand, e.g. by general distillation on raw text
+    /// (`distill --corpus ... --out DIR`), to distill on the task next.
+    #[arg(long)]
+    pub student: Option<PathBuf>,
     #[command(flatten)]
     pub flags: DistillFlags,
 }
@@ -169,6 +182,8 @@ impl DistillFlags {
                     self.alpha_mlm
                 },
                 alpha_cos: self.alpha_cos,
+                alpha_hidden: self.alpha_hidden,
+                alpha_attention: self.alpha_attention,
             },
             max_len: self.schedule.max_len,
             train_config: self.training.config(self.schedule.schedule()),
@@ -200,12 +215,27 @@ fn print_report(report: &distill::DistillReport) -> anyhow::Result<()> {
 
 pub fn distill(args: DistillArgs) -> anyhow::Result<ExitCode> {
     let teacher = slimformer::hub::resolve_model(&args.teacher)?;
-    let student = match (args.student_layers, args.teacher_layers, args.student_config) {
-        (Some(k), _, _) => StudentSpec::Layers(k),
-        (_, Some(layers), _) => StudentSpec::TeacherLayers(layers),
-        (_, _, Some(config)) => StudentSpec::Config(config),
+    let student = match (
+        args.student_layers,
+        args.teacher_layers,
+        args.student_config,
+        args.student,
+    ) {
+        (Some(k), ..) => StudentSpec::Layers(k),
+        (_, Some(layers), ..) => StudentSpec::TeacherLayers(layers),
+        (_, _, Some(config), _) => StudentSpec::Config(config),
+        (.., Some(dir)) => {
+            if !dir.join(slimformer::checkpoint::CONFIG_FILE).is_file() {
+                anyhow::bail!(
+                    "--student {}: not a model folder (no config.json)",
+                    dir.display()
+                );
+            }
+            StudentSpec::Prepared(dir)
+        }
         _ => anyhow::bail!(
-            "which student? pass --student-layers K, --teacher-layers 0,2,4 or --student-config FILE"
+            "which student? pass --student-layers K, --teacher-layers 0,2,4, \
+             --student-config FILE or --student DIR"
         ),
     };
     let opts = args.flags.options(teacher, student)?;

@@ -60,12 +60,24 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
     })
 }
 
+/// Variables that exist only while training (a distillation's learned projection):
+/// kept in a run's resume state, never written into a model.
+pub const TRAINING_ONLY_PREFIX: &str = "training_only.";
+
 /// Every variable of a VarMap by name (detached copies of the current values).
 pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
     let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     data.iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
         .collect()
+}
+
+/// The variables of a VarMap that belong in the model it trains: all but the
+/// training-only ones.
+pub fn model_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
+    let mut tensors = varmap_tensors(varmap);
+    tensors.retain(|name, _| !name.starts_with(TRAINING_ONLY_PREFIX));
+    tensors
 }
 
 /// Saves a fine-tuned sequence classifier to `dir` (created if needed): the base
@@ -101,7 +113,7 @@ pub fn save_classifier(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     let family = model.family();
-    let tensors: HashMap<String, Tensor> = varmap_tensors(varmap)
+    let tensors: HashMap<String, Tensor> = model_tensors(varmap)
         .into_iter()
         .filter(|(n, _)| !PRETRAINING_HEAD_PREFIXES.iter().any(|p| n.starts_with(p)))
         .map(|(n, t)| (hf_name(family, &n, SEQUENCE_HEAD_PREFIXES), t))

@@ -6,7 +6,10 @@
 //! The run folder is the trainer's, plus `init/`: the student before training (made
 //! from teacher layers, from a config, or handed over by `compress`).
 
-use super::losses::{combine, cosine_loss, soft_target_loss, DistillWeights};
+use super::losses::{
+    attention_loss, combine, cosine_loss, hidden_state_loss, soft_target_loss, DistillWeights,
+    Terms,
+};
 use super::student::{
     evenly_spaced_layers, from_teacher_layers, layer_count, write_checkpoint, StudentCheckpoint,
 };
@@ -23,12 +26,13 @@ use candle_nn::VarMap;
 use serde::Serialize;
 use slimformer::batching::{self, BatchLimits};
 use slimformer::heads::{Labels, MaskedLmHead, ProblemType, SequenceClassifier};
+use slimformer::layers::Linear;
 use slimformer::model::Model;
-use slimformer::models::Batch;
+use slimformer::models::{Batch, Family, LayerStates};
 use slimformer::rng::{Rng, TrainRng};
 use slimformer::save::{
-    hf_name, save_tensors, varmap_tensors, write_atomic, PRETRAINING_HEAD_PREFIXES,
-    SEQUENCE_HEAD_PREFIXES,
+    hf_name, model_tensors, save_tensors, varmap_tensors, write_atomic, PRETRAINING_HEAD_PREFIXES,
+    SEQUENCE_HEAD_PREFIXES, TRAINING_ONLY_PREFIX,
 };
 use slimformer::tokenize::{Encoded, TextInput, TextTokenizer};
 use slimformer::{Error, Result};
@@ -47,7 +51,8 @@ pub enum StudentSpec {
     TeacherLayers(Vec<usize>),
     /// Any shape from a config.json, randomly initialised.
     Config(PathBuf),
-    /// A checkpoint folder made beforehand (by `compress`).
+    /// A checkpoint folder made beforehand (by `compress`, or by a general
+    /// distillation before a task one).
     Prepared(PathBuf),
 }
 
@@ -116,6 +121,120 @@ impl Teacher {
         let batch = collate(&self.tokenizer, texts)?;
         Ok((self.model.encoder.forward(&batch)?, batch))
     }
+
+    /// The last hidden state, and the layers inside when `transfer` needs them.
+    fn states(
+        &self,
+        texts: &[&Encoded],
+        transfer: Option<&LayerTransfer>,
+    ) -> Result<(Tensor, Batch, Option<LayerStates>)> {
+        let Some(transfer) = transfer else {
+            let (hidden, batch) = self.hidden(texts)?;
+            return Ok((hidden, batch, None));
+        };
+        let batch = collate(&self.tokenizer, texts)?;
+        let states = slimformer::layers::on_pool(|| {
+            self.model
+                .encoder
+                .forward_layers(&batch, None, transfer.attention)
+        })?;
+        Ok((last_hidden(&states), batch, Some(states)))
+    }
+}
+
+fn last_hidden(states: &LayerStates) -> Tensor {
+    states
+        .hidden
+        .last()
+        .expect("the embeddings' output at least")
+        .clone()
+}
+
+/// What the student's layers inside learn from the teacher's: each student layer's
+/// output from one teacher layer's (TinyBERT's layer mapping), the embeddings' from
+/// the embeddings', and with `attention` the attention distributions of the same
+/// layers.
+pub struct LayerTransfer {
+    /// (student, teacher) indices into [`LayerStates::hidden`]; 0 is the embeddings.
+    pub pairs: Vec<(usize, usize)>,
+    pub attention: bool,
+    /// Student width → teacher width where the widths differ: trained with the
+    /// student, never saved into it.
+    projection: Option<Linear>,
+}
+
+impl LayerTransfer {
+    /// The hidden-state and attention terms; each the mean over the mapped layers.
+    fn terms(
+        &self,
+        weights: &DistillWeights,
+        student: (&LayerStates, &Tensor),
+        teacher: (&LayerStates, &Tensor),
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let ((s_states, s_mask), (t_states, t_mask)) = (student, teacher);
+        let mean = |terms: Vec<Tensor>| -> Result<Option<Tensor>> {
+            let n = terms.len() as f64;
+            Ok(Some((Tensor::stack(&terms, 0)?.sum_all()? / n)?))
+        };
+        let hidden = if weights.alpha_hidden > 0.0 {
+            let mut terms = Vec::with_capacity(self.pairs.len());
+            for &(s, t) in &self.pairs {
+                let projected = match &self.projection {
+                    Some(p) => candle_core::Module::forward(p, &s_states.hidden[s])?,
+                    None => s_states.hidden[s].clone(),
+                };
+                terms.push(hidden_state_loss(
+                    &real_rows(&projected, s_mask)?,
+                    &real_rows(&t_states.hidden[t], t_mask)?,
+                )?);
+            }
+            mean(terms)?
+        } else {
+            None
+        };
+        let attention = if weights.alpha_attention > 0.0 {
+            let terms = self
+                .pairs
+                .iter()
+                .filter(|&&(s, t)| s > 0 && t > 0)
+                .map(|&(s, t)| {
+                    attention_loss(
+                        &s_states.attention[s - 1],
+                        &t_states.attention[t - 1],
+                        s_mask,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            mean(terms)?
+        } else {
+            None
+        };
+        Ok((hidden, attention))
+    }
+}
+
+/// The teacher layer each student layer learns from, as indices into
+/// [`LayerStates::hidden`]: a student made of teacher layers from the layers it was
+/// made of, any other the uniform map of TinyBERT (student layer m from teacher layer
+/// m·N/M); the embeddings from the embeddings.
+pub fn layer_map(
+    student: &StudentSpec,
+    teacher_layers: usize,
+    student_layers: usize,
+) -> Result<Vec<(usize, usize)>> {
+    let from_teacher = match student {
+        StudentSpec::Layers(k) => Some(evenly_spaced_layers(teacher_layers, *k)?),
+        StudentSpec::TeacherLayers(layers) => Some(layers.clone()),
+        StudentSpec::Config(_) | StudentSpec::Prepared(_) => None,
+    };
+    let mut pairs = vec![(0, 0)];
+    match from_teacher {
+        Some(layers) => pairs.extend(layers.iter().enumerate().map(|(k, &t)| (k + 1, t + 1))),
+        None => pairs.extend(
+            (1..=student_layers).map(|m| (m, (m * teacher_layers / student_layers).max(1))),
+        ),
+    }
+    Ok(pairs)
 }
 
 enum Mode {
@@ -142,6 +261,8 @@ pub struct DistillTask {
     mode: Mode,
     weights: DistillWeights,
     eval_batch: usize,
+    /// Set when a term compares the layers inside.
+    transfer: Option<LayerTransfer>,
 }
 
 impl DistillTask {
@@ -149,6 +270,38 @@ impl DistillTask {
         match &self.mode {
             Mode::Task { student, .. } => &student.varmap,
             Mode::General { varmap, .. } => varmap,
+        }
+    }
+
+    /// The student's last hidden state, and its layers inside when a term needs them.
+    fn student_states(
+        &self,
+        model: &Model,
+        inputs: &Batch,
+        train: Option<&TrainRng>,
+    ) -> Result<(Tensor, Option<LayerStates>)> {
+        match &self.transfer {
+            None => Ok((model.encoder.forward_t(inputs, train)?, None)),
+            Some(transfer) => {
+                let states = model
+                    .encoder
+                    .forward_layers(inputs, train, transfer.attention)?;
+                Ok((last_hidden(&states), Some(states)))
+            }
+        }
+    }
+
+    /// The layer terms, where both sides kept their layers.
+    fn layer_terms(
+        &self,
+        student: (Option<&LayerStates>, &Tensor),
+        teacher: (Option<&LayerStates>, &Tensor),
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        match (&self.transfer, student, teacher) {
+            (Some(transfer), (Some(s), s_mask), (Some(t), t_mask)) => {
+                transfer.terms(&self.weights, (s, s_mask), (t, t_mask))
+            }
+            _ => Ok((None, None)),
         }
     }
 
@@ -164,19 +317,23 @@ impl DistillTask {
         let w = &self.weights;
         let texts: Vec<&Encoded> = batch.iter().map(|e| &e.encoded).collect();
         let inputs = collate(&student.tokenizer, &texts)?;
-        let hidden = student.model.encoder.forward_t(&inputs, Some(rng))?;
+        let (hidden, s_layers) = self.student_states(&student.model, &inputs, Some(rng))?;
         let logits = student.head.forward_t(&hidden, Some(rng))?;
         let indices: Vec<usize> = batch.iter().map(|e| e.index).collect();
-        let (t_logits, t_hidden) = match cache {
-            Some(c) => (c.logits_of(&indices)?, c.hidden_of(&indices)?),
+        let (t_logits, t_hidden, (layer_hidden, layer_attention)) = match cache {
+            Some(c) => (c.logits_of(&indices)?, c.hidden_of(&indices)?, (None, None)),
             None => {
-                let (h, b) = self.teacher.hidden(&texts)?;
+                let (h, b, t_layers) = self.teacher.states(&texts, self.transfer.as_ref())?;
                 let rows = if w.alpha_cos > 0.0 {
                     Some(real_rows(&h, &b.attention_mask)?)
                 } else {
                     None
                 };
-                (teacher_head.forward(&h)?, rows)
+                let layer_terms = self.layer_terms(
+                    (s_layers.as_ref(), &inputs.attention_mask),
+                    (t_layers.as_ref(), &b.attention_mask),
+                )?;
+                (teacher_head.forward(&h)?, rows, layer_terms)
             }
         };
         let soft = (w.alpha_ce > 0.0)
@@ -198,7 +355,14 @@ impl DistillTask {
             )?),
             _ => None,
         };
-        Ok(combine(w, soft, hard, cos)?.total)
+        let terms = Terms {
+            soft,
+            hard,
+            cos,
+            hidden: layer_hidden,
+            attention: layer_attention,
+        };
+        Ok(combine(w, terms)?.total)
     }
 
     /// The student's and teacher's masked-LM logits on the masked positions and the
@@ -208,7 +372,7 @@ impl DistillTask {
         batch: &[&DistillExample],
         train: Option<&TrainRng>,
         want_cos: bool,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<Terms> {
         let Mode::General {
             model,
             tokenizer,
@@ -241,8 +405,8 @@ impl DistillTask {
         }
         let refs: Vec<&Encoded> = texts.iter().collect();
         let inputs = collate(tokenizer, &refs)?;
-        let hidden = model.encoder.forward_t(&inputs, train)?;
-        let (t_hidden, t_batch) = self.teacher.hidden(&refs)?;
+        let (hidden, s_layers) = self.student_states(model, &inputs, train)?;
+        let (t_hidden, t_batch, t_layers) = self.teacher.states(&refs, self.transfer.as_ref())?;
         // Masked positions in the padded rows (both sides pad alike: same tokenizer).
         let len = hidden.dim(1)?;
         let mut rows = Vec::new();
@@ -284,7 +448,17 @@ impl DistillTask {
         } else {
             None
         };
-        Ok((soft, hard, cos))
+        let (layer_hidden, layer_attention) = self.layer_terms(
+            (s_layers.as_ref(), &inputs.attention_mask),
+            (t_layers.as_ref(), &t_batch.attention_mask),
+        )?;
+        Ok(Terms {
+            soft,
+            hard,
+            cos,
+            hidden: layer_hidden,
+            attention: layer_attention,
+        })
     }
 
     fn evaluate_general(&self) -> Result<Metrics> {
@@ -295,8 +469,7 @@ impl DistillTask {
         let limits = BatchLimits::rows(self.eval_batch);
         for (_, batch) in batching::batches(dev, |e| e.encoded.ids.len(), limits) {
             let tokens: usize = batch.iter().map(|e| e.encoded.ids.len()).sum();
-            let (_, _, cos) = self.general_terms(&batch, None, true)?;
-            if let Some(c) = cos {
+            if let Some(c) = self.general_terms(&batch, None, true)?.cos {
                 cos_sum += (1.0 - c.to_scalar::<f32>()? as f64) * tokens as f64;
                 n += tokens as f64;
             }
@@ -316,8 +489,8 @@ impl TrainTask for DistillTask {
         match &self.mode {
             Mode::Task { .. } => self.task_loss(batch, rng),
             Mode::General { .. } => {
-                let (soft, hard, cos) = self.general_terms(batch, Some(rng), false)?;
-                Ok(combine(&self.weights, soft, hard, cos)?.total)
+                let terms = self.general_terms(batch, Some(rng), false)?;
+                Ok(combine(&self.weights, terms)?.total)
             }
         }
     }
@@ -350,7 +523,7 @@ fn save_encoder(dir: &Path, model: &Model, varmap: &VarMap, side_files: &Path) -
         .copied()
         .collect();
     let family = model.family();
-    let canonical = varmap_tensors(varmap);
+    let canonical = model_tensors(varmap);
     let mut config = model.checkpoint.config.clone();
     config["architectures"] = serde_json::json!([super::student::architecture(family, &canonical)]);
     let tensors = canonical
@@ -521,16 +694,81 @@ fn teacher_outputs(
 pub fn prepare(opts: &DistillOptions) -> Result<(DistillTask, Vec<DistillExample>)> {
     check_weights(&opts.weights)?;
     let pair = load_pair(opts)?;
-    match &opts.data {
+    let transfer = layer_transfer(opts, &pair)?;
+    let (mut task, examples) = match &opts.data {
         DistillData::Task {
             train,
             dev,
             dev_split,
             columns,
             ..
-        } => prepare_task(opts, pair, train, (dev.as_deref(), *dev_split), columns),
-        DistillData::General { corpus } => prepare_general(opts, pair, corpus),
+        } => prepare_task(
+            opts,
+            pair,
+            train,
+            (dev.as_deref(), *dev_split),
+            columns,
+            transfer.is_none(),
+        )?,
+        DistillData::General { corpus } => prepare_general(opts, pair, corpus)?,
+    };
+    task.transfer = transfer;
+    Ok((task, examples))
+}
+
+/// The layer terms' mapping and projection, where a weight asks for them.
+fn layer_transfer(opts: &DistillOptions, pair: &Pair) -> Result<Option<LayerTransfer>> {
+    let w = &opts.weights;
+    if !w.uses_inner_layers() {
+        return Ok(None);
     }
+    let (teacher, student) = (&pair.teacher.model, &pair.student);
+    let (name, value) = if w.alpha_hidden > 0.0 {
+        ("alpha_hidden", w.alpha_hidden)
+    } else {
+        ("alpha_attention", w.alpha_attention)
+    };
+    if [teacher.family(), student.family()].contains(&Family::XLNet) {
+        return Err(Error::bad_value(
+            name,
+            value,
+            "the layer terms compare post-LN layers (BERT, RoBERTa, DistilBERT, ALBERT); \
+             XLNet's two streams have no counterpart: set the weight to 0",
+        ));
+    }
+    let (t_heads, s_heads) = (
+        teacher.config.attention_heads(),
+        student.config.attention_heads(),
+    );
+    if w.alpha_attention > 0.0 && t_heads != s_heads {
+        return Err(Error::bad_value(
+            "alpha_attention",
+            w.alpha_attention,
+            format!(
+                "the teacher has {t_heads} attention heads and the student {s_heads}: \
+                 attention distributions are compared head by head (set the weight to 0)"
+            ),
+        ));
+    }
+    let pairs = layer_map(
+        &opts.student,
+        layer_count(&teacher.checkpoint)?,
+        layer_count(&student.checkpoint)?,
+    )?;
+    let (t_width, s_width) = (teacher.hidden_size(), student.hidden_size());
+    let projection = if w.alpha_hidden > 0.0 && t_width != s_width {
+        let vb = candle_nn::VarBuilder::from_varmap(&pair.varmap, DType::F32, &Device::Cpu);
+        let name = format!("{TRAINING_ONLY_PREFIX}hidden_projection");
+        Some(slimformer::layers::linear(&vb, &name, s_width, t_width)?)
+    } else {
+        None
+    };
+    tracing::info!("layer terms: student and teacher hidden states {pairs:?} (0: embeddings)");
+    Ok(Some(LayerTransfer {
+        pairs,
+        attention: w.alpha_attention > 0.0,
+        projection,
+    }))
 }
 
 /// Every loss weight is a non-negative number, and the temperature positive.
@@ -540,6 +778,8 @@ fn check_weights(w: &DistillWeights) -> Result<()> {
         ("alpha_ce", w.alpha_ce),
         ("alpha_hard", w.alpha_hard),
         ("alpha_cos", w.alpha_cos),
+        ("alpha_hidden", w.alpha_hidden),
+        ("alpha_attention", w.alpha_attention),
     ] {
         if !(v >= 0.0 && v.is_finite()) || (name == "temperature" && v == 0.0) {
             return Err(Error::bad_value(name, v, "must be a positive number"));
@@ -596,6 +836,7 @@ fn prepare_task(
     train: &Path,
     (dev, dev_split): (Option<&Path>, Option<f64>),
     columns: &data::Columns,
+    cacheable: bool,
 ) -> Result<(DistillTask, Vec<DistillExample>)> {
     let Pair {
         teacher,
@@ -675,7 +916,8 @@ fn prepare_task(
         .collect();
     let head = student_head(&mut student, &varmap, &labels, opts.train_config.seed)?;
     let with_hidden = w.alpha_cos > 0.0;
-    let cache = match &opts.cache_dir {
+    // The cache keeps the last layer: layer terms run the teacher at every step.
+    let cache = match opts.cache_dir.as_ref().filter(|_| cacheable) {
         Some(dir) => {
             let train_bytes = std::fs::read(train).map_err(|e| Error::file(train, e))?;
             let key = teacher_cache::cache_key(&[
@@ -711,6 +953,7 @@ fn prepare_task(
             },
             weights: *w,
             eval_batch: batch,
+            transfer: None,
         },
         examples,
     ))
@@ -805,6 +1048,7 @@ fn prepare_general(
             },
             weights: *w,
             eval_batch: batch,
+            transfer: None,
         },
         examples,
     ))

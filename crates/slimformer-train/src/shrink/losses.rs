@@ -16,6 +16,21 @@ pub struct DistillWeights {
     pub alpha_hard: f64,
     /// 1 − cosine between student and teacher last hidden states.
     pub alpha_cos: f64,
+    /// Mean squared error between the hidden states of mapped layers, the
+    /// embeddings' output included, through a learned projection when the widths
+    /// differ (TinyBERT).
+    #[serde(default)]
+    pub alpha_hidden: f64,
+    /// KL between the attention distributions of mapped layers (TinyBERT, MiniLM).
+    #[serde(default)]
+    pub alpha_attention: f64,
+}
+
+impl DistillWeights {
+    /// Whether a term needs the layers inside, not only the last hidden state.
+    pub fn uses_inner_layers(&self) -> bool {
+        self.alpha_hidden > 0.0 || self.alpha_attention > 0.0
+    }
 }
 
 impl Default for DistillWeights {
@@ -25,6 +40,8 @@ impl Default for DistillWeights {
             alpha_ce: 5.0,
             alpha_hard: 2.0,
             alpha_cos: 1.0,
+            alpha_hidden: 0.0,
+            alpha_attention: 0.0,
         }
     }
 }
@@ -52,25 +69,55 @@ pub fn cosine_loss(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     Ok(cos.mean_all()?.affine(-1.0, 1.0)?)
 }
 
+/// Mean over rows and columns of (student − teacher)²; both [rows, width], padding
+/// already removed, the student's already projected to the teacher's width.
+pub fn hidden_state_loss(student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+    Ok((student - teacher.detach())?.sqr()?.mean_all()?)
+}
+
+/// KL(teacher ‖ student) between attention distributions, summed over the keys and
+/// averaged over the heads and the real query positions. Both are log-probabilities
+/// [batch, heads, len, len]; `query_mask` [batch, len] is 1 for a real token. A padded
+/// key's teacher probability is 0, so it adds nothing.
+pub fn attention_loss(student: &Tensor, teacher: &Tensor, query_mask: &Tensor) -> Result<Tensor> {
+    let (b, heads, l, _) = student.dims4()?;
+    let teacher = teacher.detach();
+    let per_query = (teacher.exp()? * (&teacher - student)?)?.sum(D::Minus1)?;
+    let mask = query_mask.to_dtype(per_query.dtype())?.reshape((b, 1, l))?;
+    let queries = mask
+        .sum_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    let total = per_query.broadcast_mul(&mask)?.sum_all()?;
+    Ok((total / (queries * heads as f64).max(1.0))?)
+}
+
 /// The combined loss, α_ce·soft + α_hard·hard + α_cos·cos, with its parts for logging.
 pub struct LossParts {
     pub total: Tensor,
     pub parts: Vec<(&'static str, f64)>,
 }
 
-/// Adds the terms whose weight is non-zero; each `Option` is the term's value.
-pub fn combine(
-    weights: &DistillWeights,
-    soft: Option<Tensor>,
-    hard: Option<Tensor>,
-    cos: Option<Tensor>,
-) -> Result<LossParts> {
+/// The value of each term of the loss that was computed.
+#[derive(Default)]
+pub struct Terms {
+    pub soft: Option<Tensor>,
+    pub hard: Option<Tensor>,
+    pub cos: Option<Tensor>,
+    pub hidden: Option<Tensor>,
+    pub attention: Option<Tensor>,
+}
+
+/// Adds the terms whose weight is non-zero.
+pub fn combine(weights: &DistillWeights, terms: Terms) -> Result<LossParts> {
     let mut total: Option<Tensor> = None;
     let mut parts = Vec::new();
     for (name, alpha, term) in [
-        ("soft", weights.alpha_ce, soft),
-        ("hard", weights.alpha_hard, hard),
-        ("cos", weights.alpha_cos, cos),
+        ("soft", weights.alpha_ce, terms.soft),
+        ("hard", weights.alpha_hard, terms.hard),
+        ("cos", weights.alpha_cos, terms.cos),
+        ("hidden", weights.alpha_hidden, terms.hidden),
+        ("attention", weights.alpha_attention, terms.attention),
     ] {
         let Some(term) = term else { continue };
         if alpha == 0.0 {
@@ -158,17 +205,63 @@ mod tests {
             alpha_ce: 5.0,
             alpha_hard: 2.0,
             alpha_cos: 0.0,
+            alpha_hidden: 3.0,
+            alpha_attention: 0.0,
         };
-        let one = |v: f32| Tensor::new(v, &Device::Cpu).unwrap();
-        let out = combine(&w, Some(one(0.5)), Some(one(1.5)), Some(one(7.0))).unwrap();
-        assert!((out.total.to_scalar::<f32>().unwrap() - 5.5).abs() < 1e-6);
-        assert_eq!(out.parts.len(), 2);
+        let one = |v: f32| Some(Tensor::new(v, &Device::Cpu).unwrap());
+        let terms = Terms {
+            soft: one(0.5),
+            hard: one(1.5),
+            cos: one(7.0),
+            hidden: one(0.25),
+            attention: one(9.0),
+        };
+        let out = combine(&w, terms).unwrap();
+        assert!((out.total.to_scalar::<f32>().unwrap() - 6.25).abs() < 1e-6);
+        assert_eq!(out.parts.len(), 3);
         let none = DistillWeights {
             alpha_ce: 0.0,
             alpha_hard: 0.0,
+            alpha_hidden: 0.0,
             ..w
         };
-        assert!(combine(&none, Some(one(1.0)), Some(one(1.0)), None).is_err());
+        let terms = Terms {
+            soft: one(1.0),
+            hard: one(1.0),
+            ..Terms::default()
+        };
+        assert!(combine(&none, terms).is_err());
+    }
+
+    #[test]
+    fn hidden_state_loss_is_the_mean_squared_error() {
+        let got = hidden_state_loss(
+            &t(&[&[1.0, 2.0], &[0.0, 0.0]]),
+            &t(&[&[0.0, 2.0], &[3.0, 0.0]]),
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        assert!((got - 10.0 / 4.0).abs() < 1e-6, "{got}");
+    }
+
+    #[test]
+    fn attention_loss_averages_kl_over_heads_and_real_queries() {
+        // One sequence of 2 positions, the second padding; 1 head. Only query 0
+        // counts; key 1 is padded (log-probability very negative on both sides).
+        let pad = -3.0e38f32;
+        let student = [0.25f32.ln(), pad, 0.5f32.ln(), 0.5f32.ln()];
+        let teacher = [0.0, pad, 0.9f32.ln(), 0.1f32.ln()];
+        let as4 = |v: [f32; 4]| Tensor::from_vec(v.to_vec(), (1, 1, 2, 2), &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1u32, 0]], &Device::Cpu).unwrap();
+        let got = attention_loss(&as4(student), &as4(teacher), &mask)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // KL(1 ‖ 0.25) on the real key: ln 4.
+        assert!((got - 4f32.ln()).abs() < 1e-5, "{got}");
+        let same = attention_loss(&as4(teacher), &as4(teacher), &mask).unwrap();
+        assert!(same.to_scalar::<f32>().unwrap().abs() < 1e-6);
     }
 
     #[test]

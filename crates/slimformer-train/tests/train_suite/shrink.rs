@@ -601,4 +601,72 @@ fn bad_distillation_settings_are_clear_errors() {
         ..narrow
     };
     distill(&no_cos).unwrap();
+
+    // The hidden-state term reaches the teacher's width through a projection that
+    // trains with the student and stays out of the saved model.
+    let layers = DistillOptions {
+        weights: DistillWeights {
+            alpha_cos: 0.0,
+            alpha_hidden: 1.0,
+            ..DistillWeights::default()
+        },
+        ..no_cos.clone()
+    };
+    distill(&layers).unwrap();
+    let saved =
+        candle_core::safetensors::load(layers.out.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(
+        saved.keys().all(|k| !k.contains("training_only")),
+        "{:?}",
+        saved.keys().collect::<Vec<_>>()
+    );
+    assert!(Model::load(&layers.out).is_ok());
+    // Attention distributions compare head by head: 2 heads cannot learn from 4.
+    let attention = DistillOptions {
+        weights: DistillWeights {
+            alpha_cos: 0.0,
+            alpha_attention: 1.0,
+            ..DistillWeights::default()
+        },
+        ..no_cos
+    };
+    let err = distill(&attention).err().unwrap();
+    assert!(
+        matches!(
+            &err,
+            Error::Setting {
+                name: "alpha_attention",
+                ..
+            }
+        ) && err
+            .to_string()
+            .contains("4 attention heads and the student 2"),
+        "{err}"
+    );
+}
+
+/// TinyBERT's uniform map for students not made of teacher layers; the layers a
+/// student was made of otherwise.
+#[test]
+fn layer_terms_map_student_layers_to_teacher_layers() {
+    use slimformer_train::shrink::distill::layer_map;
+    let config = StudentSpec::Config("student.json".into());
+    assert_eq!(
+        layer_map(&config, 6, 3).unwrap(),
+        vec![(0, 0), (1, 2), (2, 4), (3, 6)]
+    );
+    assert_eq!(
+        layer_map(&StudentSpec::TeacherLayers(vec![0, 2, 5]), 6, 3).unwrap(),
+        vec![(0, 0), (1, 1), (2, 3), (3, 6)]
+    );
+    assert_eq!(
+        layer_map(&StudentSpec::Layers(2), 6, 2).unwrap(),
+        vec![(0, 0), (1, 1), (2, 6)]
+    );
+    // A shared-layer model runs as many layers as its teacher: one to one.
+    let prepared = StudentSpec::Prepared("compressed".into());
+    assert_eq!(
+        layer_map(&prepared, 2, 2).unwrap(),
+        vec![(0, 0), (1, 1), (2, 2)]
+    );
 }

@@ -221,6 +221,8 @@ fn distill_case(
             alpha_ce: s["alpha_ce"].as_f64().unwrap(),
             alpha_hard: s["alpha_hard"].as_f64().unwrap(),
             alpha_cos: s["alpha_cos"].as_f64().unwrap(),
+            alpha_hidden: s["alpha_hidden"].as_f64().unwrap_or(0.0),
+            alpha_attention: s["alpha_attention"].as_f64().unwrap_or(0.0),
         },
         max_len: Some(s["max_len"].as_u64().unwrap() as usize),
         train_config,
@@ -385,4 +387,13 @@ fn bert_pretraining_steps_match_pytorch() {
 #[test]
 fn bert_distillation_steps_match_pytorch() {
     check_case("train-bert-distill");
+}
+
+/// The same with the layer terms: the mean squared error of mapped layers' hidden
+/// states (the embeddings' output included) and the KL of their attention
+/// distributions, TinyBERT's uniform map from the 1-layer student to the teacher's
+/// last layer.
+#[test]
+fn bert_distillation_with_layer_terms_matches_pytorch() {
+    check_case("train-bert-distill-layers");
 }

@@ -90,6 +90,32 @@ impl SelfAttention {
         self.output.forward(&context)
     }
 
+    /// [`SelfAttention::forward`] through candle's composed ops, also returning the
+    /// attention's log-probabilities [batch, heads, len, len] (before dropout), for
+    /// losses on the attention distribution.
+    pub fn forward_keeping_log_probs(
+        &self,
+        xs: &Tensor,
+        bias: &Tensor,
+        train: Option<&TrainRng>,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (q, k, v) = (
+            self.query.forward(xs)?,
+            self.key.forward(xs)?,
+            self.value.forward(xs)?,
+        );
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = attention_scores(&q, &k, bias, self.num_heads, scale)?;
+        let log_probs = candle_nn::ops::log_softmax(&scores, D::Minus1)?;
+        let context = attend_values(
+            &log_probs.exp()?,
+            &v,
+            self.num_heads,
+            self.probs_dropout.draw(train),
+        )?;
+        Ok((self.output.forward(&context)?, log_probs))
+    }
+
     /// The context in one fused pass, where nothing is trained and the mask is
     /// one key bias per sequence ([batch, 1, 1, len]); `None` otherwise.
     fn fused(&self, xs: &Tensor, bias: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -141,20 +167,45 @@ pub(super) fn composed(
     scale: f64,
     dropout: Option<(f32, u64)>,
 ) -> candle_core::Result<Tensor> {
-    let (b, l, width) = q.dims3()?;
-    let split = |t: &Tensor| {
-        t.reshape((b, l, heads, width / heads))?
-            .transpose(1, 2)?
-            .contiguous()
-    };
-    let scores = (split(q)?.matmul(&split(k)?.t()?)? * scale)?.broadcast_add(bias)?;
+    let scores = attention_scores(q, k, bias, heads, scale)?;
     let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    attend_values(&probs, v, heads, dropout)
+}
+
+/// [batch, len, heads·d] → [batch, heads, len, d].
+fn split_heads(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, l, width) = t.dims3()?;
+    t.reshape((b, l, heads, width / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// scale·QKᵀ + bias, [batch, heads, len, len].
+fn attention_scores(
+    q: &Tensor,
+    k: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let scores = split_heads(q, heads)?.matmul(&split_heads(k, heads)?.t()?)?;
+    (scores * scale)?.broadcast_add(bias)
+}
+
+/// dropout(probs)·V back to [batch, len, heads·d].
+fn attend_values(
+    probs: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    dropout: Option<(f32, u64)>,
+) -> candle_core::Result<Tensor> {
+    let (b, l, width) = v.dims3()?;
     let probs = match dropout {
-        Some((p, seed)) => probs.mul(&mask(&probs, p, seed)?)?,
-        None => probs,
+        Some((p, seed)) => probs.mul(&mask(probs, p, seed)?)?,
+        None => probs.clone(),
     };
     probs
-        .matmul(&split(v)?)?
+        .matmul(&split_heads(v, heads)?)?
         .transpose(1, 2)?
         .reshape((b, l, width))
 }

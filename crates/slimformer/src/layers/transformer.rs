@@ -104,8 +104,33 @@ impl TransformerLayer {
             &attended,
             train,
         )?;
-        let ffn = self.ffn.forward(&xs, train)?;
-        add_norm(&self.output_norm, &self.hidden_dropout, &xs, &ffn, train)
+        self.feed_forward(&xs, train)
+    }
+
+    /// [`TransformerLayer::forward`], also returning the attention's
+    /// log-probabilities [batch, heads, len, len].
+    pub fn forward_keeping_attention(
+        &self,
+        xs: &Tensor,
+        attention_bias: &Tensor,
+        train: Option<&TrainRng>,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (attended, log_probs) =
+            self.attention
+                .forward_keeping_log_probs(xs, attention_bias, train)?;
+        let xs = add_norm(
+            &self.attention_norm,
+            &self.attention_output_dropout,
+            xs,
+            &attended,
+            train,
+        )?;
+        Ok((self.feed_forward(&xs, train)?, log_probs))
+    }
+
+    fn feed_forward(&self, xs: &Tensor, train: Option<&TrainRng>) -> candle_core::Result<Tensor> {
+        let ffn = self.ffn.forward(xs, train)?;
+        add_norm(&self.output_norm, &self.hidden_dropout, xs, &ffn, train)
     }
 }
 

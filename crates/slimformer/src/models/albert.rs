@@ -1,7 +1,7 @@
 //! ALBERT (Lan et al.): factorized embeddings (V×E + E×H) and cross-layer
 //! parameter sharing through `num_hidden_groups` × `inner_group_num` layers.
 
-use super::{Batch, Encoder};
+use super::{Batch, Encoder, LayerStates};
 use crate::layers::{
     attention_bias, linear, Activation, Embeddings, EmbeddingsNames, LayerNames, LayerShape,
     Linear, PositionIds, TransformerLayer,
@@ -229,5 +229,20 @@ impl Encoder for Albert {
 
     fn word_embeddings(&self) -> &Tensor {
         self.embeddings.word_embeddings()
+    }
+
+    fn forward_layers(
+        &self,
+        batch: &Batch,
+        train: Option<&TrainRng>,
+        attention: bool,
+    ) -> Result<LayerStates> {
+        let embedded = self
+            .embeddings
+            .forward(&batch.input_ids, &batch.token_type_ids, train)?;
+        let xs = self.embedding_projection.forward(&embedded)?;
+        let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
+        // Each layer run counts once: a shared layer once for every time it runs.
+        LayerStates::run(xs, self.steps.iter().flatten(), &bias, train, attention)
     }
 }

@@ -34,6 +34,62 @@ pub trait Encoder: Send + Sync {
 
     /// The input embedding table [vocab, width], which MLM decoders may be tied to.
     fn word_embeddings(&self) -> &Tensor;
+
+    /// Every layer's output, for losses on the layers inside (a student learning
+    /// its teacher's intermediate states): as [`Encoder::forward_t`], keeping the
+    /// embeddings' output, each layer's, and with `attention` each layer's attention
+    /// distribution. Slower than `forward_t`: it takes attention's composed path.
+    fn forward_layers(
+        &self,
+        _batch: &Batch,
+        _train: Option<&TrainRng>,
+        _attention: bool,
+    ) -> Result<LayerStates> {
+        Err(crate::Error::Unsupported(
+            "this family does not expose its intermediate layers (BERT, RoBERTa, \
+             DistilBERT and ALBERT do)"
+                .into(),
+        ))
+    }
+}
+
+/// What [`Encoder::forward_layers`] keeps.
+#[derive(Debug, Clone, Default)]
+pub struct LayerStates {
+    /// The embeddings' output, then each layer's, in order: one more than the
+    /// layers run, each [batch, len, hidden]; the last is `forward_t`'s result.
+    pub hidden: Vec<Tensor>,
+    /// Each layer's attention log-probabilities, [batch, heads, len, len] (padded
+    /// keys at a very large negative value); empty unless asked for.
+    pub attention: Vec<Tensor>,
+}
+
+impl LayerStates {
+    /// Runs `layers` over the embeddings' output `xs`, keeping what was asked for.
+    pub fn run<'a>(
+        xs: Tensor,
+        layers: impl IntoIterator<Item = &'a crate::layers::TransformerLayer>,
+        bias: &Tensor,
+        train: Option<&TrainRng>,
+        attention: bool,
+    ) -> Result<Self> {
+        let mut states = Self {
+            hidden: vec![xs],
+            attention: Vec::new(),
+        };
+        for layer in layers {
+            let xs = states.hidden.last().expect("the embeddings' output");
+            let xs = if attention {
+                let (out, log_probs) = layer.forward_keeping_attention(xs, bias, train)?;
+                states.attention.push(log_probs);
+                out
+            } else {
+                layer.forward(xs, bias, train)?
+            };
+            states.hidden.push(xs);
+        }
+        Ok(states)
+    }
 }
 
 /// The model families slimformer knows, by HF `model_type`.

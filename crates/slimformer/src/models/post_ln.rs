@@ -1,7 +1,7 @@
 //! The encoder BERT, RoBERTa and DistilBERT share: embeddings, then a stack of
 //! post-LN transformer layers. The families differ only in how they load it.
 
-use super::{Batch, Encoder};
+use super::{Batch, Encoder, LayerStates};
 use crate::layers::{attention_bias, Embeddings, TransformerLayer};
 use crate::rng::TrainRng;
 use crate::Result;
@@ -33,5 +33,18 @@ impl Encoder for PostLnEncoder {
 
     fn word_embeddings(&self) -> &Tensor {
         self.embeddings.word_embeddings()
+    }
+
+    fn forward_layers(
+        &self,
+        batch: &Batch,
+        train: Option<&TrainRng>,
+        attention: bool,
+    ) -> Result<LayerStates> {
+        let xs = self
+            .embeddings
+            .forward(&batch.input_ids, &batch.token_type_ids, train)?;
+        let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
+        LayerStates::run(xs, &self.layers, &bias, train, attention)
     }
 }
