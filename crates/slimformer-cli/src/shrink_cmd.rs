@@ -61,6 +61,11 @@ pub struct DistillFlags {
     /// Run the teacher on every batch instead of caching its outputs.
     #[arg(long)]
     pub no_teacher_cache: bool,
+    /// Task distillation: add N altered copies of each training text (40% of its
+    /// tokens replaced by neighbours in the teacher's embeddings), labelled by the
+    /// teacher (TinyBERT's augmentation).
+    #[arg(long, default_value_t = 0)]
+    pub augment: usize,
     #[command(flatten)]
     pub schedule: ScheduleFlags,
     #[command(flatten)]
@@ -191,6 +196,7 @@ impl DistillFlags {
             overwrite: self.training.overwrite,
             progress: true,
             cache_dir,
+            augment: self.augment,
         })
     }
 }

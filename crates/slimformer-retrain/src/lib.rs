@@ -431,6 +431,7 @@ fn distill_candidate(
         overwrite: true,
         progress: false,
         cache_dir: None,
+        augment: 0,
     })?;
     let _ = std::fs::remove_dir_all(student.join(slimformer_train::trainer::RESUME_DIR));
     let _ = std::fs::remove_dir_all(student.join(distill::INIT_DIR));

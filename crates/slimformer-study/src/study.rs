@@ -272,6 +272,7 @@ fn pretrain_one(
             overwrite: false,
             progress: false,
             cache_dir: None,
+            augment: 0,
         })?;
         let params =
             slimformer::params::count_parameters(&slimformer::checkpoint::Checkpoint::open(&dir)?)

@@ -6,6 +6,7 @@
 //! The run folder is the trainer's, plus `init/`: the student before training (made
 //! from teacher layers, from a config, or handed over by `compress`).
 
+use super::augment::{Neighbours, NEIGHBOURS, REPLACE_PROB};
 use super::losses::{
     attention_loss, combine, cosine_loss, hidden_state_loss, soft_target_loss, DistillWeights,
     Terms,
@@ -21,7 +22,7 @@ use crate::finetune::{
 use crate::objectives::masked_cross_entropy;
 use crate::objectives::mlm::{self, MlmConfig, IGNORE};
 use crate::trainer::{self, Metrics, RunOptions, TrainConfig, TrainOutcome, TrainTask};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarMap;
 use serde::Serialize;
 use slimformer::batching::{self, BatchLimits};
@@ -84,6 +85,9 @@ pub struct DistillOptions {
     pub progress: bool,
     /// Where task distillation keeps the teacher's outputs (`None`: recompute).
     pub cache_dir: Option<PathBuf>,
+    /// Task distillation: altered copies of each training text, labelled by the
+    /// teacher (see [`super::augment`]); 0 for none.
+    pub augment: usize,
 }
 
 /// One training text, its place in the data (the teacher cache is by index).
@@ -690,9 +694,76 @@ fn teacher_outputs(
     })
 }
 
+/// `copies` altered copies of each example (see [`super::augment`]), indexed after
+/// them, their labels still to be given by the teacher.
+fn augmented(
+    teacher: &Teacher,
+    examples: &[DistillExample],
+    copies: usize,
+    seed: u64,
+) -> Result<Vec<DistillExample>> {
+    let started = std::time::Instant::now();
+    let texts: Vec<&Encoded> = examples.iter().map(|e| &e.encoded).collect();
+    let neighbours = Neighbours::of(
+        teacher.model.encoder.word_embeddings(),
+        teacher.tokenizer.inner(),
+        &texts,
+        NEIGHBOURS,
+    )?;
+    let mut rng = Rng::new(seed ^ 0xA0_6E);
+    let mut out = Vec::with_capacity(examples.len() * copies);
+    for example in examples {
+        for encoded in neighbours.augment(&example.encoded, copies, REPLACE_PROB, &mut rng) {
+            out.push(DistillExample {
+                index: examples.len() + out.len(),
+                encoded,
+                label: example.label,
+            });
+        }
+    }
+    tracing::info!(
+        "augmentation: {} altered copies of {} texts ({:.1}s)",
+        out.len(),
+        examples.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
+/// Gives each altered copy the teacher's top class as its label: the text changed,
+/// so its original label may no longer hold.
+fn label_by_teacher(
+    teacher: &Teacher,
+    head: &SequenceClassifier,
+    copies: &mut [DistillExample],
+    cache: Option<&TeacherOutputs>,
+    batch: usize,
+) -> Result<()> {
+    let logits = match cache {
+        Some(c) => {
+            let indices: Vec<usize> = copies.iter().map(|e| e.index).collect();
+            c.logits_of(&indices)?
+        }
+        None => teacher_outputs(teacher, head, copies, false, batch * 2)?.logits,
+    };
+    let top: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+    for (example, label) in copies.iter_mut().zip(top) {
+        example.label = label;
+    }
+    Ok(())
+}
+
 /// Loads teacher and student and builds the task; returns it with the training examples.
 pub fn prepare(opts: &DistillOptions) -> Result<(DistillTask, Vec<DistillExample>)> {
     check_weights(&opts.weights)?;
+    if opts.augment > 0 && matches!(opts.data, DistillData::General { .. }) {
+        return Err(Error::bad_value(
+            "augment",
+            opts.augment,
+            "augmentation makes labelled copies for task distillation (training data with \
+             labels); general distillation learns from the raw text as it is",
+        ));
+    }
     let pair = load_pair(opts)?;
     let transfer = layer_transfer(opts, &pair)?;
     let (mut task, examples) = match &opts.data {
@@ -906,7 +977,16 @@ fn prepare_task(
             })
             .collect::<Result<Vec<_>>>()
     };
-    let examples = encode(train, &rows, &train_ids)?;
+    let mut examples = encode(train, &rows, &train_ids)?;
+    let originals = examples.len();
+    if opts.augment > 0 {
+        examples.extend(augmented(
+            &teacher,
+            &examples,
+            opts.augment,
+            opts.train_config.seed,
+        )?);
+    }
     let dev_examples: Vec<Example> = encode(&dev_path, &dev_rows, &dev_ids)?
         .into_iter()
         .map(|e| Example {
@@ -926,7 +1006,7 @@ fn prepare_task(
                     &teacher.model.checkpoint.weight_files,
                 )?,
                 &train_bytes,
-                format!("{columns:?} max_len={max_len} dev_split={dev_split:?} seed={} hidden={with_hidden}", opts.train_config.seed).as_bytes(),
+                format!("{columns:?} max_len={max_len} dev_split={dev_split:?} seed={} hidden={with_hidden} augment={}", opts.train_config.seed, opts.augment).as_bytes(),
             ]);
             Some(teacher_cache::load_or_compute(Some(dir), &key, || {
                 teacher_outputs(&teacher, &teacher_head, &examples, with_hidden, batch * 2)
@@ -934,6 +1014,15 @@ fn prepare_task(
         }
         None => None,
     };
+    if examples.len() > originals {
+        label_by_teacher(
+            &teacher,
+            &teacher_head,
+            &mut examples[originals..],
+            cache.as_ref(),
+            batch,
+        )?;
+    }
     let student = ClassificationTask {
         model: student,
         varmap,

@@ -385,6 +385,7 @@ fn distill_opts(
         overwrite: false,
         progress: false,
         cache_dir: Some(dir.join("cache")),
+        augment: 0,
     }
 }
 
@@ -478,6 +479,7 @@ fn task_distillation_trains_a_distilbert_student_and_caches_the_teacher() {
     };
     let live = DistillOptions {
         cache_dir: None,
+        augment: 0,
         overwrite: true,
         data: task_data(&train),
         out: dir.path().join("live"),
@@ -641,6 +643,51 @@ fn bad_distillation_settings_are_clear_errors() {
         ) && err
             .to_string()
             .contains("4 attention heads and the student 2"),
+        "{err}"
+    );
+}
+
+/// Augmented task distillation: N altered copies of every training text, labelled by
+/// the teacher, with the teacher's outputs cached or not; refused on raw text.
+#[test]
+fn augmentation_adds_teacher_labelled_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = labelled_csv(dir.path(), "train.csv");
+    let base = distill_opts(
+        dir.path(),
+        StudentSpec::Layers(1),
+        task_data(&train),
+        DistillWeights::default(),
+    );
+    for cache_dir in [Some(dir.path().join("cache")), None] {
+        let opts = DistillOptions {
+            augment: 3,
+            cache_dir,
+            overwrite: true,
+            ..base.clone()
+        };
+        let report = distill(&opts).unwrap();
+        assert_eq!(report.train_examples, 24 * 4);
+    }
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "the dog and the fox\nthe river and the bridge\n").unwrap();
+    let general = DistillOptions {
+        data: DistillData::General {
+            corpus: vec![corpus],
+        },
+        augment: 2,
+        overwrite: true,
+        ..base
+    };
+    let err = distill(&general).err().unwrap();
+    assert!(
+        matches!(
+            &err,
+            Error::Setting {
+                name: "augment",
+                ..
+            }
+        ),
         "{err}"
     );
 }

@@ -230,6 +230,7 @@ fn distill_case(
         overwrite: true,
         progress: false,
         cache_dir: None,
+        augment: 0,
     })
     .unwrap();
     logged_run(out)
