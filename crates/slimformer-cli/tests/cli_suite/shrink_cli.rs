@@ -73,6 +73,23 @@ fn distill_compress_quantize_end_to_end() {
     let classify = slimformer(&["classify", &out, "--text", "the dog fox"]);
     assert!(ok(&classify)["scores"]["neutral"].is_number());
 
+    // That student distilled again with the layer terms and teacher-labelled copies.
+    let mut args = vec!["distill", "--teacher", &teacher, "--student", &out];
+    let again = p("distil-again");
+    args.extend(common);
+    args.extend([
+        "--alpha-hidden",
+        "1",
+        "--alpha-attention",
+        "1",
+        "--augment",
+        "2",
+    ]);
+    args.extend(["--out", &again]);
+    let report = ok(&slimformer(&args));
+    assert_eq!(report["steps"], 3);
+    assert_eq!(report["train_examples"], 3 * 18);
+
     // Compression without data: the compressed model only.
     let albert = p("albert");
     let c = ok(&slimformer(&[
@@ -184,6 +201,21 @@ fn bad_shrink_settings_fail_with_clear_messages() {
         &out,
     ]));
     assert!(err.contains("/no/such/teacher"), "{err}");
+    let err = failed(&slimformer(&[
+        "distill",
+        "--teacher",
+        &teacher,
+        "--student",
+        "/no/such/student",
+        "--train",
+        &train,
+        "--out",
+        &out,
+    ]));
+    assert!(
+        err.contains("--student /no/such/student: not a model folder"),
+        "{err}"
+    );
     let err = failed(&slimformer(&[
         "distill",
         "--teacher",
