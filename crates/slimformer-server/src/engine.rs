@@ -12,7 +12,7 @@ use slimformer::tagging::{Aggregation, EntitiesOutput, Tagger};
 use slimformer::tokenize::{Encoded, TextInput, TextTokenizer, Truncation};
 use slimformer::Result;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 /// A task the batching queue runs.
@@ -76,15 +76,6 @@ pub struct Engine {
     _returns_freed_memory: ReturnsFreedMemory,
 }
 
-/// Model versions in memory, every model of the process together.
-static VERSIONS_IN_MEMORY: AtomicUsize = AtomicUsize::new(0);
-
-/// How many model versions this process holds in memory: one per model, and for a
-/// moment during a reload, or until the old version's last request is answered, two.
-pub fn versions_in_memory() -> usize {
-    VERSIONS_IN_MEMORY.load(Ordering::Relaxed)
-}
-
 /// Counts an engine in memory, and gives freed memory back to the system once it is
 /// gone (a version replaced by a reload, its last request answered): see
 /// [`crate::memory::return_freed_memory`].
@@ -92,14 +83,14 @@ struct ReturnsFreedMemory;
 
 impl ReturnsFreedMemory {
     fn new() -> Self {
-        VERSIONS_IN_MEMORY.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::VERSIONS_IN_MEMORY.fetch_add(1, Ordering::Relaxed);
         ReturnsFreedMemory
     }
 }
 
 impl Drop for ReturnsFreedMemory {
     fn drop(&mut self) {
-        VERSIONS_IN_MEMORY.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::VERSIONS_IN_MEMORY.fetch_sub(1, Ordering::Relaxed);
         crate::memory::return_freed_memory();
         let resident_mb = crate::memory::resident_bytes().map(|b| b >> 20);
         tracing::info!(?resident_mb, "a replaced version's memory is released");

@@ -6,6 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// Model versions the process holds in memory, every model together: one per model,
+/// and two for a model while a replaced version answers its last requests. Counted
+/// by the engines as they are built and dropped.
+pub static VERSIONS_IN_MEMORY: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
@@ -290,7 +296,7 @@ impl Metrics {
             "slimformer_model_versions_in_memory",
             "gauge",
             "Model versions held in memory: one per model, two for a model while a replaced version finishes its last requests.",
-            crate::engine::versions_in_memory().to_string(),
+            VERSIONS_IN_MEMORY.load(Ordering::Relaxed).to_string(),
         );
         gauge(
             &mut out,
