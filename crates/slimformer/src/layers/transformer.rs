@@ -97,14 +97,7 @@ impl TransformerLayer {
         train: Option<&TrainRng>,
     ) -> candle_core::Result<Tensor> {
         let attended = self.attention.forward(xs, attention_bias, train)?;
-        let xs = add_norm(
-            &self.attention_norm,
-            &self.attention_output_dropout,
-            xs,
-            &attended,
-            train,
-        )?;
-        self.feed_forward(&xs, train)
+        self.after_attention(xs, &attended, train)
     }
 
     /// [`TransformerLayer::forward`], also returning the attention's
@@ -118,19 +111,25 @@ impl TransformerLayer {
         let (attended, log_probs) =
             self.attention
                 .forward_keeping_log_probs(xs, attention_bias, train)?;
+        Ok((self.after_attention(xs, &attended, train)?, log_probs))
+    }
+
+    /// The residual and LayerNorm around attention, then the feed-forward block.
+    fn after_attention(
+        &self,
+        xs: &Tensor,
+        attended: &Tensor,
+        train: Option<&TrainRng>,
+    ) -> candle_core::Result<Tensor> {
         let xs = add_norm(
             &self.attention_norm,
             &self.attention_output_dropout,
             xs,
-            &attended,
+            attended,
             train,
         )?;
-        Ok((self.feed_forward(&xs, train)?, log_probs))
-    }
-
-    fn feed_forward(&self, xs: &Tensor, train: Option<&TrainRng>) -> candle_core::Result<Tensor> {
-        let ffn = self.ffn.forward(xs, train)?;
-        add_norm(&self.output_norm, &self.hidden_dropout, xs, &ffn, train)
+        let ffn = self.ffn.forward(&xs, train)?;
+        add_norm(&self.output_norm, &self.hidden_dropout, &xs, &ffn, train)
     }
 }
 

@@ -212,13 +212,21 @@ impl Albert {
     }
 }
 
-impl Encoder for Albert {
-    fn forward_t(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<Tensor> {
+impl Albert {
+    /// The projected embeddings and the attention bias every layer takes.
+    fn embed(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<(Tensor, Tensor)> {
         let embedded = self
             .embeddings
             .forward(&batch.input_ids, &batch.token_type_ids, train)?;
-        let mut xs = self.embedding_projection.forward(&embedded)?;
+        let xs = self.embedding_projection.forward(&embedded)?;
         let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
+        Ok((xs, bias))
+    }
+}
+
+impl Encoder for Albert {
+    fn forward_t(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<Tensor> {
+        let (mut xs, bias) = self.embed(batch, train)?;
         for step in &self.steps {
             for layer in step {
                 xs = layer.forward(&xs, &bias, train)?;
@@ -237,11 +245,7 @@ impl Encoder for Albert {
         train: Option<&TrainRng>,
         attention: bool,
     ) -> Result<LayerStates> {
-        let embedded = self
-            .embeddings
-            .forward(&batch.input_ids, &batch.token_type_ids, train)?;
-        let xs = self.embedding_projection.forward(&embedded)?;
-        let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
+        let (xs, bias) = self.embed(batch, train)?;
         // Each layer run counts once: a shared layer once for every time it runs.
         LayerStates::run(xs, self.steps.iter().flatten(), &bias, train, attention)
     }

@@ -17,14 +17,20 @@ impl PostLnEncoder {
     pub fn new(embeddings: Embeddings, layers: Vec<TransformerLayer>) -> Self {
         Self { embeddings, layers }
     }
+
+    /// The embeddings and the attention bias every layer takes.
+    fn embed(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<(Tensor, Tensor)> {
+        let xs = self
+            .embeddings
+            .forward(&batch.input_ids, &batch.token_type_ids, train)?;
+        let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
+        Ok((xs, bias))
+    }
 }
 
 impl Encoder for PostLnEncoder {
     fn forward_t(&self, batch: &Batch, train: Option<&TrainRng>) -> Result<Tensor> {
-        let mut xs = self
-            .embeddings
-            .forward(&batch.input_ids, &batch.token_type_ids, train)?;
-        let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
+        let (mut xs, bias) = self.embed(batch, train)?;
         for layer in &self.layers {
             xs = layer.forward(&xs, &bias, train)?;
         }
@@ -41,10 +47,7 @@ impl Encoder for PostLnEncoder {
         train: Option<&TrainRng>,
         attention: bool,
     ) -> Result<LayerStates> {
-        let xs = self
-            .embeddings
-            .forward(&batch.input_ids, &batch.token_type_ids, train)?;
-        let bias = attention_bias(&batch.attention_mask, xs.dtype())?;
+        let (xs, bias) = self.embed(batch, train)?;
         LayerStates::run(xs, &self.layers, &bias, train, attention)
     }
 }
