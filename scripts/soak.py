@@ -90,6 +90,31 @@ def mix(t: Texts):
     ]
 
 
+def rss_parts_mb(pid: int) -> tuple[float, float]:
+    """The resident memory's anonymous part (the heap) and file-backed part (mapped files)."""
+    parts = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("RssAnon:", "RssFile:")):
+            parts[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return parts.get("RssAnon", float("nan")), parts.get("RssFile", float("nan"))
+
+
+def heap_mb(port: int, key: str) -> tuple[float, float]:
+    """The allocator's bytes in use and freed bytes it keeps, from /metrics (nan if absent)."""
+    values = {"slimformer_heap_in_use_bytes": float("nan"), "slimformer_heap_free_bytes": float("nan")}
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {key}"})
+        for line in conn.getresponse().read().decode().splitlines():
+            name, _, value = line.partition(" ")
+            if name in values:
+                values[name] = float(value) / 2**20
+        conn.close()
+    except OSError:
+        pass
+    return values["slimformer_heap_in_use_bytes"], values["slimformer_heap_free_bytes"]
+
+
 class Client:
     """One keep-alive connection; reconnects after a connection error (counted as a failure)."""
 
@@ -308,12 +333,14 @@ def main():
 
         def sampler():
             with (out / "samples.csv").open("w") as f:
-                f.write("t_s,rss_mb,fds\n")
+                f.write("t_s,rss_mb,fds,rss_anon_mb,rss_file_mb,heap_in_use_mb,heap_free_mb\n")
                 while not stop.is_set():
                     t = time.monotonic() - t_start
                     s = (t, rss_mb(server.pid), fds(server.pid))
                     samples.append(s)
-                    f.write(f"{s[0]:.1f},{s[1]:.1f},{s[2]}\n")
+                    anon, file = rss_parts_mb(server.pid)
+                    in_use, free = heap_mb(port, key)
+                    f.write(f"{s[0]:.1f},{s[1]:.1f},{s[2]},{anon:.1f},{file:.1f},{in_use:.1f},{free:.1f}\n")
                     f.flush()
                     stop.wait(5)
 

@@ -134,6 +134,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
         poll
     }
 
+    // Forwarded so that hyper sees the stream's vectored writes: without them it copies
+    // every response body into one per-connection buffer, which keeps the capacity of
+    // the largest answer the connection ever sent for as long as it stays open.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
@@ -286,6 +305,11 @@ impl Connection {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
+            // Bodies are queued and written from their own buffers, never flattened into
+            // the connection's (see `Tracked::is_write_vectored`): a kept-alive connection
+            // holds no copy of its largest answer. Over TLS the stream writes one buffer
+            // at a time, and this still holds.
+            .writev(true)
             .serve_connection(io, service);
         let connection = watcher.watch(connection);
         tokio::pin!(connection);

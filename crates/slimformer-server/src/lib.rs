@@ -7,6 +7,7 @@ pub mod batcher;
 pub mod config;
 pub mod engine;
 pub mod errors;
+pub mod heap;
 pub mod http;
 pub mod log_sink;
 pub mod memory;

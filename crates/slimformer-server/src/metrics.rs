@@ -298,6 +298,22 @@ impl Metrics {
             "Model versions held in memory: one per model, two for a model while a replaced version finishes its last requests.",
             VERSIONS_IN_MEMORY.load(Ordering::Relaxed).to_string(),
         );
+        if let Some(heap) = crate::heap::heap_stats() {
+            gauge(
+                &mut out,
+                "slimformer_heap_in_use_bytes",
+                "gauge",
+                "Bytes the allocator has handed out and not had back.",
+                heap.in_use.to_string(),
+            );
+            gauge(
+                &mut out,
+                "slimformer_heap_free_bytes",
+                "gauge",
+                "Freed bytes the allocator's heap keeps (at most this many stay resident; the rest went back page by page).",
+                heap.free.to_string(),
+            );
+        }
         gauge(
             &mut out,
             "slimformer_memory_budget_bytes",

@@ -752,6 +752,80 @@ fn a_replaced_version_leaves_memory() {
     }
 }
 
+/// One request on `stream`, kept open (HTTP/1.1 keep-alive); the answer's body length.
+fn post_kept_alive(stream: &mut std::net::TcpStream, path: &str, body: &str) -> usize {
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = Some(v.trim().parse::<usize>().unwrap());
+        }
+    }
+    let length = length.expect("a Content-Length header");
+    let mut answer = vec![0u8; length];
+    reader.read_exact(&mut answer).unwrap();
+    length
+}
+
+/// What the allocator has handed out, from /metrics.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_in_use(s: &Server) -> usize {
+    let body = s.call("GET", "/metrics", None, None).body;
+    body.lines()
+        .find_map(|l| l.strip_prefix("slimformer_heap_in_use_bytes "))
+        .expect("the heap gauge")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn kept_alive_connections_hold_no_copy_of_their_answers() {
+    let model = fixture("bert-seqcls");
+    let s = Server::start(&[model.to_str().unwrap()]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let texts: Vec<String> = (0..32)
+        .map(|i| format!("the dog and the fox {i} ").repeat(20))
+        .collect();
+    let body = serde_json::json!({"inputs": texts, "truncate": true}).to_string();
+    // Once on its own, so that what the first request builds is there before measuring.
+    post_kept_alive(
+        &mut std::net::TcpStream::connect(&addr).unwrap(),
+        "/embed_all",
+        &body,
+    );
+    let before = heap_in_use(&s);
+    let mut connections: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    let answered: usize = connections
+        .iter_mut()
+        .map(|c| post_kept_alive(c, "/embed_all", &body))
+        .sum();
+    let after = heap_in_use(&s);
+    assert!(answered > 4 << 20, "answers of {answered} bytes");
+    // Copied into each connection's write buffer, they would all still be there.
+    assert!(
+        after < before + answered / 4,
+        "8 open connections hold {} of the {answered} bytes they were sent",
+        after.saturating_sub(before)
+    );
+    drop(connections);
+}
+
 #[test]
 fn graceful_shutdown_answers_requests_in_flight() {
     let model = fixture("bert-seqcls");
