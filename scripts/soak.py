@@ -90,6 +90,15 @@ def mix(t: Texts):
     ]
 
 
+def spread(values: list[float]) -> dict:
+    """min, median, max and (max/min − 1) of the numbers that are not nan."""
+    values = [v for v in values if v == v]
+    if not values:
+        return {}
+    return {"min": round(min(values), 1), "median": round(statistics.median(values), 1),
+            "max": round(max(values), 1), "spread": round(max(values) / min(values) - 1, 4)}
+
+
 def rss_parts_mb(pid: int) -> tuple[float, float]:
     """The resident memory's anonymous part (the heap) and file-backed part (mapped files)."""
     parts = {}
@@ -325,6 +334,7 @@ def main():
         # Phase 2: the soak, sampled and reloaded.
         recorder = Recorder(out / "requests.csv")
         samples: list[tuple[float, float, int]] = []
+        heap: list[tuple[float, float]] = []  # (t, the allocator's bytes in use, MB)
         reloads: list[float] = []
         reload_errors: list[str] = []
         t_start = time.monotonic()
@@ -340,6 +350,7 @@ def main():
                     samples.append(s)
                     anon, file = rss_parts_mb(server.pid)
                     in_use, free = heap_mb(port, key)
+                    heap.append((t, in_use))
                     f.write(f"{s[0]:.1f},{s[1]:.1f},{s[2]},{anon:.1f},{file:.1f},{in_use:.1f},{free:.1f}\n")
                     f.flush()
                     stop.wait(5)
@@ -410,6 +421,15 @@ def main():
         "rss_mb_after_warmup": {"min": min(rss), "max": max(rss), "first": rss[0], "last": rss[-1],
                                 "spread": round(max(rss) / min(rss) - 1, 4)},
         "p99_ms_per_minute_after_warmup": {"min": min(p99s), "median": statistics.median(p99s), "max": max(p99s)},
+        # Live data apart from freed memory the heap keeps: the former grows with a leak,
+        # the latter with the largest requests since the last time pages were given back.
+        "heap_in_use_mb_after_warmup": spread([h for t, h in heap if t >= args.reload_minutes * 60]),
+        "rss_mb_median_per_5_minutes": [
+            round(statistics.median(w), 1)
+            for w in ([s[1] for s in samples if k * 300 <= s[0] < (k + 1) * 300]
+                      for k in range(int(seconds // 300)))
+            if w
+        ],
         "fds": {"min": min(s[2] for s in samples), "max": max(s[2] for s in samples)},
         "per_minute": minutes,
     }
