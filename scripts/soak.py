@@ -418,8 +418,7 @@ def main():
         "resent_after_idle_close": Client.retries,
         "server_alive_at_end": alive,
         "p50_ms": quantile([r[3] for r in rows], 0.5), "p99_ms": quantile([r[3] for r in rows], 0.99),
-        "rss_mb_after_warmup": {"min": min(rss), "max": max(rss), "first": rss[0], "last": rss[-1],
-                                "spread": round(max(rss) / min(rss) - 1, 4)},
+        "rss_mb_after_warmup": {**spread(rss), "first": rss[0], "last": rss[-1]},
         "p99_ms_per_minute_after_warmup": {"min": min(p99s), "median": statistics.median(p99s), "max": max(p99s)},
         # Live data apart from freed memory the heap keeps: the former grows with a leak,
         # the latter with the largest requests since the last time pages were given back.

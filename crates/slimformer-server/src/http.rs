@@ -306,9 +306,8 @@ impl Connection {
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             // Bodies are queued and written from their own buffers, never flattened into
-            // the connection's (see `Tracked::is_write_vectored`): a kept-alive connection
-            // holds no copy of its largest answer. Over TLS the stream writes one buffer
-            // at a time, and this still holds.
+            // the connection's (see `Tracked::is_write_vectored`), whatever the stream
+            // reports: a kept-alive connection holds no copy of its largest answer.
             .writev(true)
             .serve_connection(io, service);
         let connection = watcher.watch(connection);
