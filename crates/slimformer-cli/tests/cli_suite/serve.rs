@@ -808,19 +808,28 @@ fn kept_alive_connections_hold_no_copy_of_their_answers() {
         &body,
     );
     let before = heap_in_use(&s);
-    let mut connections: Vec<_> = (0..8)
+    let mut connections: Vec<_> = (0..16)
         .map(|_| std::net::TcpStream::connect(&addr).unwrap())
         .collect();
     let answered: usize = connections
         .iter_mut()
         .map(|c| post_kept_alive(c, "/embed_all", &body))
         .sum();
-    let after = heap_in_use(&s);
-    assert!(answered > 4 << 20, "answers of {answered} bytes");
-    // Copied into each connection's write buffer, they would all still be there.
+    // The lowest of a few readings: the last answer's own buffers may still be on their
+    // way out when its final byte arrives.
+    let after = (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            heap_in_use(&s)
+        })
+        .min()
+        .unwrap();
+    assert!(answered > 8 << 20, "answers of {answered} bytes");
+    // Copied into each connection's write buffer, they would all still be there (at
+    // least the bytes sent: 12.1 MB of 11.5 MB in a build that copied them).
     assert!(
-        after < before + answered / 4,
-        "8 open connections hold {} of the {answered} bytes they were sent",
+        after < before + answered / 2,
+        "16 open connections hold {} of the {answered} bytes they were sent",
         after.saturating_sub(before)
     );
     drop(connections);
