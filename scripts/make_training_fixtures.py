@@ -476,6 +476,94 @@ def make_distill_case(name: str, source: str, settings: dict) -> None:
     write_expected(out, name, student, settings, steps, labels=labels)
 
 
+def make_general_distill_case(name: str, source: str, settings: dict) -> None:
+    """General distillation as `distill --corpus` defines it (DistilBERT's pretraining): a
+    student masked LM (init/student: one layer of the teacher's width, torch's initialization)
+    learns from the teacher masked LM (init/teacher) on raw text (corpus.txt, one text a line),
+    each micro-batch's texts masked dynamically (15%, 80/10/10) from that micro-batch's own
+    generator, both models reading the masked input, with α_ce·T²·KL(teacher/T ‖ student/T)
+    over the masked positions (mean over them) + α_hard·cross-entropy of the original tokens
+    there + α_cos·(1 − cos) between the last hidden states at every real token. As `distill`
+    does, the texts are shuffled (seed ^ 0xD157) and the last 1 in 50 held out for dev."""
+    from transformers import AutoModelForMaskedLM
+
+    out = fresh_dir(name)
+    src = FIXTURES / source
+    teacher_dir, student_dir = out / "init" / "teacher", out / "init" / "student"
+    teacher_dir.mkdir(parents=True)
+    config = no_dropout(json.loads((src / "config.json").read_text()))
+    (teacher_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.copy(src / "model.safetensors", teacher_dir / "model.safetensors")
+    shutil.copy(src / "tokenizer.json", teacher_dir / "tokenizer.json")
+    teacher = AutoModelForMaskedLM.from_pretrained(teacher_dir).float().eval()
+    student_config = type(teacher.config).from_dict({**config, "num_hidden_layers": 1})
+    torch.manual_seed(0)
+    student = AutoModelForMaskedLM.from_config(student_config).float()
+    student.save_pretrained(student_dir)
+    shutil.copy(src / "tokenizer.json", student_dir / "tokenizer.json")
+
+    texts = [text for text, _ in sentences(settings["examples"], ["x"], settings["seed"])]
+    (out / "corpus.txt").write_text("".join(t + "\n" for t in texts))
+    order = list(range(len(texts)))
+    SplitMix64(settings["seed"] ^ 0xD157).shuffle(order)
+    held_out = min(max(len(texts) // 50, 1), 500, len(texts) - 1)
+    train = order[:len(order) - held_out]
+
+    tok = Tokenizer.from_file(str(teacher_dir / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(settings["max_len"])
+    encodings = [tok.encode(texts[i]) for i in train]
+    specials = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    random_ids = [i for i in range(tok.get_vocab_size(with_added_tokens=True)) if i not in specials]
+    mask_id = tok.token_to_id("[MASK]")
+    pad_id = config.get("pad_token_id") or 0
+    temperature, alpha_ce, alpha_hard, alpha_cos = (
+        settings["temperature"], settings["alpha_ce"], settings["alpha_hard"], settings["alpha_cos"])
+    cosine = torch.nn.CosineEmbeddingLoss(reduction="mean")
+    f = torch.nn.functional
+    select, mask_p, either_p = f32(0.15), f32(0.8), f32(f32(0.8) + f32(0.1))
+    micro_batches = iter(range(1 << 62))
+
+    def dynamic_mask(ids: list[int], special: list[int], rng: SplitMix64) -> tuple[list[int], list[int]]:
+        selected = [not sp and next_f32(rng) < select for sp in special]
+        inputs, labels = list(ids), [-100] * len(ids)
+        for i in (i for i, chosen in enumerate(selected) if chosen):
+            labels[i] = ids[i]
+            r = next_f32(rng)
+            if r < mask_p:
+                inputs[i] = mask_id
+            elif r < either_p:
+                inputs[i] = random_ids[rng.below(len(random_ids))]
+        return inputs, labels
+
+    def micro_batch_loss(idx: list[int]) -> torch.Tensor:
+        # The trainer's micro-batches run in order, one generator each.
+        rng = SplitMix64(mix(settings["seed"], 2, next(micro_batches)))
+        masked = [dynamic_mask(encodings[i].ids, encodings[i].special_tokens_mask, rng) for i in idx]
+        inputs = padded([encodings[i] for i in idx], pad_id)
+        longest = inputs["input_ids"].shape[1]
+        fill = lambda row, value: row + [value] * (longest - len(row))  # noqa: E731
+        inputs["input_ids"] = torch.tensor([fill(m[0], pad_id) for m in masked])
+        labels = torch.tensor([fill(m[1], -100) for m in masked])
+        s = student(**inputs, output_hidden_states=True)
+        with torch.no_grad():
+            t = teacher(**inputs, output_hidden_states=True)
+        at = labels != -100
+        soft = f.kl_div(f.log_softmax(s.logits[at] / temperature, dim=-1),
+                        f.softmax(t.logits[at] / temperature, dim=-1),
+                        reduction="batchmean") * temperature ** 2
+        hard = f.cross_entropy(s.logits[at], labels[at])
+        real = inputs["attention_mask"].bool()
+        s_rows, t_rows = s.hidden_states[-1][real], t.hidden_states[-1][real]
+        cos = cosine(s_rows, t_rows, torch.ones(s_rows.shape[0]))
+        return alpha_ce * soft + alpha_hard * hard + alpha_cos * cos
+
+    steps = train_steps(student, settings, len(train), micro_batch_loss)
+    # The decoder is the word embeddings (tied), stored once as transformers stores it.
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    write_expected(out, name, student, settings, steps, leave_out=tied)
+
+
 SETTINGS = {
     "examples": 22, "batch": 4, "grad_accum": 2, "max_steps": 30, "lr": 2e-3,
     "warmup_ratio": 0.1, "weight_decay": 0.01, "clip": 1.0, "seed": 7, "max_len": 32,
@@ -496,6 +584,10 @@ CASES = {
     "train-bert-distill-layers": ("bert-seqcls", {**SETTINGS, "task": "distillation", "temperature": 2.0,
                                                   "alpha_ce": 5.0, "alpha_hard": 2.0, "alpha_cos": 1.0,
                                                   "alpha_hidden": 3.0, "alpha_attention": 1.0}),
+    # General distillation on raw text, `distill --corpus`'s default weights.
+    "train-bert-distill-general": ("bert-mlm", {**SETTINGS, "examples": 24, "task": "general-distillation",
+                                                "temperature": 2.0, "alpha_ce": 5.0, "alpha_hard": 2.0,
+                                                "alpha_cos": 1.0}),
 }
 
 
@@ -505,7 +597,8 @@ def main() -> None:
     for name in sys.argv[1:] or CASES:
         source, settings = CASES[name]
         make = {"pretraining": make_pretrain_case,
-                "distillation": make_distill_case}.get(settings.get("task"), make_case)
+                "distillation": make_distill_case,
+                "general-distillation": make_general_distill_case}.get(settings.get("task"), make_case)
         make(name, source, settings)
 
 

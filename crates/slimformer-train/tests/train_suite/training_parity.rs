@@ -193,8 +193,9 @@ fn pretrain_case(
     logged_run(out)
 }
 
-/// Task distillation of the case's teacher into its prepared student, with the
-/// weights and temperature the reference used, through `distill` itself.
+/// Task distillation of the case's teacher into its prepared student on its labelled
+/// rows (general: on its raw text), with the weights and temperature the reference
+/// used, through `distill` itself.
 fn distill_case(
     case: &str,
     reference: &Reference,
@@ -205,17 +206,24 @@ fn distill_case(
     use slimformer_train::shrink::losses::DistillWeights;
     let dir = fixture(case);
     let s = &reference.settings;
-    let train = dir.join("train.csv");
-    distill::distill(&DistillOptions {
-        teacher: dir.join("init/teacher"),
-        student: StudentSpec::Prepared(dir.join("init/student")),
-        data: DistillData::Task {
+    let data = if s["task"] == "general-distillation" {
+        DistillData::General {
+            corpus: vec![dir.join("corpus.txt")],
+        }
+    } else {
+        let train = dir.join("train.csv");
+        DistillData::Task {
             train: train.clone(),
             dev: Some(train),
             dev_split: None,
             columns: Columns::default(),
             test: None,
-        },
+        }
+    };
+    distill::distill(&DistillOptions {
+        teacher: dir.join("init/teacher"),
+        student: StudentSpec::Prepared(dir.join("init/student")),
+        data,
         weights: DistillWeights {
             temperature: s["temperature"].as_f64().unwrap(),
             alpha_ce: s["alpha_ce"].as_f64().unwrap(),
@@ -305,7 +313,7 @@ fn check_case(case: &str) {
     let reference = reference(case);
     let run_case = match reference.settings["task"].as_str() {
         Some("pretraining") => pretrain_case,
-        Some("distillation") => distill_case,
+        Some("distillation" | "general-distillation") => distill_case,
         _ => finetune_case,
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -397,4 +405,13 @@ fn bert_distillation_steps_match_pytorch() {
 #[test]
 fn bert_distillation_with_layer_terms_matches_pytorch() {
     check_case("train-bert-distill-layers");
+}
+
+/// General distillation on raw text (`distill --corpus`) at its default weights:
+/// soft targets and the masked-LM loss at the positions masked dynamically from each
+/// micro-batch's generator (the reference draws the same masks), and the cosine
+/// loss; both models read the masked input.
+#[test]
+fn bert_general_distillation_steps_match_pytorch() {
+    check_case("train-bert-distill-general");
 }
