@@ -29,6 +29,7 @@ runs slimformer's trainer on the same files and compares.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import random
@@ -522,7 +523,7 @@ def make_general_distill_case(name: str, source: str, settings: dict) -> None:
     cosine = torch.nn.CosineEmbeddingLoss(reduction="mean")
     f = torch.nn.functional
     select, mask_p, either_p = f32(0.15), f32(0.8), f32(f32(0.8) + f32(0.1))
-    micro_batches = iter(range(1 << 62))
+    micro_batches = itertools.count()
 
     def dynamic_mask(ids: list[int], special: list[int], rng: SplitMix64) -> tuple[list[int], list[int]]:
         selected = [not sp and next_f32(rng) < select for sp in special]

@@ -5,9 +5,9 @@
 # query, its reply the relevant document, other replies the rest.
 #
 #   train: TRAIN utterances, each with its reply (label 1), the replies of NEGATIVES
-#          random others and of NEARBY lines of the same film (label 0): the film's
-#          lines share its names and topics, so they are the negatives a ranker by
-#          topic gets wrong;
+#          random others and of NEARBY lines near it in the file (label 0; within 8
+#          lines, so nearly always the same film, whose lines share its names and
+#          topics: the negatives a ranker by topic gets wrong);
 #   test:  QUERIES held-out utterances, each with its reply and 9 other held-out
 #          replies; MRR@10 and nDCG@10 of the true reply's rank.
 #
