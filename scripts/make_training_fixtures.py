@@ -333,11 +333,10 @@ def next_f32(rng: SplitMix64) -> float:
     return (rng.next_u64() >> 40) / float(1 << 24)
 
 
-def static_mask(ids: list[int], special: list[bool], seed: int, index: int, mask_id: int,
-                random_ids: list[int]) -> tuple[list[int], list[int]]:
-    """slimformer's static BERT masking of one example (token-level, 15%, 80/10/10): the masked
-    input and the labels (-100 where not predicted)."""
-    rng = SplitMix64(example_seed(seed, index))
+def bert_mask(ids: list[int], special: list[bool], rng: SplitMix64, mask_id: int,
+              random_ids: list[int]) -> tuple[list[int], list[int]]:
+    """slimformer's BERT masking of one example (token-level, 15%, 80/10/10) with draws from
+    `rng`: the masked input and the labels (-100 where not predicted)."""
     select, mask_p, either_p = f32(0.15), f32(0.8), f32(f32(0.8) + f32(0.1))
     selected = [not sp and next_f32(rng) < select for sp in special]
     inputs, labels = list(ids), [-100] * len(ids)
@@ -349,6 +348,12 @@ def static_mask(ids: list[int], special: list[bool], seed: int, index: int, mask
         elif r < either_p:
             inputs[i] = random_ids[rng.below(len(random_ids))]
     return inputs, labels
+
+
+def static_mask(ids: list[int], special: list[bool], seed: int, index: int, mask_id: int,
+                random_ids: list[int]) -> tuple[list[int], list[int]]:
+    """The static mask of one example: drawn from a generator seeded by (seed, example index)."""
+    return bert_mask(ids, special, SplitMix64(example_seed(seed, index)), mask_id, random_ids)
 
 
 def make_pretrain_case(name: str, source: str, settings: dict) -> None:
@@ -522,25 +527,13 @@ def make_general_distill_case(name: str, source: str, settings: dict) -> None:
         settings["temperature"], settings["alpha_ce"], settings["alpha_hard"], settings["alpha_cos"])
     cosine = torch.nn.CosineEmbeddingLoss(reduction="mean")
     f = torch.nn.functional
-    select, mask_p, either_p = f32(0.15), f32(0.8), f32(f32(0.8) + f32(0.1))
     micro_batches = itertools.count()
-
-    def dynamic_mask(ids: list[int], special: list[int], rng: SplitMix64) -> tuple[list[int], list[int]]:
-        selected = [not sp and next_f32(rng) < select for sp in special]
-        inputs, labels = list(ids), [-100] * len(ids)
-        for i in (i for i, chosen in enumerate(selected) if chosen):
-            labels[i] = ids[i]
-            r = next_f32(rng)
-            if r < mask_p:
-                inputs[i] = mask_id
-            elif r < either_p:
-                inputs[i] = random_ids[rng.below(len(random_ids))]
-        return inputs, labels
 
     def micro_batch_loss(idx: list[int]) -> torch.Tensor:
         # The trainer's micro-batches run in order, one generator each.
         rng = SplitMix64(mix(settings["seed"], 2, next(micro_batches)))
-        masked = [dynamic_mask(encodings[i].ids, encodings[i].special_tokens_mask, rng) for i in idx]
+        masked = [bert_mask(encodings[i].ids, encodings[i].special_tokens_mask, rng, mask_id, random_ids)
+                  for i in idx]
         inputs = padded([encodings[i] for i in idx], pad_id)
         longest = inputs["input_ids"].shape[1]
         fill = lambda row, value: row + [value] * (longest - len(row))  # noqa: E731
